@@ -1,0 +1,28 @@
+# CUDA is detected, never installed. AUTO builds the CUDA targets whenever nvcc is found;
+# ON makes a missing toolkit an error; OFF skips them. No GPU is needed to build.
+set(SHARDTRAIN_HAVE_CUDA OFF)
+if(NOT SHARDTRAIN_CUDA STREQUAL "OFF")
+  include(CheckLanguage)
+  if(NOT CMAKE_CUDA_COMPILER)
+    find_program(_nvcc nvcc HINTS /usr/local/cuda/bin ENV CUDA_HOME PATH_SUFFIXES bin)
+    if(_nvcc)
+      set(CMAKE_CUDA_COMPILER ${_nvcc})
+    endif()
+  endif()
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    # sm_80 (A100) and sm_90 (H100): the GPUs our users train on.
+    set(CMAKE_CUDA_ARCHITECTURES 80 90)
+    # CMake 3.25 (Debian bookworm) has no CUDA20 dialect for nvcc; device code is C++17.
+    set(CMAKE_CUDA_STANDARD 17)
+    set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+    enable_language(CUDA)
+    find_package(CUDAToolkit REQUIRED)
+    set(SHARDTRAIN_HAVE_CUDA ON)
+    message(STATUS "shardtrain: building CUDA targets with ${CMAKE_CUDA_COMPILER}")
+  elseif(SHARDTRAIN_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "SHARDTRAIN_CUDA=ON but no nvcc was found (set CUDA_HOME or PATH)")
+  else()
+    message(STATUS "shardtrain: nvcc not found, CUDA targets skipped")
+  endif()
+endif()

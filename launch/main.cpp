@@ -1,0 +1,107 @@
+// main.cpp — the `shardtrain` executable: parses the command line, dispatches to a
+// subcommand, and turns every failure into one line and an exit code:
+//   0 success, 2 `shardtrain: error: <message>` for anything the user can fix (flags, config,
+//   files), 1 for internal failures. Subcommands that are not built yet say so and exit 2.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "runtime/config.h"
+#include "runtime/error.h"
+#include "runtime/log.h"
+
+namespace shardtrain {
+namespace {
+
+struct TrainArgs {
+  std::string config;
+  std::vector<std::string> sets;
+  std::string resume;
+  std::string metrics;
+  std::string memory_report;
+  std::string export_final;
+  bool dry_run = false;
+};
+
+int run_train(const TrainArgs& args) {
+  Config config = load_config_file(args.config);
+  apply_overrides(config, args.sets);
+  validate_config(config, /*world_size=*/1, ValidateFor::kTrain);
+  log_info("effective config:\n", config_to_text(config));
+  if (args.dry_run) return 0;
+  throw UserError("train: training is not built yet (issue [gpt]); --dry-run validates a config");
+}
+
+[[noreturn]] void not_built(const std::string& name, const std::string& issue) {
+  throw UserError(str_cat(name, ": not built yet (issue ", issue, ")"));
+}
+
+}  // namespace
+}  // namespace shardtrain
+
+int main(int argc, char** argv) {
+  using namespace shardtrain;
+  CLI::App app{"shardtrain: distributed GPT training (data, tensor and ZeRO parallelism)"};
+  app.require_subcommand(1);
+  std::string log_level = "info";
+  bool log_all_ranks = false;
+  app.add_option("--log-level", log_level, "debug | info | warn | error");
+  app.add_flag("--log-all-ranks", log_all_ranks, "every rank logs (default: rank 0 only)");
+
+  TrainArgs train;
+  CLI::App* train_cmd = app.add_subcommand("train", "train a GPT (run under mpirun for many ranks)");
+  train_cmd->add_option("--config", train.config, "config file (protobuf text format)")->required();
+  train_cmd->add_option("--set", train.sets, "override a field: path.to.field=value (repeatable)");
+  train_cmd->add_option("--resume", train.resume, "auto | checkpoint directory");
+  train_cmd->add_option("--metrics", train.metrics, "write one JSON line per step here");
+  train_cmd->add_option("--memory-report", train.memory_report, "write the memory report here");
+  train_cmd->add_option("--export-final", train.export_final, "write final weights (safetensors)");
+  train_cmd->add_flag("--dry-run", train.dry_run, "validate the config, print it, and stop");
+
+  struct Pending {
+    const char* name;
+    const char* help;
+    const char* issue;
+  };
+  const Pending pending[] = {
+      {"tokenize", "train a BPE tokenizer and write token shards", "[data]"},
+      {"memplan", "predict bytes per rank by category", "[memory]"},
+      {"reshard", "rewrite a checkpoint for another layout", "[checkpoint]"},
+      {"inspect", "print a checkpoint's manifest and verify checksums", "[checkpoint]"},
+      {"export", "write a checkpoint as safetensors", "[gpt]"},
+      {"sample", "generate text from a checkpoint", "[data]"},
+  };
+  for (const Pending& p : pending) {
+    CLI::App* cmd = app.add_subcommand(p.name, p.help);
+    cmd->allow_extras();  // the flags are not defined yet; the message below says why
+  }
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "shardtrain: error: %s\nRun 'shardtrain --help' for usage.\n", e.what());
+    return 2;
+  }
+
+  try {
+    log_configure(/*rank=*/0, /*world_size=*/1, log_all_ranks, parse_log_level(log_level));
+    if (train_cmd->parsed()) return run_train(train);
+    for (const Pending& p : pending) {
+      if (app.got_subcommand(p.name)) not_built(p.name, p.issue);
+    }
+    return 2;
+  } catch (const UserError& e) {
+    std::fprintf(stderr, "shardtrain: error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "shardtrain: internal error: %s\n", e.what());
+    return 1;
+  }
+}
