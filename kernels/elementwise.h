@@ -1,0 +1,35 @@
+// elementwise.h — GELU, residual add, bias gradient, cast and scale.
+//
+// Contract: fp32 arithmetic whatever the storage type T (one rounding per stored result);
+// fp32 parameter gradients accumulate (+=); results are bitwise independent of the OpenMP
+// thread count (reductions use a fixed partition, summed in a fixed order).
+#pragma once
+
+#include <cstdint>
+
+namespace shardtrain::kernels {
+
+// GPT-2's tanh GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+template <class T>
+void gelu_forward(T* out, const T* x, int64_t n);
+// dx = dout * gelu'(x)  (overwrites dx; dx may alias dout).
+template <class T>
+void gelu_backward(T* dx, const T* x, const T* dout, int64_t n);
+
+// out = a + b (out may alias a or b).
+template <class T>
+void residual_add(T* out, const T* a, const T* b, int64_t n);
+
+// dbias (cols) += column sums of dout (rows, cols).
+template <class T>
+void bias_backward(float* dbias, const T* dout, int64_t rows, int64_t cols);
+
+// out = in converted (round to nearest even into 16-bit types).
+template <class In, class Out>
+void cast(Out* out, const In* in, int64_t n);
+
+// x *= s.
+template <class T>
+void scale(T* x, float s, int64_t n);
+
+}  // namespace shardtrain::kernels

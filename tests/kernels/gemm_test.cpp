@@ -1,0 +1,94 @@
+// GEMM against a naive double-precision reference: every transpose combination, batches,
+// bias, alpha/beta accumulation, and f32 / bf16 / f16 storage.
+#include <gtest/gtest.h>
+
+#include "kernels/gemm.h"
+#include "tests/kernels/test_util.h"
+
+namespace shardtrain::kernels {
+namespace {
+
+using shardtrain::testing::max_rel_error;
+using shardtrain::testing::random_vector;
+using shardtrain::testing::to_f64;
+using shardtrain::testing::to_storage;
+
+struct Case {
+  int64_t m, n, k, batch;
+  bool ta, tb, bias;
+  float alpha, beta;
+};
+
+const Case kCases[] = {
+    {1, 1, 1, 1, false, false, false, 1, 0},    {7, 5, 3, 1, false, false, true, 1, 0},
+    {33, 17, 65, 1, false, true, false, 1, 0},  {33, 17, 65, 1, true, false, false, 1, 1},
+    {16, 48, 64, 1, true, true, false, 0.5f, 0}, {64, 192, 64, 3, false, false, false, 1, 0},
+    {100, 1, 37, 2, false, true, false, 2, 1},   {1, 256, 80, 1, false, false, true, 1, 0.5f},
+};
+
+template <class T>
+void check(const Case& c, double tol) {
+  const int64_t na = c.batch * c.m * c.k, nb = c.batch * c.k * c.n, nc = c.batch * c.m * c.n;
+  auto a = to_storage<T>(random_vector(na, 1));
+  auto b = to_storage<T>(random_vector(nb, 2));
+  auto bias = to_storage<T>(random_vector(c.n, 3));
+  std::vector<float> c0 = random_vector(nc, 4);
+  std::vector<double> da = to_f64(a), db = to_f64(b), dbias = to_f64(bias);
+  std::vector<double> want(static_cast<size_t>(nc));
+  for (int64_t i = 0; i < c.batch; ++i) {
+    for (int64_t r = 0; r < c.m; ++r) {
+      for (int64_t col = 0; col < c.n; ++col) {
+        double acc = 0;
+        for (int64_t p = 0; p < c.k; ++p) {
+          double av = c.ta ? da[size_t(i * c.m * c.k + p * c.m + r)] : da[size_t(i * c.m * c.k + r * c.k + p)];
+          double bv = c.tb ? db[size_t(i * c.k * c.n + col * c.k + p)] : db[size_t(i * c.k * c.n + p * c.n + col)];
+          acc += av * bv;
+        }
+        size_t o = size_t(i * c.m * c.n + r * c.n + col);
+        want[o] = c.alpha * acc + c.beta * c0[o] + (c.bias ? dbias[size_t(col)] : 0.0);
+      }
+    }
+  }
+  GemmDesc d;
+  d.shape = {c.m, c.n, c.k, c.batch};
+  d.ab_dtype = dtype_of<T>();
+  d.c_dtype = DType::kF32;
+  d.trans_a = c.ta;
+  d.trans_b = c.tb;
+  d.alpha = c.alpha;
+  d.beta = c.beta;
+  std::vector<float> out = c0;
+  gemm(d, a.data(), b.data(), out.data(), c.bias ? bias.data() : nullptr);
+  EXPECT_LT(max_rel_error(out, want), tol) << "f32 out, m=" << c.m << " n=" << c.n << " k=" << c.k;
+
+  if (dtype_of<T>() != DType::kF32) {  // also with C in the 16-bit type
+    d.c_dtype = dtype_of<T>();
+    auto out16 = to_storage<T>(c0);
+    std::vector<double> want16 = want;
+    if (c.beta != 0) {  // the reference must see the same rounded C
+      auto c16 = to_f64(out16);
+      for (size_t o = 0; o < want.size(); ++o) want16[o] += c.beta * (c16[o] - c0[o]);
+    }
+    gemm(d, a.data(), b.data(), out16.data(), c.bias ? bias.data() : nullptr);
+    // Output rounding dominates: half an ulp of the 16-bit type relative to the largest value
+    // (2^-8 bf16, 2^-11 f16), plus the accumulation error below.
+    double round = dtype_of<T>() == DType::kBF16 ? 1.0 / 256 : 1.0 / 2048;
+    EXPECT_LT(max_rel_error(to_f64(out16), want16), round + tol) << "16-bit out";
+  }
+}
+
+// fp32: K products accumulated in fp32, error ~ K * 2^-24 relative to the largest magnitude
+// in the worst case; 1e-5 covers K <= 80 with margin. The 16-bit inputs are exact in fp32 and
+// their products are exact too, so the same bound holds (oneDNN accumulates in fp32).
+TEST(Gemm, F32) {
+  for (const Case& c : kCases) check<float>(c, 1e-5);
+}
+TEST(Gemm, BF16) {
+  for (const Case& c : kCases) check<BFloat16>(c, 1e-5);
+}
+TEST(Gemm, F16) {
+  for (const Case& c : kCases) check<Half>(c, 1e-5);
+}
+
+}  // namespace
+}  // namespace shardtrain::kernels

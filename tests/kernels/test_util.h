@@ -1,0 +1,76 @@
+// test_util.h — shared helpers for the kernel tests: seeded random data, error measures,
+// storage-type conversions, and central finite differences of a double-precision function.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <random>
+#include <vector>
+
+#include "runtime/dtype.h"
+
+namespace shardtrain::testing {
+
+inline std::vector<float> random_vector(int64_t n, uint64_t seed, float scale = 1.0f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+template <class T>
+std::vector<T> to_storage(const std::vector<float>& v) {
+  std::vector<T> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = from_float<T>(v[i]);
+  return out;
+}
+
+template <class T>
+std::vector<float> to_f32(const std::vector<T>& v) {
+  std::vector<float> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = to_float(v[i]);
+  return out;
+}
+
+template <class T>
+std::vector<double> to_f64(const std::vector<T>& v) {
+  std::vector<double> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = double(to_float(v[i]));
+  return out;
+}
+
+// max |got - want| / max(|want|_inf, floor): a relative error against the reference's scale,
+// robust to individual near-zero entries.
+template <class A, class B>
+double max_rel_error(const std::vector<A>& got, const std::vector<B>& want, double floor = 1e-6) {
+  EXPECT_EQ(got.size(), want.size());
+  double scale = floor, err = 0;
+  for (size_t i = 0; i < want.size(); ++i) scale = std::max(scale, std::fabs(double(want[i])));
+  for (size_t i = 0; i < want.size(); ++i) {
+    err = std::max(err, std::fabs(double(got[i]) - double(want[i])));
+  }
+  return err / scale;
+}
+
+// Central differences of f at x: d f / d x[i] for every i, in double precision. h = 1e-6 gives
+// truncation error O(h^2 f''') and cancellation error O(eps_64 / h), both near 1e-10 relative.
+inline std::vector<double> finite_difference(const std::function<double(const std::vector<double>&)>& f,
+                                             std::vector<double> x, double h = 1e-6) {
+  std::vector<double> grad(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    double saved = x[i];
+    x[i] = saved + h;
+    double up = f(x);
+    x[i] = saved - h;
+    double down = f(x);
+    x[i] = saved;
+    grad[i] = (up - down) / (2 * h);
+  }
+  return grad;
+}
+
+}  // namespace shardtrain::testing
