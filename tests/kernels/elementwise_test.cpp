@@ -1,0 +1,328 @@
+// Elementwise ops against double-precision references: GELU (forward, and backward against
+// central differences), residual add (also in place), bias gradient (finite differences,
+// accumulation, thread-count independence), cast (bit-exact against dtype.h over every 16-bit
+// pattern and a dense fp32 sample) and scale. Also bounds the CPU backend's exp_f32, which
+// GELU and cross-entropy rely on.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "kernels/cpu/vec_util.h"
+#include "kernels/elementwise.h"
+#include "tests/kernels/test_util.h"
+
+namespace shardtrain::kernels {
+namespace {
+
+using shardtrain::testing::finite_difference;
+using shardtrain::testing::max_rel_error;
+using shardtrain::testing::random_vector;
+using shardtrain::testing::to_f64;
+using shardtrain::testing::to_storage;
+
+// Sizes around the 1024-element block and the 8/16-wide vectors: tails of every length.
+const int64_t kSizes[] = {1, 3, 17, 100, 768, 1023, 1025, 3001};
+
+// Half an ulp of the storage type relative to the largest output: bf16 keeps 8 significant
+// bits (2^-8), f16 11 (2^-11); fp32 storage adds no rounding beyond the arithmetic's own.
+template <class T>
+double rounding_of() {
+  if constexpr (std::is_same_v<T, BFloat16>) return 1.0 / 256;
+  if constexpr (std::is_same_v<T, Half>) return 1.0 / 2048;
+  return 0.0;
+}
+
+double gelu_ref(double x) {
+  const double k = std::sqrt(2.0 / M_PI);
+  return 0.5 * x * (1.0 + std::tanh(k * (x + 0.044715 * x * x * x)));
+}
+
+size_t usize(int64_t n) { return static_cast<size_t>(n); }
+uint32_t bits_of(float f) { return float_to_bits(f); }
+
+// ---- exp_f32 -------------------------------------------------------------------------------
+
+TEST(ExpF32, AccuracyOverTheRange) {
+  // Every 997th float in [-87.3, 88.7] plus a fine sweep near 0. Cephes' polynomial is good to
+  // about 1 ulp; the range reduction and the rounded product add ~1 more: bound 3 ulp (2^-22
+  // relative), the figure the kernels' tolerances assume.
+  double worst = 0;
+  auto check = [&](float x) {
+    double want = std::exp(double(x));
+    double got = cpu::exp_f32(x);
+    worst = std::max(worst, std::fabs(got - want) / want);
+  };
+  for (uint32_t u = bits_of(-87.3f); u >= 0x80000000u; u -= 997) check(bits_to_float(u));
+  for (uint32_t u = 0; u <= bits_of(88.7f); u += 997) check(bits_to_float(u));
+  for (int i = -100000; i <= 100000; ++i) check(float(i) * 1e-5f);
+  EXPECT_LT(worst, std::ldexp(3.0, -24));
+}
+
+TEST(ExpF32, SpecialValues) {
+  const float inf = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(cpu::exp_f32(0.0f), 1.0f);
+  EXPECT_EQ(cpu::exp_f32(-inf), 0.0f);
+  EXPECT_EQ(cpu::exp_f32(-1000.0f), 0.0f);
+  EXPECT_EQ(cpu::exp_f32(inf), inf);
+  EXPECT_EQ(cpu::exp_f32(100.0f), inf);
+  EXPECT_TRUE(std::isnan(cpu::exp_f32(std::nanf(""))));
+  float top = cpu::exp_f32(88.72f);  // just below ln(FLT_MAX): finite, and close
+  EXPECT_TRUE(std::isfinite(top));
+  EXPECT_NEAR(top / std::exp(double(88.72f)), 1.0, 3e-7);  // the 3-ulp bound above
+}
+
+// ---- GELU ------------------------------------------------------------------------------------
+
+template <class T>
+void check_gelu_forward() {
+  for (int64_t n : kSizes) {
+    auto x = to_storage<T>(random_vector(n, 11 + uint64_t(n), 3.0f));
+    std::vector<T> out(usize(n));
+    gelu_forward(out.data(), x.data(), n);
+    std::vector<double> want(usize(n));
+    auto xd = to_f64(x);
+    for (int64_t i = 0; i < n; ++i) want[size_t(i)] = gelu_ref(xd[size_t(i)]);
+    // fp32: exp_f32 (3 ulp) and four rounded operations, ~7 ulp = 4e-7 of the largest
+    // output; 1e-6 leaves margin. 16-bit storage adds its output rounding.
+    EXPECT_LT(max_rel_error(to_f64(out), want), 1e-6 + rounding_of<T>()) << "n=" << n;
+  }
+}
+TEST(Gelu, ForwardF32) { check_gelu_forward<float>(); }
+TEST(Gelu, ForwardBF16) { check_gelu_forward<BFloat16>(); }
+TEST(Gelu, ForwardF16) { check_gelu_forward<Half>(); }
+
+TEST(Gelu, ForwardTails) {
+  // Far tails: -0 (not NaN) below, identity above; the tanh form rounds the same way.
+  std::vector<float> x = {-1e30f, -200.0f, -12.0f, 12.0f, 200.0f, 1e30f}, out(x.size());
+  gelu_forward(out.data(), x.data(), int64_t(x.size()));
+  EXPECT_EQ(out[0], 0.0f);
+  EXPECT_EQ(out[1], 0.0f);
+  EXPECT_EQ(out[2], 0.0f);
+  EXPECT_EQ(out[3], 12.0f);
+  EXPECT_EQ(out[4], 200.0f);
+  EXPECT_EQ(out[5], 1e30f);
+}
+
+template <class T>
+void check_gelu_backward(int64_t n, bool in_place) {
+  auto x = to_storage<T>(random_vector(n, 21 + uint64_t(n), 2.5f));
+  auto g = to_storage<T>(random_vector(n, 22 + uint64_t(n)));
+  auto gd = to_f64(g);
+  // Loss sum(gelu(x) * G): its gradient is G * gelu'(x), the kernel's dx for dout = G.
+  auto loss = [&](const std::vector<double>& xv) {
+    double s = 0;
+    for (size_t i = 0; i < xv.size(); ++i) s += gelu_ref(xv[i]) * gd[i];
+    return s;
+  };
+  auto want = finite_difference(loss, to_f64(x));
+  std::vector<T> dx = g;  // in place: dx aliases dout
+  std::vector<T> dout = g;
+  gelu_backward(dx.data(), x.data(), in_place ? dx.data() : dout.data(), n);
+  // fp32: exp_f32 and ~10 rounded operations, each relative to a term no larger than
+  // |dout| * max|gelu'| ~ the largest output: 1e-5. Central differences are good to ~1e-9.
+  EXPECT_LT(max_rel_error(to_f64(dx), want), 1e-5 + rounding_of<T>()) << "n=" << n;
+}
+TEST(Gelu, BackwardF32) {
+  for (int64_t n : {1, 3, 17, 100}) check_gelu_backward<float>(n, false);
+  check_gelu_backward<float>(100, true);
+}
+TEST(Gelu, BackwardBF16) {
+  for (int64_t n : {1, 17, 100}) check_gelu_backward<BFloat16>(n, false);
+  check_gelu_backward<BFloat16>(100, true);
+}
+TEST(Gelu, BackwardF16) {
+  for (int64_t n : {1, 17, 100}) check_gelu_backward<Half>(n, false);
+  check_gelu_backward<Half>(100, true);
+}
+
+TEST(Gelu, BackwardLargeInputsStayFinite) {
+  std::vector<float> x = {-1e30f, -300.0f, -20.0f, 20.0f, 300.0f, 1e30f};
+  std::vector<float> dout(x.size(), 1.0f), dx(x.size());
+  gelu_backward(dx.data(), x.data(), dout.data(), int64_t(x.size()));
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(dx[i], 0.0f) << i;
+  for (size_t i = 3; i < 6; ++i) EXPECT_EQ(dx[i], 1.0f) << i;
+}
+
+// ---- residual add and scale --------------------------------------------------------------
+
+template <class T>
+void check_residual_and_scale() {
+  for (int64_t n : kSizes) {
+    auto a = to_storage<T>(random_vector(n, 31 + uint64_t(n)));
+    auto b = to_storage<T>(random_vector(n, 32 + uint64_t(n)));
+    auto ad = to_f64(a), bd = to_f64(b);
+    std::vector<double> sum(usize(n)), scaled(usize(n));
+    for (size_t i = 0; i < size_t(n); ++i) {
+      sum[i] = ad[i] + bd[i];
+      scaled[i] = ad[i] * 0.37;
+    }
+    std::vector<T> out(usize(n));
+    residual_add(out.data(), a.data(), b.data(), n);
+    // fp32: one rounding of the exact sum, 2^-24 relative; 16-bit: plus the output rounding.
+    double tol = 1e-7 + rounding_of<T>();
+    EXPECT_LT(max_rel_error(to_f64(out), sum), tol) << "n=" << n;
+    std::vector<T> inplace = a;  // out aliases a
+    residual_add(inplace.data(), inplace.data(), b.data(), n);
+    EXPECT_EQ(std::memcmp(inplace.data(), out.data(), sizeof(T) * size_t(n)), 0);
+    std::vector<T> x = a;
+    scale(x.data(), 0.37f, n);
+    // 0.37f differs from 0.37 by 2^-25 relative, the product rounds once: 1e-7 covers both.
+    EXPECT_LT(max_rel_error(to_f64(x), scaled), tol) << "n=" << n;
+  }
+}
+TEST(ResidualAdd, F32) { check_residual_and_scale<float>(); }
+TEST(ResidualAdd, BF16) { check_residual_and_scale<BFloat16>(); }
+TEST(ResidualAdd, F16) { check_residual_and_scale<Half>(); }
+
+// ---- bias_backward ---------------------------------------------------------------------------
+
+template <class T>
+void check_bias_backward(int64_t rows, int64_t cols) {
+  auto g = to_storage<T>(random_vector(rows * cols, 41 + uint64_t(rows * cols)));
+  auto gd = to_f64(g);
+  std::vector<float> dbias = random_vector(cols, 42);  // accumulates onto what is there
+  std::vector<double> want(usize(cols));
+  for (int64_t c = 0; c < cols; ++c) {
+    want[size_t(c)] = dbias[size_t(c)];
+    for (int64_t r = 0; r < rows; ++r) want[size_t(c)] += gd[size_t(r * cols + c)];
+  }
+  bias_backward(dbias.data(), g.data(), rows, cols);
+  // Sums of up to `rows` fp32 terms: error <= rows * 2^-24 * sum|g|; with ~sqrt(rows)-sized
+  // sums of N(0,1) terms, 1e-5 of the largest column covers rows <= 300 with margin. The inputs
+  // are exact in fp32, so 16-bit storage needs no extra allowance.
+  EXPECT_LT(max_rel_error(dbias, want), 1e-5) << rows << "x" << cols;
+}
+TEST(BiasBackward, MatchesColumnSums) {
+  for (auto [r, c] : {std::pair<int64_t, int64_t>{1, 1}, {1, 17}, {3, 100}, {33, 3}, {300, 768}}) {
+    check_bias_backward<float>(r, c);
+    check_bias_backward<BFloat16>(r, c);
+    check_bias_backward<Half>(r, c);
+  }
+}
+
+TEST(BiasBackward, FiniteDifferences) {
+  // Loss sum_rc (x_rc + b_c) G_rc: d/db is the column sum of G, which the kernel must produce.
+  const int64_t rows = 5, cols = 7;
+  auto x = to_f64(random_vector(rows * cols, 51));
+  auto g = random_vector(rows * cols, 52);
+  auto gd = to_f64(g);
+  auto loss = [&](const std::vector<double>& b) {
+    double s = 0;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c)
+        s += (x[size_t(r * cols + c)] + b[size_t(c)]) * gd[size_t(r * cols + c)];
+    return s;
+  };
+  auto want = finite_difference(loss, to_f64(random_vector(cols, 53)));
+  std::vector<float> dbias(size_t(cols), 0.0f);
+  bias_backward(dbias.data(), g.data(), rows, cols);
+  EXPECT_LT(max_rel_error(dbias, want), 1e-6);  // 5-term fp32 sums vs ~1e-9 FD error
+}
+
+template <class T>
+std::vector<float> bias_backward_with_threads(int threads, const std::vector<T>& g, int64_t rows,
+                                              int64_t cols) {
+  int saved = omp_get_max_threads();
+  omp_set_num_threads(threads);
+  std::vector<float> dbias(size_t(cols), 0.5f);
+  bias_backward(dbias.data(), g.data(), rows, cols);
+  omp_set_num_threads(saved);
+  return dbias;
+}
+
+TEST(BiasBackward, BitwiseIndependentOfThreadCount) {
+  const int64_t rows = 517, cols = 300;
+  auto g = random_vector(rows * cols, 61);
+  auto g16 = to_storage<BFloat16>(g);
+  auto one = bias_backward_with_threads(1, g, rows, cols);
+  auto one16 = bias_backward_with_threads(1, g16, rows, cols);
+  for (int threads : {2, 3}) {
+    auto many = bias_backward_with_threads(threads, g, rows, cols);
+    auto many16 = bias_backward_with_threads(threads, g16, rows, cols);
+    EXPECT_EQ(std::memcmp(one.data(), many.data(), one.size() * 4), 0) << threads;
+    EXPECT_EQ(std::memcmp(one16.data(), many16.data(), one16.size() * 4), 0) << threads;
+  }
+}
+
+// ---- cast ------------------------------------------------------------------------------------
+
+std::vector<uint16_t> all_patterns() {
+  std::vector<uint16_t> v(65536);
+  for (uint32_t i = 0; i < 65536; ++i) v[i] = uint16_t(i);
+  return v;
+}
+
+template <class T>
+std::vector<T> from_bits(const std::vector<uint16_t>& bits) {
+  std::vector<T> v(bits.size());
+  for (size_t i = 0; i < bits.size(); ++i) v[i].bits = bits[i];
+  return v;
+}
+
+// Widening: every 16-bit pattern, NaNs included, bit-for-bit as dtype.h converts it.
+template <class T>
+void check_widen_all() {
+  auto in = from_bits<T>(all_patterns());
+  std::vector<float> out(in.size());
+  cast(out.data(), in.data(), int64_t(in.size()));
+  for (size_t i = 0; i < in.size(); ++i) {
+    ASSERT_EQ(bits_of(out[i]), bits_of(to_float(in[i]))) << "pattern " << i;
+  }
+}
+TEST(Cast, WidenBF16AllPatterns) { check_widen_all<BFloat16>(); }
+TEST(Cast, WidenF16AllPatterns) { check_widen_all<Half>(); }
+
+// Narrowing: every combination of sign, exponent and top 11 mantissa bits (2^20), each with
+// the low 12 bits at the rounding-critical values (0, just below / at / above the bf16 and f16
+// halfway points, all ones) — covering every exponent, tie, carry, subnormal, inf and NaN case.
+template <class T>
+void check_narrow_sample() {
+  const uint32_t lows[] = {0x000, 0x001, 0x7ff, 0x800, 0x801, 0xfff};
+  std::vector<float> in;
+  in.reserve((1u << 20) * 6);
+  for (uint32_t hi = 0; hi < (1u << 20); ++hi) {
+    for (uint32_t lo : lows) in.push_back(bits_to_float((hi << 12) | lo));
+  }
+  // bf16's halfway point is bit 15, inside the "hi" part: the sample above covers it when the
+  // bits below are 0 (exact tie) or not.
+  std::vector<T> out(in.size());
+  cast(out.data(), in.data(), int64_t(in.size()));
+  for (size_t i = 0; i < in.size(); ++i) {
+    ASSERT_EQ(out[i].bits, from_float<T>(in[i]).bits) << std::hex << "input 0x" << bits_of(in[i]);
+  }
+}
+TEST(Cast, NarrowToBF16MatchesDtype) { check_narrow_sample<BFloat16>(); }
+TEST(Cast, NarrowToF16MatchesDtype) { check_narrow_sample<Half>(); }
+
+template <class In, class Out>
+void check_cross_cast() {
+  auto in = from_bits<In>(all_patterns());
+  std::vector<Out> out(in.size());
+  cast(out.data(), in.data(), int64_t(in.size()));
+  for (size_t i = 0; i < in.size(); ++i) {
+    // Same type: a plain copy. Otherwise the exact widening, then one rounding.
+    uint16_t want = std::is_same_v<In, Out> ? in[i].bits : from_float<Out>(to_float(in[i])).bits;
+    ASSERT_EQ(out[i].bits, want) << "pattern " << i;
+  }
+}
+TEST(Cast, SixteenBitPairs) {
+  check_cross_cast<BFloat16, Half>();
+  check_cross_cast<Half, BFloat16>();
+  check_cross_cast<BFloat16, BFloat16>();
+  check_cross_cast<Half, Half>();
+}
+
+TEST(Cast, F32ToF32IsACopy) {
+  auto in = random_vector(3001, 71);
+  std::vector<float> out(in.size());
+  cast(out.data(), in.data(), int64_t(in.size()));
+  EXPECT_EQ(in, out);
+  cast(out.data(), out.data(), int64_t(out.size()));  // in place is a no-op
+  EXPECT_EQ(in, out);
+}
+
+}  // namespace
+}  // namespace shardtrain::kernels
