@@ -1,0 +1,212 @@
+// LayerNorm against a double-precision reference: forward (out, mean, rstd) on odd and GPT-2
+// shapes for f32 / bf16 / f16 storage; backward (dx accumulated, dweight, dbias accumulated)
+// against central differences of sum(out * G); and bitwise independence of the thread count.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "kernels/layernorm.h"
+#include "tests/kernels/test_util.h"
+
+namespace shardtrain::kernels {
+namespace {
+
+using shardtrain::testing::finite_difference;
+using shardtrain::testing::max_rel_error;
+using shardtrain::testing::random_vector;
+using shardtrain::testing::to_f64;
+using shardtrain::testing::to_storage;
+
+constexpr float kEps = 1e-5f;  // GPT-2's LayerNorm eps
+
+size_t usize(int64_t n) { return static_cast<size_t>(n); }
+
+// Half an ulp of the storage type relative to the largest output: bf16 keeps 8 significant
+// bits (2^-8), f16 11 (2^-11); fp32 storage adds no rounding beyond the arithmetic's own.
+template <class T>
+double rounding_of() {
+  if constexpr (std::is_same_v<T, BFloat16>) return 1.0 / 256;
+  if constexpr (std::is_same_v<T, Half>) return 1.0 / 2048;
+  return 0.0;
+}
+
+struct Ref {
+  std::vector<double> out, mean, rstd;
+};
+
+Ref layernorm_ref(const std::vector<double>& x, const std::vector<double>& w,
+                  const std::vector<double>& b, int64_t rows, int64_t C) {
+  Ref r{std::vector<double>(x.size()), std::vector<double>(usize(rows)),
+        std::vector<double>(usize(rows))};
+  for (int64_t i = 0; i < rows; ++i) {
+    const double* xr = x.data() + i * C;
+    double m = 0, v = 0;
+    for (int64_t c = 0; c < C; ++c) m += xr[c];
+    m /= double(C);
+    for (int64_t c = 0; c < C; ++c) v += (xr[c] - m) * (xr[c] - m);
+    double rs = 1.0 / std::sqrt(v / double(C) + double(kEps));
+    for (int64_t c = 0; c < C; ++c) {
+      r.out[usize(i * C + c)] = (xr[c] - m) * rs * w[usize(c)] + b[usize(c)];
+    }
+    r.mean[usize(i)] = m;
+    r.rstd[usize(i)] = rs;
+  }
+  return r;
+}
+
+struct Inputs {
+  std::vector<float> x, w, b;
+};
+
+// x with a nonzero mean (the two-pass variance must not lose it), gains around 1.
+Inputs make_inputs(int64_t rows, int64_t C, uint64_t seed) {
+  Inputs in{random_vector(rows * C, seed, 2.0f), random_vector(C, seed + 1, 0.3f),
+            random_vector(C, seed + 2, 0.5f)};
+  for (float& v : in.x) v += 0.7f;
+  for (float& v : in.w) v += 1.0f;
+  return in;
+}
+
+const std::pair<int64_t, int64_t> kShapes[] = {{1, 1},  {1, 3},   {2, 17},  {5, 100},
+                                               {3, 768}, {33, 64}, {4, 1000}};
+
+template <class T>
+void check_forward(int64_t rows, int64_t C) {
+  Inputs in = make_inputs(rows, C, 100 + uint64_t(rows * 1000 + C));
+  auto x = to_storage<T>(in.x), w = to_storage<T>(in.w), b = to_storage<T>(in.b);
+  Ref want = layernorm_ref(to_f64(x), to_f64(w), to_f64(b), rows, C);
+  std::vector<T> out(usize(rows * C));
+  std::vector<float> mean(usize(rows)), rstd(usize(rows));
+  layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), {rows, C},
+                    kEps);
+  // fp32 statistics: sums of C <= 1000 terms in 8-16 lane partial sums carry < 100 * 2^-24
+  // ~ 6e-6 relative error in the worst case (typically far less); rstd inherits half of the
+  // variance's. 1e-5 bounds mean, rstd and the normalised output. The inputs are the same
+  // rounded values in both, so 16-bit storage only adds its output rounding.
+  const std::string where = "rows=" + std::to_string(rows) + " C=" + std::to_string(C);
+  EXPECT_LT(max_rel_error(to_f64(out), want.out), 1e-5 + rounding_of<T>()) << where;
+  EXPECT_LT(max_rel_error(mean, want.mean), 1e-5) << where;
+  EXPECT_LT(max_rel_error(rstd, want.rstd), 1e-5) << where;
+}
+TEST(LayerNorm, ForwardF32) {
+  for (auto [r, c] : kShapes) check_forward<float>(r, c);
+}
+TEST(LayerNorm, ForwardBF16) {
+  for (auto [r, c] : kShapes) check_forward<BFloat16>(r, c);
+}
+TEST(LayerNorm, ForwardF16) {
+  for (auto [r, c] : kShapes) check_forward<Half>(r, c);
+}
+
+// Gradients of L = sum(out * G) with respect to x, w and b by central differences of the double
+// reference, against the kernel's backward (dout = G) accumulated onto nonzero initial values.
+template <class T>
+void check_backward(int64_t rows, int64_t C) {
+  const uint64_t seed = 200 + uint64_t(rows * 1000 + C);
+  Inputs in = make_inputs(rows, C, seed);
+  auto x = to_storage<T>(in.x), w = to_storage<T>(in.w), b = to_storage<T>(in.b);
+  auto g = to_storage<T>(random_vector(rows * C, seed + 3));
+  auto xd = to_f64(x), wd = to_f64(w), bd = to_f64(b), gd = to_f64(g);
+  auto loss = [&](const std::vector<double>& xv, const std::vector<double>& wv,
+                  const std::vector<double>& bv) {
+    Ref r = layernorm_ref(xv, wv, bv, rows, C);
+    double s = 0;
+    for (size_t i = 0; i < r.out.size(); ++i) s += r.out[i] * gd[i];
+    return s;
+  };
+  auto want_dx = finite_difference([&](const auto& v) { return loss(v, wd, bd); }, xd);
+  auto want_dw = finite_difference([&](const auto& v) { return loss(xd, v, bd); }, wd);
+  auto want_db = finite_difference([&](const auto& v) { return loss(xd, wd, v); }, bd);
+
+  std::vector<T> out(usize(rows * C));
+  std::vector<float> mean(usize(rows)), rstd(usize(rows));
+  layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), {rows, C},
+                    kEps);
+  auto dx = to_storage<T>(random_vector(rows * C, seed + 4));  // accumulated onto
+  std::vector<float> dw = random_vector(C, seed + 5), db = random_vector(C, seed + 6);
+  auto dx0 = to_f64(dx);
+  for (size_t i = 0; i < dx0.size(); ++i) want_dx[i] += dx0[i];
+  for (size_t i = 0; i < dw.size(); ++i) {
+    want_dw[i] += dw[i];
+    want_db[i] += db[i];
+  }
+  layernorm_backward(dx.data(), dw.data(), db.data(), g.data(), x.data(), w.data(), mean.data(),
+                     rstd.data(), {rows, C});
+  // fp32: the saved statistics and the row means are good to ~1e-6 relative (see forward); dx
+  // subtracts terms of the size of |g w rstd|, so its error is relative to that scale, which
+  // the initial N(0,1) values do not exceed by much: 2e-5. Central differences are good to
+  // ~1e-9. 16-bit: dx is rounded once into T; dweight and dbias stay fp32.
+  const std::string where = "rows=" + std::to_string(rows) + " C=" + std::to_string(C);
+  EXPECT_LT(max_rel_error(to_f64(dx), want_dx), 2e-5 + rounding_of<T>()) << where;
+  EXPECT_LT(max_rel_error(dw, want_dw), 2e-5) << where;
+  EXPECT_LT(max_rel_error(db, want_db), 2e-5) << where;
+}
+TEST(LayerNorm, BackwardF32) {
+  for (auto [r, c] : {std::pair<int64_t, int64_t>{1, 1}, {1, 3}, {2, 17}, {5, 8}, {3, 33}}) {
+    check_backward<float>(r, c);
+  }
+}
+TEST(LayerNorm, BackwardBF16) {
+  for (auto [r, c] : {std::pair<int64_t, int64_t>{1, 3}, {2, 17}, {3, 33}}) {
+    check_backward<BFloat16>(r, c);
+  }
+}
+TEST(LayerNorm, BackwardF16) {
+  for (auto [r, c] : {std::pair<int64_t, int64_t>{1, 3}, {2, 17}, {3, 33}}) {
+    check_backward<Half>(r, c);
+  }
+}
+
+template <class T>
+struct Run {
+  std::vector<T> out, dx;
+  std::vector<float> mean, rstd, dw, db;
+};
+
+template <class T>
+Run<T> run_with_threads(int threads, int64_t rows, int64_t C) {
+  int saved = omp_get_max_threads();
+  omp_set_num_threads(threads);
+  Inputs in = make_inputs(rows, C, 300);
+  auto x = to_storage<T>(in.x), w = to_storage<T>(in.w), b = to_storage<T>(in.b);
+  auto g = to_storage<T>(random_vector(rows * C, 301));
+  Run<T> r{std::vector<T>(usize(rows * C)), to_storage<T>(random_vector(rows * C, 302)),
+           std::vector<float>(usize(rows)), std::vector<float>(usize(rows)),
+           std::vector<float>(usize(C), 0.25f), std::vector<float>(usize(C), -0.5f)};
+  layernorm_forward(r.out.data(), r.mean.data(), r.rstd.data(), x.data(), w.data(), b.data(),
+                    {rows, C}, kEps);
+  layernorm_backward(r.dx.data(), r.dw.data(), r.db.data(), g.data(), x.data(), w.data(),
+                     r.mean.data(), r.rstd.data(), {rows, C});
+  omp_set_num_threads(saved);
+  return r;
+}
+
+template <class V>
+bool same_bits(const V& a, const V& b) {
+  return a.size() == b.size() &&
+         std::memcmp(a.data(), b.data(), a.size() * sizeof(typename V::value_type)) == 0;
+}
+
+template <class T>
+void check_thread_independence() {
+  const int64_t rows = 517, C = 100;  // rows not a multiple of the partition count
+  Run<T> one = run_with_threads<T>(1, rows, C);
+  for (int threads : {2, 3}) {
+    Run<T> many = run_with_threads<T>(threads, rows, C);
+    EXPECT_TRUE(same_bits(one.out, many.out)) << threads;
+    EXPECT_TRUE(same_bits(one.mean, many.mean)) << threads;
+    EXPECT_TRUE(same_bits(one.rstd, many.rstd)) << threads;
+    EXPECT_TRUE(same_bits(one.dx, many.dx)) << threads;
+    EXPECT_TRUE(same_bits(one.dw, many.dw)) << threads;
+    EXPECT_TRUE(same_bits(one.db, many.db)) << threads;
+  }
+}
+TEST(LayerNorm, BitwiseIndependentOfThreadCount) {
+  check_thread_independence<float>();
+  check_thread_independence<BFloat16>();
+}
+
+}  // namespace
+}  // namespace shardtrain::kernels
