@@ -8,6 +8,7 @@ find_package(Protobuf REQUIRED)
 
 # MPI (Open MPI): process launch, rank discovery and the host-memory communicator.
 find_package(MPI REQUIRED COMPONENTS CXX)
+find_package(Threads REQUIRED)  # the communication thread
 
 # OpenMP: the CPU backend's loops. oneDNN (Debian's build) also runs on OpenMP, so the
 # process has one thread pool.
@@ -19,6 +20,9 @@ find_package(dnnl REQUIRED CONFIG)
 
 # CLI11: subcommands and flags for the one `shardtrain` executable, header-only.
 find_package(CLI11 REQUIRED CONFIG)
+
+# nlohmann/json: the safetensors header and the metrics/report JSON, header-only.
+find_package(nlohmann_json REQUIRED CONFIG)
 
 # GoogleTest: unit and multi-rank tests; Google Benchmark: bench/.
 find_package(GTest REQUIRED)

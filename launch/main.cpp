@@ -9,31 +9,12 @@
 #include <string>
 #include <vector>
 
-#include "runtime/config.h"
+#include "launch/train.h"
 #include "runtime/error.h"
 #include "runtime/log.h"
 
 namespace shardtrain {
 namespace {
-
-struct TrainArgs {
-  std::string config;
-  std::vector<std::string> sets;
-  std::string resume;
-  std::string metrics;
-  std::string memory_report;
-  std::string export_final;
-  bool dry_run = false;
-};
-
-int run_train(const TrainArgs& args) {
-  Config config = load_config_file(args.config);
-  apply_overrides(config, args.sets);
-  validate_config(config, /*world_size=*/1, ValidateFor::kTrain);
-  log_info("effective config:\n", config_to_text(config));
-  if (args.dry_run) return 0;
-  throw UserError("train: training is not built yet (issue [gpt]); --dry-run validates a config");
-}
 
 [[noreturn]] void not_built(const std::string& name, const std::string& issue) {
   throw UserError(str_cat(name, ": not built yet (issue ", issue, ")"));
@@ -44,6 +25,8 @@ int run_train(const TrainArgs& args) {
 
 int main(int argc, char** argv) {
   using namespace shardtrain;
+  using launch::ExportArgs;
+  using launch::TrainArgs;
   CLI::App app{"shardtrain: distributed GPT training (data, tensor and ZeRO parallelism)"};
   app.require_subcommand(1);
   std::string log_level = "info";
@@ -61,6 +44,14 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--export-final", train.export_final, "write final weights (safetensors)");
   train_cmd->add_flag("--dry-run", train.dry_run, "validate the config, print it, and stop");
 
+  ExportArgs exp;
+  CLI::App* export_cmd = app.add_subcommand(
+      "export", "write weights as safetensors in Hugging Face GPT-2 layout");
+  export_cmd->add_option("--in", exp.in, "checkpoint directory");
+  export_cmd->add_option("--config", exp.config, "or: export this config's initial weights");
+  export_cmd->add_option("--set", exp.sets, "override a config field (with --config)");
+  export_cmd->add_option("--out", exp.out, "output .safetensors file")->required();
+
   struct Pending {
     const char* name;
     const char* help;
@@ -71,7 +62,6 @@ int main(int argc, char** argv) {
       {"memplan", "predict bytes per rank by category", "[memory]"},
       {"reshard", "rewrite a checkpoint for another layout", "[checkpoint]"},
       {"inspect", "print a checkpoint's manifest and verify checksums", "[checkpoint]"},
-      {"export", "write a checkpoint as safetensors", "[gpt]"},
       {"sample", "generate text from a checkpoint", "[data]"},
   };
   for (const Pending& p : pending) {
@@ -92,7 +82,8 @@ int main(int argc, char** argv) {
 
   try {
     log_configure(/*rank=*/0, /*world_size=*/1, log_all_ranks, parse_log_level(log_level));
-    if (train_cmd->parsed()) return run_train(train);
+    if (train_cmd->parsed()) return launch::run_train(train);
+    if (export_cmd->parsed()) return launch::run_export(exp);
     for (const Pending& p : pending) {
       if (app.got_subcommand(p.name)) not_built(p.name, p.issue);
     }

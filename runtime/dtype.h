@@ -18,11 +18,18 @@
 
 namespace shardtrain {
 
-enum class DType : uint8_t { kF32 = 0, kBF16 = 1, kF16 = 2 };
+// The floating-point types, plus int32 for token ids.
+enum class DType : uint8_t { kF32 = 0, kBF16 = 1, kF16 = 2, kI32 = 3 };
 
-constexpr int64_t dtype_bytes(DType t) { return t == DType::kF32 ? 4 : 2; }
+constexpr int64_t dtype_bytes(DType t) { return t == DType::kF32 || t == DType::kI32 ? 4 : 2; }
 constexpr const char* dtype_name(DType t) {
-  return t == DType::kF32 ? "f32" : (t == DType::kBF16 ? "bf16" : "f16");
+  switch (t) {
+    case DType::kF32: return "f32";
+    case DType::kBF16: return "bf16";
+    case DType::kF16: return "f16";
+    case DType::kI32: return "i32";
+  }
+  return "?";
 }
 
 // 16-bit storage types. Only the bit pattern is stored; arithmetic happens in fp32.
@@ -147,6 +154,10 @@ constexpr DType dtype_of<BFloat16>() {
 template <>
 constexpr DType dtype_of<Half>() {
   return DType::kF16;
+}
+template <>
+constexpr DType dtype_of<int32_t>() {
+  return DType::kI32;
 }
 
 }  // namespace shardtrain

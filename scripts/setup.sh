@@ -12,6 +12,7 @@ packages=(
   protobuf-compiler libprotobuf-dev     # config schema, checkpoint manifests
   libdnnl-dev                           # oneDNN: CPU GEMM (OpenMP runtime)
   libcli11-dev                          # command line
+  nlohmann-json3-dev                    # safetensors headers, metrics JSON
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-numpy           # reference implementation for parity tests (/usr/bin/python3)

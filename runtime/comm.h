@@ -1,0 +1,69 @@
+// comm.h — the Communicator interface: collectives over a group of ranks.
+//
+// Contract (MPI implementation here; NCCL, [cuda], fits the same shape):
+//  - Every rank of the group issues the same collectives in the same order (SPMD). Async
+//    calls return a Work handle at once; the operation runs in the background, in issue
+//    order, and the buffers belong to it until wait() returns.
+//  - all_reduce is *defined* as reduce_scatter followed by all_gather over equal shards
+//    (count padded up to a multiple of the group size inside), so a gradient reduced by
+//    all_reduce is bitwise the gradient ZeRO gets by reduce_scatter + all_gather.
+//  - Reductions are deterministic for a fixed group size: each shard is summed in a fixed
+//    ring order. 16-bit data is summed in fp32 and rounded once per hop.
+//  - Every call counts the bytes this rank sends (bytes_sent()), for benchmarks and reports.
+// Not promised: any particular algorithm beyond the ring, or progress without a wait().
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "runtime/dtype.h"
+
+namespace shardtrain {
+
+class Work {
+ public:
+  virtual ~Work() = default;
+  virtual void wait() = 0;  // rethrows a failure of the operation
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+
+  // In place: buf (count) becomes the elementwise sum over the group.
+  virtual std::unique_ptr<Work> all_reduce_async(void* buf, int64_t count, DType dtype) = 0;
+  // send (size * count): this rank's contribution; recv (count): shard rank() of the sum.
+  virtual std::unique_ptr<Work> reduce_scatter_async(const void* send, void* recv, int64_t count,
+                                                     DType dtype) = 0;
+  // send (count): this rank's shard; recv (size * count): every rank's shard, in rank order.
+  // send may alias recv + rank() * count.
+  virtual std::unique_ptr<Work> all_gather_async(const void* send, void* recv, int64_t count,
+                                                 DType dtype) = 0;
+  // buf (count) takes root's values.
+  virtual std::unique_ptr<Work> broadcast_async(void* buf, int64_t count, DType dtype,
+                                                int root) = 0;
+  virtual void barrier() = 0;
+  // Small reductions of doubles (losses, norms, flags): sum or max, in place.
+  virtual void all_reduce_f64(double* values, int64_t count, bool max) = 0;
+
+  // A sub-group: ranks with the same color, ordered by key (MPI_Comm_split semantics).
+  virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+
+  virtual int64_t bytes_sent() const = 0;
+
+  // Blocking forms.
+  void all_reduce(void* buf, int64_t count, DType dtype) { all_reduce_async(buf, count, dtype)->wait(); }
+  void reduce_scatter(const void* send, void* recv, int64_t count, DType dtype) {
+    reduce_scatter_async(send, recv, count, dtype)->wait();
+  }
+  void all_gather(const void* send, void* recv, int64_t count, DType dtype) {
+    all_gather_async(send, recv, count, dtype)->wait();
+  }
+  void broadcast(void* buf, int64_t count, DType dtype, int root) {
+    broadcast_async(buf, count, dtype, root)->wait();
+  }
+};
+
+}  // namespace shardtrain

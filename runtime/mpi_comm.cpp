@@ -1,0 +1,380 @@
+#include "runtime/mpi_comm.h"
+
+#include <mpi.h>
+
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "runtime/error.h"
+
+namespace shardtrain {
+namespace {
+
+struct MpiTraits {
+  static constexpr const char* kName = "MPI";
+  static bool ok(int status) { return status == MPI_SUCCESS; }
+  static std::string describe(int status) {
+    char text[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(status, text, &len);
+    return std::string(text, size_t(len));
+  }
+};
+#define MPI_CHECK(expr) ST_CHECK_STATUS(::shardtrain::MpiTraits, expr)
+
+// ---- The communication thread -----------------------------------------------------------
+
+struct Op {
+  std::function<void()> body;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::exception_ptr error;
+};
+
+class OpWork final : public Work {
+ public:
+  explicit OpWork(std::shared_ptr<Op> op) : op_(std::move(op)) {}
+  ~OpWork() override {
+    // A Work dropped without wait() still must not outlive its buffers' operation.
+    if (op_) wait_quietly();
+  }
+  void wait() override {
+    wait_quietly();
+    std::exception_ptr e = op_->error;
+    op_.reset();
+    if (e) std::rethrow_exception(e);
+  }
+
+ private:
+  void wait_quietly() {
+    std::unique_lock<std::mutex> lock(op_->mu);
+    op_->cv.wait(lock, [&] { return op_->done; });
+  }
+  std::shared_ptr<Op> op_;
+};
+
+// Runs operations one at a time, in submission order, on its own thread.
+class CommEngine {
+ public:
+  CommEngine() : thread_([this] { loop(); }) {}
+  ~CommEngine() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_one();
+    thread_.join();
+  }
+
+  std::unique_ptr<Work> submit(std::function<void()> body) {
+    auto op = std::make_shared<Op>();
+    op->body = std::move(body);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(op);
+    }
+    cv_.notify_one();
+    return std::make_unique<OpWork>(op);
+  }
+
+ private:
+  void loop() {
+    while (true) {
+      std::shared_ptr<Op> op;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        op = queue_.front();
+        queue_.pop_front();
+      }
+      try {
+        op->body();
+      } catch (...) {
+        op->error = std::current_exception();
+      }
+      {
+        std::lock_guard<std::mutex> lock(op->mu);
+        op->done = true;
+      }
+      op->cv.notify_all();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<Op>> queue_;
+  bool stop_ = false;
+  std::thread thread_;  // last: starts after the members it uses exist
+};
+
+// Waits for requests by polling: spinning in MPI_Waitall would take a core from compute.
+// Yield for the first polls (latency), then sleep briefly.
+void wait_requests(MPI_Request* reqs, int n) {
+  for (int polls = 0;; ++polls) {
+    int flag = 0;
+    MPI_CHECK(MPI_Testall(n, reqs, &flag, MPI_STATUSES_IGNORE));
+    if (flag) return;
+    if (polls < 64) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+  }
+}
+
+MPI_Datatype wire_type(DType t) {
+  switch (t) {
+    case DType::kF32: return MPI_FLOAT;
+    case DType::kI32: return MPI_INT32_T;
+    case DType::kBF16:
+    case DType::kF16: return MPI_UINT16_T;  // bit patterns; arithmetic is ours
+  }
+  return MPI_BYTE;
+}
+
+// out[i] = in_a[i] + in_b[i], in fp32, rounded once into the wire type.
+void add_into(void* out, const void* a, const void* b, int64_t n, DType t) {
+  switch (t) {
+    case DType::kF32: {
+      auto* o = static_cast<float*>(out);
+      auto* x = static_cast<const float*>(a);
+      auto* y = static_cast<const float*>(b);
+      for (int64_t i = 0; i < n; ++i) o[i] = x[i] + y[i];
+      break;
+    }
+    case DType::kBF16: {
+      auto* o = static_cast<BFloat16*>(out);
+      auto* x = static_cast<const BFloat16*>(a);
+      auto* y = static_cast<const BFloat16*>(b);
+      for (int64_t i = 0; i < n; ++i) o[i] = float_to_bf16(bf16_to_float(x[i]) + bf16_to_float(y[i]));
+      break;
+    }
+    case DType::kF16: {
+      auto* o = static_cast<Half*>(out);
+      auto* x = static_cast<const Half*>(a);
+      auto* y = static_cast<const Half*>(b);
+      for (int64_t i = 0; i < n; ++i) o[i] = float_to_f16(f16_to_float(x[i]) + f16_to_float(y[i]));
+      break;
+    }
+    case DType::kI32: {
+      auto* o = static_cast<int32_t*>(out);
+      auto* x = static_cast<const int32_t*>(a);
+      auto* y = static_cast<const int32_t*>(b);
+      for (int64_t i = 0; i < n; ++i) o[i] = x[i] + y[i];
+      break;
+    }
+  }
+}
+
+class MpiCommunicator final : public Communicator {
+ public:
+  MpiCommunicator(MPI_Comm comm, std::shared_ptr<CommEngine> engine)
+      : comm_(comm), engine_(std::move(engine)) {
+    MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+    MPI_CHECK(MPI_Comm_size(comm_, &size_));
+  }
+  ~MpiCommunicator() override {
+    if (comm_ != MPI_COMM_WORLD) {
+      // Freed on the communication thread, in order after this communicator's operations.
+      MPI_Comm comm = comm_;
+      engine_->submit([comm]() mutable { MPI_Comm_free(&comm); })->wait();
+    }
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  int64_t bytes_sent() const override { return bytes_sent_.load(); }
+
+  std::unique_ptr<Work> reduce_scatter_async(const void* send, void* recv, int64_t count,
+                                             DType dtype) override {
+    return engine_->submit([=, this] { ring_reduce_scatter(send, recv, count, dtype); });
+  }
+
+  std::unique_ptr<Work> all_gather_async(const void* send, void* recv, int64_t count,
+                                         DType dtype) override {
+    return engine_->submit([=, this] { ring_all_gather(send, recv, count, dtype); });
+  }
+
+  std::unique_ptr<Work> all_reduce_async(void* buf, int64_t count, DType dtype) override {
+    return engine_->submit([=, this] {
+      // reduce-scatter + all-gather over equal shards, padded to a multiple of the group.
+      const int64_t n = size_, shard = (count + n - 1) / n, esz = dtype_bytes(dtype);
+      std::vector<char>& padded = scratch_padded_;
+      std::vector<char>& mine = scratch_shard_;
+      void* full = buf;
+      if (shard * n != count) {
+        padded.assign(size_t(shard * n * esz), 0);
+        std::memcpy(padded.data(), buf, size_t(count * esz));
+        full = padded.data();
+      }
+      mine.resize(size_t(shard * esz));
+      ring_reduce_scatter(full, mine.data(), shard, dtype);
+      ring_all_gather(mine.data(), full, shard, dtype);
+      if (full != buf) std::memcpy(buf, full, size_t(count * esz));
+    });
+  }
+
+  std::unique_ptr<Work> broadcast_async(void* buf, int64_t count, DType dtype,
+                                        int root) override {
+    return engine_->submit([=, this] {
+      // A chain from the root around the ring: each rank receives once and forwards once.
+      const int pos = (rank_ - root + size_) % size_;
+      const int left = (rank_ - 1 + size_) % size_, right = (rank_ + 1) % size_;
+      const int n = checked_count(count, dtype);
+      if (pos > 0) {
+        MPI_Request r;
+        MPI_CHECK(MPI_Irecv(buf, n, wire_type(dtype), left, kTag, comm_, &r));
+        wait_requests(&r, 1);
+      }
+      if (pos < size_ - 1) {
+        MPI_Request r;
+        MPI_CHECK(MPI_Isend(buf, n, wire_type(dtype), right, kTag, comm_, &r));
+        wait_requests(&r, 1);
+        bytes_sent_ += count * dtype_bytes(dtype);
+      }
+    });
+  }
+
+  void barrier() override {
+    engine_->submit([this] { MPI_CHECK(MPI_Barrier(comm_)); })->wait();
+  }
+
+  void all_reduce_f64(double* values, int64_t count, bool max) override {
+    engine_->submit([=, this] {
+      // Gather everything, then reduce locally in rank order: the same order on every rank.
+      std::vector<double> all(size_t(count * size_));
+      MPI_CHECK(MPI_Allgather(values, int(count), MPI_DOUBLE, all.data(), int(count), MPI_DOUBLE,
+                              comm_));
+      bytes_sent_ += count * 8 * (size_ - 1);
+      for (int64_t i = 0; i < count; ++i) {
+        double acc = all[size_t(i)];
+        for (int r = 1; r < size_; ++r) {
+          double v = all[size_t(r * count + i)];
+          acc = max ? (v > acc ? v : acc) : acc + v;
+        }
+        values[i] = acc;
+      }
+    })->wait();
+  }
+
+  std::unique_ptr<Communicator> split(int color, int key) override {
+    MPI_Comm sub = MPI_COMM_NULL;
+    engine_->submit([&] {
+      MPI_CHECK(MPI_Comm_split(comm_, color, key, &sub));
+      MPI_CHECK(MPI_Comm_set_errhandler(sub, MPI_ERRORS_RETURN));
+    })->wait();
+    return std::make_unique<MpiCommunicator>(sub, engine_);
+  }
+
+ private:
+  static constexpr int kTag = 7;
+
+  static int checked_count(int64_t count, DType dtype) {
+    ST_CHECK(count >= 0 && count <= INT_MAX, "message of ", count, " ", dtype_name(dtype),
+             " elements exceeds MPI's int count");
+    return int(count);
+  }
+
+  // Ring reduce-scatter. At step s (0 .. n-2) rank r sends the partial sum of chunk
+  // (r - s - 1) mod n to its right neighbour and receives the partial sum of chunk
+  // (r - s - 2) mod n from its left, adds its own contribution, and passes it on. After n-1
+  // steps it holds chunk r summed over all ranks in the fixed order r+1, r+2, ..., r.
+  void ring_reduce_scatter(const void* send, void* recv, int64_t count, DType dtype) {
+    const int n = size_, r = rank_;
+    const int64_t esz = dtype_bytes(dtype);
+    const char* own = static_cast<const char*>(send);
+    if (n == 1) {
+      if (recv != send) std::memmove(recv, send, size_t(count * esz));
+      return;
+    }
+    const int c = checked_count(count, dtype);
+    std::vector<char>& out = scratch_a_;
+    std::vector<char>& in = scratch_b_;
+    out.resize(size_t(count * esz));
+    in.resize(size_t(count * esz));
+    const int left = (r - 1 + n) % n, right = (r + 1) % n;
+    auto chunk = [&](int i) { return own + int64_t((i % n + n) % n) * count * esz; };
+    const void* to_send = chunk(r - 1);
+    for (int s = 0; s < n - 1; ++s) {
+      MPI_Request reqs[2];
+      MPI_CHECK(MPI_Irecv(in.data(), c, wire_type(dtype), left, kTag, comm_, &reqs[0]));
+      MPI_CHECK(MPI_Isend(to_send, c, wire_type(dtype), right, kTag, comm_, &reqs[1]));
+      wait_requests(reqs, 2);
+      bytes_sent_ += count * esz;
+      void* dst = (s == n - 2) ? recv : out.data();
+      add_into(dst, in.data(), chunk(r - s - 2), count, dtype);
+      to_send = out.data();
+    }
+  }
+
+  // Ring all-gather: at step s rank r forwards chunk (r - s) mod n and receives chunk
+  // (r - s - 1) mod n, straight into place.
+  void ring_all_gather(const void* send, void* recv, int64_t count, DType dtype) {
+    const int n = size_, r = rank_;
+    const int64_t esz = dtype_bytes(dtype);
+    char* out = static_cast<char*>(recv);
+    auto chunk = [&](int i) { return out + int64_t((i % n + n) % n) * count * esz; };
+    if (send != chunk(r)) std::memmove(chunk(r), send, size_t(count * esz));
+    if (n == 1) return;
+    const int c = checked_count(count, dtype);
+    const int left = (r - 1 + n) % n, right = (r + 1) % n;
+    for (int s = 0; s < n - 1; ++s) {
+      MPI_Request reqs[2];
+      MPI_CHECK(MPI_Irecv(chunk(r - s - 1), c, wire_type(dtype), left, kTag, comm_, &reqs[0]));
+      MPI_CHECK(MPI_Isend(chunk(r - s), c, wire_type(dtype), right, kTag, comm_, &reqs[1]));
+      wait_requests(reqs, 2);
+      bytes_sent_ += count * esz;
+    }
+  }
+
+  MPI_Comm comm_;
+  std::shared_ptr<CommEngine> engine_;
+  int rank_ = 0, size_ = 1;
+  std::atomic<int64_t> bytes_sent_{0};  // written on the communication thread only
+  std::vector<char> scratch_a_, scratch_b_, scratch_padded_, scratch_shard_;
+};
+
+}  // namespace
+
+MpiRuntime::MpiRuntime(int* argc, char*** argv) {
+  int provided = 0;
+  MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided));
+  if (provided < MPI_THREAD_SERIALIZED) {
+    throw InternalError("the MPI library does not support calls from a communication thread");
+  }
+  MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+  MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
+  MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size_));
+  MPI_Comm local;
+  MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local));
+  MPI_CHECK(MPI_Comm_rank(local, &local_rank_));
+  MPI_CHECK(MPI_Comm_size(local, &local_size_));
+  MPI_CHECK(MPI_Comm_free(&local));
+}
+
+MpiRuntime::~MpiRuntime() {
+  world_.reset();
+  MPI_Finalize();
+}
+
+Communicator& MpiRuntime::world() {
+  if (!world_) world_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, std::make_shared<CommEngine>());
+  return *world_;
+}
+
+void MpiRuntime::abort(int code) {
+  MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);
+}
+
+}  // namespace shardtrain

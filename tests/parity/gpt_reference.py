@@ -1,0 +1,91 @@
+"""GPT-2 in plain PyTorch, the reference the parity tests hold shardtrain to.
+
+Written from the definitions (REFERENCE.md): pre-LN blocks, tanh GELU, LayerNorm eps 1e-5,
+causal attention with scale 1/sqrt(head_dim), LM head tied to wte, Hugging Face names and
+[in, out] weight layout. Also: the token-shard format, the data contract and the learning-rate
+schedule, each re-implemented here from the README rather than imported from shardtrain.
+"""
+import json
+import math
+import struct
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SHARD_MAGIC = b"STTOKENS"
+
+
+def write_shard(path, tokens, vocab_size):
+    width = 2 if vocab_size <= 65536 else 4
+    header = SHARD_MAGIC + struct.pack("<IIQQ", 1, width, vocab_size, len(tokens))
+    header += b"\0" * (64 - len(header))
+    with open(path, "wb") as f:
+        f.write(header)
+        f.write(np.asarray(tokens, dtype=np.uint16 if width == 2 else np.uint32).tobytes())
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    kinds = {"F32": np.float32}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        arr = np.frombuffer(data[begin:end], dtype=kinds[info["dtype"]]).reshape(info["shape"])
+        out[name] = torch.from_numpy(arr.copy())
+    return out
+
+
+class Gpt(torch.nn.Module):
+    def __init__(self, weights, n_layer, n_head):
+        super().__init__()
+        self.n_layer, self.n_head = n_layer, n_head
+        self.p = torch.nn.ParameterDict(
+            {k.replace(".", "__"): torch.nn.Parameter(v.clone()) for k, v in weights.items()})
+
+    def w(self, name):
+        return self.p[name.replace(".", "__")]
+
+    def forward(self, idx):
+        B, T = idx.shape
+        C = self.w("wte.weight").shape[1]
+        H, D = self.n_head, C // self.n_head
+        x = self.w("wte.weight")[idx] + self.w("wpe.weight")[:T]
+        mask = torch.ones(T, T, dtype=torch.bool).tril()
+        for i in range(self.n_layer):
+            h = lambda n: self.w(f"h.{i}.{n}")
+            a = F.layer_norm(x, (C,), h("ln_1.weight"), h("ln_1.bias"), 1e-5)
+            qkv = a @ h("attn.c_attn.weight") + h("attn.c_attn.bias")
+            q, k, v = qkv.split(C, dim=2)
+            q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(D)
+            att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+            y = (att @ v).transpose(1, 2).reshape(B, T, C)
+            x = x + y @ h("attn.c_proj.weight") + h("attn.c_proj.bias")
+            m = F.layer_norm(x, (C,), h("ln_2.weight"), h("ln_2.bias"), 1e-5)
+            m = F.gelu(m @ h("mlp.c_fc.weight") + h("mlp.c_fc.bias"), approximate="tanh")
+            x = x + m @ h("mlp.c_proj.weight") + h("mlp.c_proj.bias")
+        x = F.layer_norm(x, (C,), self.w("ln_f.weight"), self.w("ln_f.bias"), 1e-5)
+        return x @ self.w("wte.weight").T
+
+
+def windows(tokens, T, first, count):
+    """The data contract: window i is tokens [i*T, i*T+T], indices wrapping past the end."""
+    n = (len(tokens) - 1) // T
+    rows = [tokens[(i % n) * T:(i % n) * T + T + 1] for i in range(first, first + count)]
+    w = torch.tensor(np.array(rows, dtype=np.int64))
+    return w[:, :-1], w[:, 1:]
+
+
+def learning_rate(step, lr, min_lr, warmup, total, cosine):
+    if warmup > 0 and step <= warmup:
+        return lr * step / warmup
+    if not cosine:
+        return lr
+    progress = (step - warmup) / (total - warmup) if total > warmup else 1.0
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)
