@@ -28,6 +28,7 @@ memory::data_type dnnl_type(DType t) {
     case DType::kF32: return memory::data_type::f32;
     case DType::kBF16: return memory::data_type::bf16;
     case DType::kF16: return memory::data_type::f16;
+    case DType::kI32: break;
   }
   return memory::data_type::undef;
 }
