@@ -141,14 +141,14 @@ void scale(T* x, float s, int64_t n) {
   });
 }
 
-#define ST_INSTANTIATE(T)                                                 \
-  template void gelu_forward<T>(T*, const T*, int64_t);                   \
-  template void gelu_backward<T>(T*, const T*, const T*, int64_t);        \
-  template void residual_add<T>(T*, const T*, const T*, int64_t);         \
-  template void bias_backward<T>(float*, const T*, int64_t, int64_t);     \
-  template void scale<T>(T*, float, int64_t);                             \
-  template void cast<T, float>(float*, const T*, int64_t);                \
-  template void cast<T, BFloat16>(BFloat16*, const T*, int64_t);          \
+#define ST_INSTANTIATE(T)                                             \
+  template void gelu_forward<T>(T*, const T*, int64_t);               \
+  template void gelu_backward<T>(T*, const T*, const T*, int64_t);    \
+  template void residual_add<T>(T*, const T*, const T*, int64_t);     \
+  template void bias_backward<T>(float*, const T*, int64_t, int64_t); \
+  template void scale<T>(T*, float, int64_t);                         \
+  template void cast<T, float>(float*, const T*, int64_t);            \
+  template void cast<T, BFloat16>(BFloat16*, const T*, int64_t);      \
   template void cast<T, Half>(Half*, const T*, int64_t);
 ST_INSTANTIATE(float)
 ST_INSTANTIATE(BFloat16)

@@ -44,8 +44,8 @@ struct ParamF32 {
 }  // namespace
 
 template <class T>
-void layernorm_forward(T* out, float* mean, float* rstd, const T* x, const T* weight,
-                       const T* bias, RowsShape s, float eps) {
+void layernorm_forward(T* out, float* mean, float* rstd, const T* x, const T* weight, const T* bias,
+                       RowsShape s, float eps) {
   const int64_t C = s.channels;
   ParamF32<T> w(weight, C), b(bias, C);
   const float* wf = w.ptr;
@@ -125,10 +125,10 @@ void layernorm_backward(T* dx, float* dweight, float* dbias, const T* dout, cons
   cpu::add_parts(dbias, db_part.data(), parts, C);
 }
 
-#define ST_INSTANTIATE(T)                                                                       \
-  template void layernorm_forward<T>(T*, float*, float*, const T*, const T*, const T*,         \
-                                     RowsShape, float);                                        \
-  template void layernorm_backward<T>(T*, float*, float*, const T*, const T*, const T*,        \
+#define ST_INSTANTIATE(T)                                                                         \
+  template void layernorm_forward<T>(T*, float*, float*, const T*, const T*, const T*, RowsShape, \
+                                     float);                                                      \
+  template void layernorm_backward<T>(T*, float*, float*, const T*, const T*, const T*,           \
                                       const float*, const float*, RowsShape);
 ST_INSTANTIATE(float)
 ST_INSTANTIATE(BFloat16)

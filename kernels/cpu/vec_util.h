@@ -110,8 +110,11 @@ inline float* out_f32(T* dst, float* buf) {
 
 template <class T>
 inline void store(T* dst, const float* row, int64_t n) {
-  if constexpr (!std::is_same_v<T, float>) narrow(dst, row, n);
-  else (void)dst, (void)row, (void)n;
+  if constexpr (std::is_same_v<T, float>) {
+    (void)dst, (void)row, (void)n;  // the row was computed in dst itself
+  } else {
+    narrow(dst, row, n);
+  }
 }
 
 // A per-thread fp32 scratch row (slot 0..3), grown on demand and kept for the next call; OpenMP
@@ -127,9 +130,9 @@ inline float* scratch(int64_t n, int slot = 0) {
 
 // expf for any x, branch-free (Cephes' expf: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial
 // for e^r, then scale by 2^n through the exponent bits). Relative error below 1.5 * 2^-24
-// (measured over every 7th float in range; elementwise_test asserts 3 * 2^-24). Results below FLT_MIN flush to
-// 0 (they only ever feed sums and products dominated by larger terms); above ln(FLT_MAX) give
-// inf; NaN propagates.
+// (measured over every 7th float in range; elementwise_test asserts 3 * 2^-24). Results below
+// FLT_MIN flush to 0 (they only ever feed sums and products dominated by larger terms); above
+// ln(FLT_MAX) give inf; NaN propagates.
 inline float exp_f32(float x) {
   const float kLo = -87.33654f;  // ln(FLT_MIN)
   const float kHi = 88.72283f;   // ln(FLT_MAX)

@@ -3,6 +3,8 @@
 // accumulation, thread-count independence), cast (bit-exact against dtype.h over every 16-bit
 // pattern and a dense fp32 sample) and scale. Also bounds the CPU backend's exp_f32, which
 // GELU and cross-entropy rely on.
+#include "kernels/elementwise.h"
+
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -11,7 +13,6 @@
 #include <limits>
 
 #include "kernels/cpu/vec_util.h"
-#include "kernels/elementwise.h"
 #include "tests/kernels/test_util.h"
 
 namespace shardtrain::kernels {

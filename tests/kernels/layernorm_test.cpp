@@ -1,13 +1,14 @@
 // LayerNorm against a double-precision reference: forward (out, mean, rstd) on odd and GPT-2
 // shapes for f32 / bf16 / f16 storage; backward (dx accumulated, dweight, dbias accumulated)
 // against central differences of sum(out * G); and bitwise independence of the thread count.
+#include "kernels/layernorm.h"
+
 #include <gtest/gtest.h>
 #include <omp.h>
 
 #include <cmath>
 #include <cstring>
 
-#include "kernels/layernorm.h"
 #include "tests/kernels/test_util.h"
 
 namespace shardtrain::kernels {
@@ -69,7 +70,7 @@ Inputs make_inputs(int64_t rows, int64_t C, uint64_t seed) {
   return in;
 }
 
-const std::pair<int64_t, int64_t> kShapes[] = {{1, 1},  {1, 3},   {2, 17},  {5, 100},
+const std::pair<int64_t, int64_t> kShapes[] = {{1, 1},   {1, 3},   {2, 17},  {5, 100},
                                                {3, 768}, {33, 64}, {4, 1000}};
 
 template <class T>
@@ -172,8 +173,8 @@ Run<T> run_with_threads(int threads, int64_t rows, int64_t C) {
   Inputs in = make_inputs(rows, C, 300);
   auto x = to_storage<T>(in.x), w = to_storage<T>(in.w), b = to_storage<T>(in.b);
   auto g = to_storage<T>(random_vector(rows * C, 301));
-  Run<T> r{std::vector<T>(usize(rows * C)), to_storage<T>(random_vector(rows * C, 302)),
-           std::vector<float>(usize(rows)), std::vector<float>(usize(rows)),
+  Run<T> r{std::vector<T>(usize(rows * C)),     to_storage<T>(random_vector(rows * C, 302)),
+           std::vector<float>(usize(rows)),     std::vector<float>(usize(rows)),
            std::vector<float>(usize(C), 0.25f), std::vector<float>(usize(C), -0.5f)};
   layernorm_forward(r.out.data(), r.mean.data(), r.rstd.data(), x.data(), w.data(), b.data(),
                     {rows, C}, kEps);
