@@ -288,8 +288,8 @@ void Gpt<S>::backward(ParamSource& ps, float grad_weight) {
     d.shape = {N, C, Vp};
     d.ab_dtype = d.c_dtype = dtype_of<S>();
     k::gemm(d, dlogits, param<S>(ps.params(0), 0, 0), dln);
-    float* dwte = ps.grads(0) + layout_[0].params[0].offset;
-    linear_dweight<S>(dwte, lnf_.data<S>(), dlogits, N, Vp, C);
+    float* dwte = ps.grads(0) + layout_[0].params[0].offset;  // (Vp,C) += dlogits^T @ lnf
+    linear_dweight<S>(dwte, dlogits, lnf_.data<S>(), N, Vp, C);
   }
   ps.release(0);
 
