@@ -29,6 +29,7 @@ int main(int argc, char** argv) {
   using launch::TrainArgs;
   CLI::App app{"shardtrain: distributed GPT training (data, tensor and ZeRO parallelism)"};
   app.require_subcommand(1);
+  app.fallthrough();  // global flags may also follow the subcommand
   std::string log_level = "info";
   bool log_all_ranks = false;
   app.add_option("--log-level", log_level, "debug | info | warn | error");
@@ -43,6 +44,10 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--memory-report", train.memory_report, "write the memory report here");
   train_cmd->add_option("--export-final", train.export_final, "write final weights (safetensors)");
   train_cmd->add_flag("--dry-run", train.dry_run, "validate the config, print it, and stop");
+  // Test-only fault injection; hidden from --help (empty group).
+  train_cmd->add_option("--inject-fault", train.fault_step)->group("");
+  train_cmd->add_option("--inject-overflow", train.overflow_step)->group("");
+  train_cmd->add_option("--fault-rank", train.fault_rank)->group("");
 
   ExportArgs exp;
   CLI::App* export_cmd = app.add_subcommand(
@@ -81,8 +86,9 @@ int main(int argc, char** argv) {
   }
 
   try {
-    log_configure(/*rank=*/0, /*world_size=*/1, log_all_ranks, parse_log_level(log_level));
-    if (train_cmd->parsed()) return launch::run_train(train);
+    const LogLevel level = parse_log_level(log_level);
+    log_configure(/*rank=*/0, /*world_size=*/1, log_all_ranks, level);
+    if (train_cmd->parsed()) return launch::run_train(train, level, log_all_ranks);
     if (export_cmd->parsed()) return launch::run_export(exp);
     for (const Pending& p : pending) {
       if (app.got_subcommand(p.name)) not_built(p.name, p.issue);

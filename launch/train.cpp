@@ -1,26 +1,36 @@
-// train.cpp — the training loop: data, model, optimizer, metrics, in that order per step.
+// train.cpp — the training loop: data, model, ZeRO engine, optimizer, metrics, per step.
 //
-// One optimizer step = grad_accum micro-steps of forward + backward (gradients accumulate in
-// fp32), then the global gradient norm, clipping, the learning-rate schedule and AdamW. The
-// loss is the mean over every target token of the step's global batch, so each micro-step's
-// backward is weighted by 1 / (B * T * grad_accum * dp). Rank 0 writes one JSON metrics line
-// per step and a readable progress line every train.log_every steps.
+// One optimizer step = grad_accum micro-steps of forward + backward on every data-parallel
+// rank (gradient reductions overlap the backward inside the ZeRO engine), then the global
+// gradient norm, the inf/nan check (every rank skips together), clipping, the schedule and
+// AdamW. The loss is the mean over every target token of the step's global batch, so each
+// micro-step's backward is weighted by loss_scale / (B * T * grad_accum * dp).
+//
+// Failure: problems found while setting up (config, data files, weights) are agreed on by
+// all ranks, reported once by the lowest failing rank, and every rank exits 2. A failure
+// during training is one rank's: it is reported and MPI_Abort ends the whole job at once.
 #include "launch/train.h"
 
+#include <omp.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "models/data.h"
 #include "models/gpt.h"
-#include "parallel/local_params.h"
+#include "parallel/loss_scaler.h"
 #include "parallel/optimizer.h"
+#include "parallel/zero.h"
 #include "runtime/config.h"
 #include "runtime/error.h"
 #include "runtime/log.h"
+#include "runtime/mpi_comm.h"
 
 namespace shardtrain::launch {
 namespace {
@@ -35,102 +45,177 @@ DType compute_dtype(const Config& c) {
   }
 }
 
-void init_params(parallel::LocalParams& params, const Config& c) {
+parallel::ZeroOptions zero_options(const Config& c) {
+  return {c.parallel().zero_stage(), compute_dtype(c), c.parallel().bucket_mb()};
+}
+
+void init_weights(parallel::ZeroEngine& engine, const Config& c) {
   if (!c.model().init_from().empty()) {
-    params.load_hf(c.model().init_from());
+    engine.load_hf(c.model().init_from());
     log_info("initialised from ", c.model().init_from());
   } else {
-    params.init_random(c.train().seed());
+    engine.init_random(c.train().seed());
   }
 }
 
-template <class S>
-double evaluate(models::Gpt<S>& model, parallel::LocalParams& params, models::DataLoader& val,
-                int batches, int64_t B, int64_t T) {
-  std::vector<int32_t> inputs(size_t(B * T)), targets(size_t(B * T));
-  val.set_position(0);  // the same validation windows every time
-  double sum = 0.0;
-  for (int i = 0; i < batches; ++i) {
-    val.next(inputs.data(), targets.data());
-    sum += model.forward(params, inputs.data(), targets.data());
-  }
-  return sum / double(int64_t(batches) * B * T);
-}
-
-template <class S>
-int train_loop(const Config& c, const TrainArgs& args) {
-  const auto& d = c.data();
-  const int64_t B = d.micro_batch(), T = c.model().seq_len(), accum = d.grad_accum();
-  const int64_t steps = c.train().steps();
-  const int dp = 1, dp_rank = 0;
-
+// Everything a run needs, built before the first step.
+struct Run {
+  Config config;
+  int64_t B = 0, T = 0, accum = 0, steps = 0;
+  std::unique_ptr<Communicator> dp;
   TrackingAllocator alloc;
-  const models::GptDims dims = models::GptDims::from_config(c.model());
+  models::GptDims dims{};
+  std::unique_ptr<models::DataLoader> train, val;
+  std::unique_ptr<parallel::ZeroEngine> engine;
+  std::ofstream metrics;
+  int64_t train_tokens = 0;
+};
+
+std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
+  auto run = std::make_unique<Run>();
+  Config& c = run->config;
+  c = load_config_file(args.config);
+  apply_overrides(c, args.sets);
+  validate_config(c, mpi.world_size(), ValidateFor::kTrain);
+  log_info("effective config:\n", config_to_text(c));
+  if (!args.resume.empty()) throw UserError("--resume: checkpoints are not built yet (issue [checkpoint])");
+  if (!args.memory_report.empty()) throw UserError("--memory-report: not built yet (issue [memory])");
+  if (c.train().device() != "cpu") {
+    throw UserError(str_cat("train.device '", c.train().device(),
+                            "' is not built yet (issue [cuda]); use cpu"));
+  }
+  if (c.parallel().tp() != 1) throw UserError("parallel.tp > 1 is not built yet (issue [tp])");
+
+  const int threads = c.train().threads() > 0
+                          ? c.train().threads()
+                          : std::max(1, int(std::thread::hardware_concurrency()) / mpi.local_size());
+  omp_set_num_threads(threads);
+
+  const auto& d = c.data();
+  run->B = d.micro_batch();
+  run->T = c.model().seq_len();
+  run->accum = d.grad_accum();
+  run->steps = c.train().steps();
+  run->dims = models::GptDims::from_config(c.model());
+  // World = dp x tp with tp ranks adjacent; tp = 1 until [tp], so dp is the world.
+  run->dp = mpi.world().split(0, mpi.world_rank());
+  const int dp = run->dp->size(), dp_rank = run->dp->rank();
   auto train_stream = std::make_shared<models::TokenStream>(
-      models::expand_paths({d.train().begin(), d.train().end()}, "data.train"), dims.V);
-  models::DataLoader loader(train_stream, B, T, dp_rank, dp);
-  std::unique_ptr<models::DataLoader> val;
+      models::expand_paths({d.train().begin(), d.train().end()}, "data.train"), run->dims.V);
+  run->train_tokens = train_stream->num_tokens();
+  run->train = std::make_unique<models::DataLoader>(train_stream, run->B, run->T, dp_rank, dp);
   if (c.train().eval_every() > 0) {
     auto val_stream = std::make_shared<models::TokenStream>(
-        models::expand_paths({d.val().begin(), d.val().end()}, "data.val"), dims.V);
-    val = std::make_unique<models::DataLoader>(val_stream, B, T, dp_rank, dp);
+        models::expand_paths({d.val().begin(), d.val().end()}, "data.val"), run->dims.V);
+    run->val = std::make_unique<models::DataLoader>(val_stream, run->B, run->T, dp_rank, dp);
   }
-  std::ofstream metrics;
-  if (!args.metrics.empty()) {
-    metrics.open(args.metrics, std::ios::trunc);
-    if (!metrics) throw UserError(str_cat("--metrics ", args.metrics, ": cannot write"));
+  if (!args.metrics.empty() && mpi.world_rank() == 0) {
+    run->metrics.open(args.metrics, std::ios::trunc);
+    if (!run->metrics) throw UserError(str_cat("--metrics ", args.metrics, ": cannot write"));
   }
+  run->engine = std::make_unique<parallel::ZeroEngine>(run->dims, zero_options(c), *run->dp,
+                                                       run->alloc);
+  init_weights(*run->engine, c);
+  log_info("layout: ", mpi.world_size(), " ranks = dp ", dp, " x tp 1, ZeRO stage ",
+           c.parallel().zero_stage(), ", ", threads, " threads per rank");
+  return run;
+}
 
-  parallel::LocalParams params(dims, dtype_of<S>(), alloc);
-  init_params(params, c);
-  models::Gpt<S> model(dims, B, T, alloc);
+template <class S>
+double evaluate(Run& run, models::Gpt<S>& model) {
+  std::vector<int32_t> inputs(size_t(run.B * run.T)), targets(size_t(run.B * run.T));
+  run.val->set_position(0);  // the same validation windows every time
+  double sum = 0.0;
+  const int batches = run.config.train().eval_batches();
+  for (int i = 0; i < batches; ++i) {
+    run.val->next(inputs.data(), targets.data());
+    run.engine->begin_forward_only();
+    sum += model.forward(*run.engine, inputs.data(), targets.data());
+  }
+  run.dp->all_reduce_f64(&sum, 1, false);
+  return sum / double(int64_t(batches) * run.B * run.T * run.dp->size());
+}
+
+template <class S>
+void train_loop(Run& run, const TrainArgs& args) {
+  const Config& c = run.config;
+  parallel::ZeroEngine& engine = *run.engine;
+  models::Gpt<S> model(run.dims, run.B, run.T, run.alloc);
   int64_t num_params = 0;
-  for (const auto& u : params.layout()) num_params += u.numel;
-  log_info("model: ", dims.L, " layers, ", dims.H, " heads, width ", dims.C, ", vocab ", dims.V,
-           ", context ", dims.Tmax, ": ", num_params, " parameters; ", dtype_name(dtype_of<S>()),
-           " compute; ", train_stream->num_tokens(), " training tokens");
+  for (const auto& u : engine.layout()) num_params += u.numel;
+  log_info("model: ", run.dims.L, " layers, ", run.dims.H, " heads, width ", run.dims.C,
+           ", vocab ", run.dims.V, ", context ", run.dims.Tmax, ": ", num_params,
+           " parameters; ", dtype_name(dtype_of<S>()), " compute; ", run.train_tokens,
+           " training tokens");
 
-  std::vector<int32_t> inputs(size_t(B * T)), targets(size_t(B * T));
-  const int64_t tokens_per_step = B * T * accum * dp;
-  const float grad_weight = float(1.0 / double(tokens_per_step));
-  for (int64_t step = 1; step <= steps; ++step) {
+  parallel::LossScaler scaler(c.precision().loss_scale(), dtype_of<S>() == DType::kF16);
+  std::vector<int32_t> inputs(size_t(run.B * run.T)), targets(size_t(run.B * run.T));
+  const int64_t tokens_per_step = run.B * run.T * run.accum * run.dp->size();
+  const int world_rank = run.dp->rank();
+  for (int64_t step = 1; step <= run.steps; ++step) {
     const auto t0 = Clock::now();
-    alloc.set_phase("forward_backward");
-    params.zero_grads();
-    double loss_sum = 0.0;
-    for (int64_t micro = 0; micro < accum; ++micro) {
-      loader.next(inputs.data(), targets.data());
-      loss_sum += model.forward(params, inputs.data(), targets.data());
-      model.backward(params, grad_weight);
+    if (step == args.fault_step && world_rank == args.fault_rank) {
+      throw InternalError(str_cat("injected fault at step ", step, " (--inject-fault)"));
     }
-    alloc.set_phase("optimizer");
+    const int64_t comm_before = run.dp->bytes_sent();
+    const double loss_scale = scaler.scale();
+    const float grad_weight = float(loss_scale / double(tokens_per_step));
+    run.alloc.set_phase("forward_backward");
+    engine.begin_step();
+    double loss_sum = 0.0;
+    for (int64_t micro = 0; micro < run.accum; ++micro) {
+      engine.begin_micro_step(micro == run.accum - 1);
+      run.train->next(inputs.data(), targets.data());
+      loss_sum += model.forward(engine, inputs.data(), targets.data());
+      model.backward(engine, grad_weight);
+    }
+    engine.finish_backward();
+    if (step == args.overflow_step && world_rank == args.fault_rank) engine.poison_grads_for_test();
+    run.alloc.set_phase("optimizer");
+    // Global norm and overflow flag from the owned shards: one reduction for both.
+    const double sq = engine.grad_sq_sum();
+    run.dp->all_reduce_f64(&loss_sum, 1, false);
     const double loss = loss_sum / double(tokens_per_step);
-    const double grad_norm = std::sqrt(params.grad_sq_sum());
-    const double lr = parallel::learning_rate(c.optimizer(), step, steps);
-    const double coef = parallel::clip_coefficient(grad_norm, c.optimizer().grad_clip());
-    params.adamw_step(c.optimizer(), lr, step, float(coef));
+    const bool skipped = scaler.update(!std::isfinite(sq));
+    const double grad_norm = std::sqrt(sq) / loss_scale;
+    const double lr = parallel::learning_rate(c.optimizer(), step, run.steps);
+    if (!skipped) {
+      const double coef = parallel::clip_coefficient(grad_norm, c.optimizer().grad_clip());
+      engine.adamw_step(c.optimizer(), lr, step, float(coef / loss_scale));
+    } else {
+      log_warn("step ", step, ": non-finite gradients, step skipped on every rank; loss scale ",
+               loss_scale, " -> ", scaler.scale());
+    }
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    const int64_t comm_bytes = run.dp->bytes_sent() - comm_before;
 
+    const MemStats mem = run.alloc.stats();
+    nlohmann::json live = nlohmann::json::object();
+    for (int k = 0; k < kNumMemCategories; ++k) {
+      live[mem_category_name(MemCategory(k))] = mem.live[size_t(k)];
+    }
     nlohmann::json m = {{"step", step},
                         {"loss", loss},
                         {"lr", lr},
-                        {"grad_norm", grad_norm},
-                        {"loss_scale", 1.0},
-                        {"skipped", false},
+                        {"grad_norm", std::isfinite(grad_norm) ? grad_norm : -1.0},
+                        {"loss_scale", loss_scale},
+                        {"skipped", skipped},
                         {"tokens_per_s", double(tokens_per_step) / secs},
                         {"step_ms", secs * 1e3},
-                        {"mem_peak_bytes", alloc.stats().peak_total}};
-    const bool do_eval = val && (step % c.train().eval_every() == 0 || step == steps);
+                        {"mem_peak_bytes", mem.peak_total},
+                        {"mem_live_bytes", live},
+                        {"comm_bytes", comm_bytes}};
+    const bool do_eval = run.val && (step % c.train().eval_every() == 0 || step == run.steps);
     if (do_eval) {
-      alloc.set_phase("eval");
-      m["val_loss"] = evaluate(model, params, *val, c.train().eval_batches(), B, T);
+      run.alloc.set_phase("eval");
+      m["val_loss"] = evaluate(run, model);
     }
-    if (metrics.is_open()) metrics << m.dump() << "\n" << std::flush;
-    if (step % c.train().log_every() == 0 || step == steps || do_eval) {
+    if (run.metrics.is_open()) run.metrics << m.dump() << "\n" << std::flush;
+    if (step % c.train().log_every() == 0 || step == run.steps || do_eval) {
       char line[256];
       std::snprintf(line, sizeof line,
                     "step %5lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | %.1f ms",
-                    (long long)step, (long long)steps, loss, lr, grad_norm,
+                    (long long)step, (long long)run.steps, loss, lr, grad_norm,
                     double(tokens_per_step) / secs, secs * 1e3);
       std::string text = line;
       if (do_eval) text += str_cat(" | val_loss ", m["val_loss"].get<double>());
@@ -138,31 +223,60 @@ int train_loop(const Config& c, const TrainArgs& args) {
     }
   }
   if (!args.export_final.empty()) {
-    params.export_hf(args.export_final);
+    engine.export_hf(args.export_final);
     log_info("wrote ", args.export_final);
   }
-  return 0;
 }
 
 }  // namespace
 
-int run_train(const TrainArgs& args) {
-  Config config = load_config_file(args.config);
-  apply_overrides(config, args.sets);
-  validate_config(config, /*world_size=*/1, ValidateFor::kTrain);
-  log_info("effective config:\n", config_to_text(config));
+int run_train(const TrainArgs& args, LogLevel level, bool log_all_ranks) {
+  MpiRuntime mpi(nullptr, nullptr);
+  log_configure(mpi.world_rank(), mpi.world_size(), log_all_ranks, level);
+  Communicator& world = mpi.world();
+
+  // 1. Set-up: every rank tries; all agree; the lowest failing rank reports.
+  std::unique_ptr<Run> run;
+  std::string error;
+  int code = 0;
+  try {
+    run = set_up(args, mpi);
+  } catch (const UserError& e) {
+    error = e.what();
+    code = 2;
+  } catch (const std::exception& e) {
+    error = str_cat("internal error: ", e.what());
+    code = 1;
+  }
+  double agree[2] = {code != 0 ? -double(mpi.world_rank()) : -1e9, double(code)};
+  world.all_reduce_f64(agree, 2, /*max=*/true);
+  if (agree[1] != 0) {
+    if (code != 0 && -agree[0] == double(mpi.world_rank())) {
+      std::fprintf(stderr, "shardtrain: error: %s%s\n",
+                   mpi.world_size() > 1 && mpi.world_rank() != 0
+                       ? str_cat("[rank ", mpi.world_rank(), "] ").c_str()
+                       : "",
+                   error.c_str());
+    }
+    return int(agree[1]);
+  }
   if (args.dry_run) return 0;
-  if (!args.resume.empty()) throw UserError("--resume: checkpoints are not built yet (issue [checkpoint])");
-  if (!args.memory_report.empty()) throw UserError("--memory-report: not built yet (issue [memory])");
-  if (config.train().device() != "cpu") {
-    throw UserError(str_cat("train.device '", config.train().device(),
-                            "' is not built yet (issue [cuda]); use cpu"));
+
+  // 2. Training: a failure on one rank ends the job.
+  try {
+    switch (compute_dtype(run->config)) {
+      case DType::kBF16: train_loop<BFloat16>(*run, args); break;
+      case DType::kF16: train_loop<Half>(*run, args); break;
+      default: train_loop<float>(*run, args); break;
+    }
+  } catch (const std::exception& e) {
+    const bool user = dynamic_cast<const UserError*>(&e) != nullptr;
+    std::fprintf(stderr, "shardtrain: %s[rank %d] %s\n", user ? "error: " : "internal error: ",
+                 mpi.world_rank(), e.what());
+    std::fflush(stderr);
+    MpiRuntime::abort(user ? 2 : 1);
   }
-  switch (compute_dtype(config)) {
-    case DType::kBF16: return train_loop<BFloat16>(config, args);
-    case DType::kF16: return train_loop<Half>(config, args);
-    default: return train_loop<float>(config, args);
-  }
+  return 0;
 }
 
 int run_export(const ExportArgs& args) {
@@ -171,10 +285,13 @@ int run_export(const ExportArgs& args) {
   Config config = load_config_file(args.config);
   apply_overrides(config, args.sets);
   validate_config(config, /*world_size=*/0, ValidateFor::kPlan);
+  MpiRuntime mpi(nullptr, nullptr);
+  auto self = mpi.world().split(mpi.world_rank(), 0);  // a group of one
   TrackingAllocator alloc;
-  parallel::LocalParams params(models::GptDims::from_config(config.model()), DType::kF32, alloc);
-  init_params(params, config);
-  params.export_hf(args.out);
+  parallel::ZeroEngine engine(models::GptDims::from_config(config.model()),
+                              {0, DType::kF32, 25}, *self, alloc);
+  init_weights(engine, config);
+  engine.export_hf(args.out);
   log_info("wrote ", args.out);
   return 0;
 }

@@ -4,6 +4,8 @@
 #include <string>
 #include <vector>
 
+#include "runtime/log.h"
+
 namespace shardtrain::launch {
 
 struct TrainArgs {
@@ -14,9 +16,14 @@ struct TrainArgs {
   std::string memory_report;
   std::string export_final;
   bool dry_run = false;
+  // Test-only fault injection (hidden flags): rank fault_rank throws at step fault_step, or
+  // makes its gradients non-finite at step overflow_step.
+  int64_t fault_step = -1;
+  int64_t overflow_step = -1;
+  int fault_rank = 0;
 };
 
-int run_train(const TrainArgs& args);
+int run_train(const TrainArgs& args, LogLevel level, bool log_all_ranks);
 
 struct ExportArgs {
   std::string in;      // checkpoint directory

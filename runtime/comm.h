@@ -34,13 +34,16 @@ class Communicator {
 
   // In place: buf (count) becomes the elementwise sum over the group.
   virtual std::unique_ptr<Work> all_reduce_async(void* buf, int64_t count, DType dtype) = 0;
-  // send (size * count): this rank's contribution; recv (count): shard rank() of the sum.
+  // send: this rank's contribution, size() chunks of count elements, chunk i starting
+  // i * stride elements in (stride 0 means count: packed); recv (count): chunk rank() of the
+  // sum. A stride lets a large shard be reduced in pieces (buckets) without changing any
+  // element's reduction order: piece j of every chunk is one call.
   virtual std::unique_ptr<Work> reduce_scatter_async(const void* send, void* recv, int64_t count,
-                                                     DType dtype) = 0;
-  // send (count): this rank's shard; recv (size * count): every rank's shard, in rank order.
-  // send may alias recv + rank() * count.
+                                                     DType dtype, int64_t stride = 0) = 0;
+  // send (count): this rank's chunk; recv: every rank's chunk in rank order, chunk i at
+  // i * stride elements (0: packed). send may alias recv + rank() * stride.
   virtual std::unique_ptr<Work> all_gather_async(const void* send, void* recv, int64_t count,
-                                                 DType dtype) = 0;
+                                                 DType dtype, int64_t stride = 0) = 0;
   // buf (count) takes root's values.
   virtual std::unique_ptr<Work> broadcast_async(void* buf, int64_t count, DType dtype,
                                                 int root) = 0;
@@ -55,11 +58,12 @@ class Communicator {
 
   // Blocking forms.
   void all_reduce(void* buf, int64_t count, DType dtype) { all_reduce_async(buf, count, dtype)->wait(); }
-  void reduce_scatter(const void* send, void* recv, int64_t count, DType dtype) {
-    reduce_scatter_async(send, recv, count, dtype)->wait();
+  void reduce_scatter(const void* send, void* recv, int64_t count, DType dtype,
+                      int64_t stride = 0) {
+    reduce_scatter_async(send, recv, count, dtype, stride)->wait();
   }
-  void all_gather(const void* send, void* recv, int64_t count, DType dtype) {
-    all_gather_async(send, recv, count, dtype)->wait();
+  void all_gather(const void* send, void* recv, int64_t count, DType dtype, int64_t stride = 0) {
+    all_gather_async(send, recv, count, dtype, stride)->wait();
   }
   void broadcast(void* buf, int64_t count, DType dtype, int root) {
     broadcast_async(buf, count, dtype, root)->wait();

@@ -302,6 +302,7 @@ void validate_config(const Config& c, int world_size, ValidateFor purpose) {
   require(t.log_every() >= 1, "train.log_every", "must be >= 1");
   require(t.eval_every() >= 0, "train.eval_every", "must be >= 0 (0 disables validation)");
   require(t.eval_batches() >= 1, "train.eval_batches", "must be >= 1");
+  require(t.threads() >= 0, "train.threads", "must be >= 0 (0: cores / ranks per node)");
   if (purpose == ValidateFor::kTrain && t.eval_every() > 0) {
     require(d.val_size() > 0, "data.val", "is empty but train.eval_every asks for validation");
   }

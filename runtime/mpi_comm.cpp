@@ -196,13 +196,15 @@ class MpiCommunicator final : public Communicator {
   int64_t bytes_sent() const override { return bytes_sent_.load(); }
 
   std::unique_ptr<Work> reduce_scatter_async(const void* send, void* recv, int64_t count,
-                                             DType dtype) override {
-    return engine_->submit([=, this] { ring_reduce_scatter(send, recv, count, dtype); });
+                                             DType dtype, int64_t stride) override {
+    return engine_->submit(
+        [=, this] { ring_reduce_scatter(send, recv, count, dtype, stride ? stride : count); });
   }
 
   std::unique_ptr<Work> all_gather_async(const void* send, void* recv, int64_t count,
-                                         DType dtype) override {
-    return engine_->submit([=, this] { ring_all_gather(send, recv, count, dtype); });
+                                         DType dtype, int64_t stride) override {
+    return engine_->submit(
+        [=, this] { ring_all_gather(send, recv, count, dtype, stride ? stride : count); });
   }
 
   std::unique_ptr<Work> all_reduce_async(void* buf, int64_t count, DType dtype) override {
@@ -218,8 +220,8 @@ class MpiCommunicator final : public Communicator {
         full = padded.data();
       }
       mine.resize(size_t(shard * esz));
-      ring_reduce_scatter(full, mine.data(), shard, dtype);
-      ring_all_gather(mine.data(), full, shard, dtype);
+      ring_reduce_scatter(full, mine.data(), shard, dtype, shard);
+      ring_all_gather(mine.data(), full, shard, dtype, shard);
       if (full != buf) std::memcpy(buf, full, size_t(count * esz));
     });
   }
@@ -289,7 +291,8 @@ class MpiCommunicator final : public Communicator {
   // (r - s - 1) mod n to its right neighbour and receives the partial sum of chunk
   // (r - s - 2) mod n from its left, adds its own contribution, and passes it on. After n-1
   // steps it holds chunk r summed over all ranks in the fixed order r+1, r+2, ..., r.
-  void ring_reduce_scatter(const void* send, void* recv, int64_t count, DType dtype) {
+  void ring_reduce_scatter(const void* send, void* recv, int64_t count, DType dtype,
+                           int64_t stride) {
     const int n = size_, r = rank_;
     const int64_t esz = dtype_bytes(dtype);
     const char* own = static_cast<const char*>(send);
@@ -303,7 +306,7 @@ class MpiCommunicator final : public Communicator {
     out.resize(size_t(count * esz));
     in.resize(size_t(count * esz));
     const int left = (r - 1 + n) % n, right = (r + 1) % n;
-    auto chunk = [&](int i) { return own + int64_t((i % n + n) % n) * count * esz; };
+    auto chunk = [&](int i) { return own + int64_t((i % n + n) % n) * stride * esz; };
     const void* to_send = chunk(r - 1);
     for (int s = 0; s < n - 1; ++s) {
       MPI_Request reqs[2];
@@ -319,11 +322,12 @@ class MpiCommunicator final : public Communicator {
 
   // Ring all-gather: at step s rank r forwards chunk (r - s) mod n and receives chunk
   // (r - s - 1) mod n, straight into place.
-  void ring_all_gather(const void* send, void* recv, int64_t count, DType dtype) {
+  void ring_all_gather(const void* send, void* recv, int64_t count, DType dtype,
+                       int64_t stride) {
     const int n = size_, r = rank_;
     const int64_t esz = dtype_bytes(dtype);
     char* out = static_cast<char*>(recv);
-    auto chunk = [&](int i) { return out + int64_t((i % n + n) % n) * count * esz; };
+    auto chunk = [&](int i) { return out + int64_t((i % n + n) % n) * stride * esz; };
     if (send != chunk(r)) std::memmove(chunk(r), send, size_t(count * esz));
     if (n == 1) return;
     const int c = checked_count(count, dtype);

@@ -1,0 +1,413 @@
+#include "parallel/zero.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <set>
+
+#include "kernels/adamw.h"
+#include "kernels/elementwise.h"
+#include "runtime/error.h"
+#include "runtime/safetensors.h"
+
+namespace shardtrain::parallel {
+
+struct ZeroEngine::Unit {
+  int64_t numel = 0, padded = 0, shard = 0;  // n, P, S
+  int64_t own_begin = 0;                     // r * S
+  Tensor params;        // compute dtype: full P (stages 0-2) or the shard S (stage 3)
+  Tensor gathered;      // stage 3: full P while acquired
+  std::unique_ptr<Work> gather_work;
+  Tensor master;        // fp32: full P (stage 0) or shard S; for fp32 compute, params' memory
+  Tensor m, v;          // fp32, like master
+  Tensor grads;         // fp32: full P (stages 0-1) or shard S (stages 2-3), accumulated
+  Tensor work_grads;    // stages 2-3: full P fp32 for this micro-step's backward
+  bool grads_reduced = false;
+};
+
+struct ZeroEngine::PendingReduce {
+  int unit;
+  std::vector<std::unique_ptr<Work>> works;
+  Tensor reduced;  // stages 2-3: the reduce-scatter output, added into the shard when done
+};
+
+namespace {
+
+template <class S>
+void cast_out(void* dst, const float* src, int64_t n) {
+  kernels::cast(static_cast<S*>(dst), src, n);
+}
+
+void cast_from_f32(DType t, void* dst, const float* src, int64_t n) {
+  switch (t) {
+    case DType::kF32: std::memcpy(dst, src, size_t(n) * 4); break;
+    case DType::kBF16: cast_out<BFloat16>(dst, src, n); break;
+    case DType::kF16: cast_out<Half>(dst, src, n); break;
+    case DType::kI32: ST_CHECK(false, "integer parameters"); break;
+  }
+}
+
+// Hugging Face GPT-2 files may carry the causal-mask buffers of old transformers versions
+// (h.N.attn.bias of 4 dims, h.N.attn.masked_bias) and a tied lm_head.weight: not parameters.
+bool is_hf_non_parameter(const std::string& name, const SafetensorsTensor& t) {
+  if (name == "lm_head.weight") return true;
+  if (name.find(".attn.masked_bias") != std::string::npos) return true;
+  return name.size() > 10 && name.compare(name.size() - 10, 10, ".attn.bias") == 0 &&
+         t.shape.size() == 4;
+}
+
+}  // namespace
+
+ZeroEngine::ZeroEngine(const models::GptDims& dims, const ZeroOptions& options, Communicator& dp,
+                       TrackingAllocator& alloc)
+    : dims_(dims), options_(options), dp_(dp), alloc_(alloc), layout_(models::gpt_layout(dims)) {
+  ST_CHECK(options.stage >= 0 && options.stage <= 3, "ZeRO stage ", options.stage);
+  const int64_t n = dp.size(), r = dp.rank();
+  const int stage = options.stage;
+  const bool f32 = options.compute == DType::kF32;
+  // One collective moves about bucket_mb of fp32: n chunks of piece_ elements.
+  piece_ = std::max<int64_t>(kAlign, int64_t(options.bucket_mb * 1048576.0 / 4.0) / n);
+  for (const auto& lu : layout_) {
+    auto u = std::make_unique<Unit>();
+    u->numel = lu.numel;
+    u->padded = (lu.numel + n * kAlign - 1) / (n * kAlign) * (n * kAlign);
+    u->shard = u->padded / n;
+    u->own_begin = r * u->shard;
+    const int64_t full = u->padded, shard = u->shard;
+    auto make = [&](int64_t count, DType t, MemCategory c, const char* what) {
+      return Tensor::zeros({count}, t, alloc, c, lu.name + "." + what);
+    };
+    u->params = make(stage == 3 ? shard : full, options.compute, MemCategory::kParams, "params");
+    if (f32) {
+      u->master = stage == 0 ? u->params
+                  : stage == 3 ? u->params
+                               : u->params.view(u->own_begin, {shard});
+    } else {
+      u->master = make(stage == 0 ? full : shard, DType::kF32, MemCategory::kMasterParams, "master");
+    }
+    const int64_t opt_count = stage == 0 ? full : shard;
+    u->m = make(opt_count, DType::kF32, MemCategory::kOptimizerState, "adam_m");
+    u->v = make(opt_count, DType::kF32, MemCategory::kOptimizerState, "adam_v");
+    u->grads = make(stage <= 1 ? full : shard, DType::kF32, MemCategory::kGrads, "grads");
+    units_.push_back(std::move(u));
+  }
+  // The model's acquire order (models::Gpt): forward embeddings, blocks, ln_f, then the head
+  // (embeddings again); backward head, ln_f, blocks in reverse.
+  const int L = int(dims.L);
+  acquire_order_.push_back(0);
+  for (int u = 1; u <= L + 1; ++u) acquire_order_.push_back(u);
+  acquire_order_.push_back(0);
+  acquire_order_.push_back(0);
+  for (int u = L + 1; u >= 1; --u) acquire_order_.push_back(u);
+}
+
+ZeroEngine::~ZeroEngine() {
+  // Outstanding operations must finish before their buffers go.
+  for (auto& p : pending_) {
+    for (auto& w : p->works) w.reset();
+  }
+  for (auto& u : units_) u->gather_work.reset();
+}
+
+int64_t ZeroEngine::padded_numel(int unit) const { return units_[size_t(unit)]->padded; }
+int64_t ZeroEngine::shard_numel(int unit) const { return units_[size_t(unit)]->shard; }
+
+// ---- Stage 3 gathers ----------------------------------------------------------------------
+
+void ZeroEngine::gather_start(int unit) {
+  Unit& u = *units_[size_t(unit)];
+  if (u.gathered.defined() || u.gather_work) return;
+  u.gathered = Tensor::empty({u.padded}, options_.compute, alloc_, MemCategory::kParams,
+                             layout_[size_t(unit)].name + ".gathered");
+  const int64_t esz = dtype_bytes(options_.compute);
+  const char* src = static_cast<const char*>(u.params.raw());
+  char* dst = static_cast<char*>(u.gathered.raw());
+  // Pieces of every rank's chunk; only the last work needs waiting (FIFO execution).
+  for (int64_t off = 0; off < u.shard; off += piece_) {
+    const int64_t count = std::min(piece_, u.shard - off);
+    u.gather_work = dp_.all_gather_async(src + off * esz, dst + off * esz, count,
+                                         options_.compute, u.shard);
+  }
+}
+
+void ZeroEngine::gather_wait(int unit) {
+  Unit& u = *units_[size_t(unit)];
+  if (u.gather_work) {
+    u.gather_work->wait();
+    u.gather_work.reset();
+  }
+}
+
+void ZeroEngine::acquire(int unit) {
+  if (options_.stage != 3) return;
+  gather_start(unit);  // no-op if prefetched
+  gather_wait(unit);
+  // Prefetch the next unit in the model's order while this one computes.
+  if (acquire_pos_ < acquire_order_.size() && acquire_order_[acquire_pos_] == unit) ++acquire_pos_;
+  if (acquire_pos_ < acquire_order_.size()) {
+    int next = acquire_order_[acquire_pos_];
+    if (next != unit) gather_start(next);
+  }
+}
+
+void ZeroEngine::release(int unit) {
+  if (options_.stage != 3) return;
+  Unit& u = *units_[size_t(unit)];
+  // The next acquisition of this same unit follows at once (the head after embeddings):
+  // keep it rather than gather it again.
+  if (acquire_pos_ < acquire_order_.size() && acquire_order_[acquire_pos_] == unit) return;
+  gather_wait(unit);
+  u.gathered = Tensor();
+}
+
+const void* ZeroEngine::params(int unit) {
+  Unit& u = *units_[size_t(unit)];
+  if (options_.stage == 3) {
+    ST_CHECK(u.gathered.defined() && !u.gather_work, "unit ", unit, " used without acquire()");
+    return u.gathered.raw();
+  }
+  return u.params.raw();
+}
+
+// ---- Gradients ----------------------------------------------------------------------------
+
+float* ZeroEngine::grads(int unit) {
+  Unit& u = *units_[size_t(unit)];
+  if (options_.stage <= 1) return u.grads.data<float>();
+  if (!u.work_grads.defined()) {
+    u.work_grads = Tensor::zeros({u.padded}, DType::kF32, alloc_, MemCategory::kGrads,
+                                 layout_[size_t(unit)].name + ".grad_work");
+  }
+  return u.work_grads.data<float>();
+}
+
+void ZeroEngine::grads_done(int unit) {
+  Unit& u = *units_[size_t(unit)];
+  const int stage = options_.stage;
+  if (stage <= 1 && !last_micro_) return;  // accumulate locally until the last micro-step
+  auto p = std::make_unique<PendingReduce>();
+  p->unit = unit;
+  float* g = stage <= 1 ? u.grads.data<float>() : u.work_grads.data<float>();
+  float* owned;
+  if (stage <= 1) {
+    owned = g + u.own_begin;  // reduce in place into the owned chunk
+  } else {
+    p->reduced = Tensor::empty({u.shard}, DType::kF32, alloc_, MemCategory::kCommBuffers,
+                               layout_[size_t(unit)].name + ".grad_reduced");
+    owned = p->reduced.data<float>();
+  }
+  for (int64_t off = 0; off < u.shard; off += piece_) {
+    const int64_t count = std::min(piece_, u.shard - off);
+    p->works.push_back(dp_.reduce_scatter_async(g + off, owned + off, count, DType::kF32, u.shard));
+    if (stage == 0) {  // all-reduce = reduce-scatter + all-gather
+      p->works.push_back(dp_.all_gather_async(owned + off, g + off, count, DType::kF32, u.shard));
+    }
+  }
+  pending_.push_back(std::move(p));
+  // Bound the full-size gradient buffers alive at stages 2-3: finish all but the newest.
+  while (pending_.size() > 1) complete_oldest_reduce();
+}
+
+void ZeroEngine::complete_oldest_reduce() {
+  std::unique_ptr<PendingReduce> p = std::move(pending_.front());
+  pending_.erase(pending_.begin());
+  for (auto& w : p->works) w->wait();
+  Unit& u = *units_[size_t(p->unit)];
+  if (options_.stage >= 2) {
+    float* acc = u.grads.data<float>();
+    const float* add = p->reduced.data<float>();
+    for (int64_t i = 0; i < u.shard; ++i) acc[i] += add[i];
+    u.work_grads = Tensor();  // the full-size buffer does not survive its reduction
+  }
+}
+
+void ZeroEngine::begin_step() {
+  for (auto& u : units_) std::memset(u->grads.raw(), 0, size_t(u->grads.bytes()));
+  acquire_pos_ = 0;
+}
+
+void ZeroEngine::begin_micro_step(bool last) {
+  last_micro_ = last;
+  acquire_pos_ = 0;
+}
+
+void ZeroEngine::finish_backward() {
+  while (!pending_.empty()) complete_oldest_reduce();
+}
+
+double ZeroEngine::grad_sq_sum() {
+  // Over the owned shard at every stage, so the sum (and its rounding) is the same for all.
+  double local = 0.0;
+  for (auto& u : units_) {
+    const float* g = u->grads.data<float>() + (options_.stage <= 1 ? u->own_begin : 0);
+    for (int64_t i = 0; i < u->shard; ++i) local += double(g[i]) * double(g[i]);
+  }
+  dp_.all_reduce_f64(&local, 1, /*max=*/false);
+  return local;
+}
+
+// ---- Optimizer ----------------------------------------------------------------------------
+
+void ZeroEngine::cast_master_to_params(Unit& u, int64_t begin, int64_t count) {
+  // begin: unit coordinate of master element 0's range start.
+  if (options_.compute == DType::kF32) return;  // master is the parameter memory
+  const int64_t params_base = options_.stage == 3 ? u.own_begin : 0;
+  char* dst = static_cast<char*>(u.params.raw()) +
+              (begin - params_base) * dtype_bytes(options_.compute);
+  cast_from_f32(options_.compute, dst, u.master.data<float>(), count);
+}
+
+void ZeroEngine::poison_grads_for_test() {
+  Unit& u = *units_[1];
+  u.grads.data<float>()[options_.stage <= 1 ? u.own_begin : 0] = INFINITY;
+}
+
+void ZeroEngine::adamw_step(const proto::OptimizerConfig& o, double lr, int64_t step,
+                            float grad_scale) {
+  const int stage = options_.stage;
+  // No gathered copy may outlive the parameters it was gathered from.
+  for (auto& u : units_) {
+    if (u->gather_work) u->gather_work->wait();
+    u->gather_work.reset();
+    u->gathered = Tensor();
+  }
+  for (size_t ui = 0; ui < units_.size(); ++ui) {
+    Unit& u = *units_[ui];
+    // The range this rank updates, in unit coordinates: everything at stage 0, else the shard.
+    const int64_t begin = stage == 0 ? 0 : u.own_begin;
+    const int64_t count = stage == 0 ? u.padded : u.shard;
+    float* master = u.master.data<float>();
+    const float* grad = u.grads.data<float>() + (stage <= 1 ? begin : 0);
+    float* m = u.m.data<float>();
+    float* v = u.v.data<float>();
+    // Walk the parameters overlapping [begin, begin + count), each with its decay flag;
+    // padding past the last parameter has zero gradient and state, and is left alone.
+    for (const auto& p : layout_[ui].params) {
+      const int64_t lo = std::max(begin, p.offset), hi = std::min(begin + count, p.offset + p.numel());
+      if (lo >= hi) continue;
+      const int64_t i = lo - begin;
+      kernels::AdamWParams ap{float(lr), float(o.beta1()), float(o.beta2()), float(o.eps()),
+                              p.decay ? float(o.weight_decay()) : 0.0f, step};
+      kernels::adamw_update<float>(master + i, grad + i, m + i, v + i, nullptr, hi - lo, ap,
+                                   grad_scale);
+    }
+    cast_master_to_params(u, begin, count);
+    if (stage == 1 || stage == 2) {
+      // Every rank updated its shard of the parameters; gather the rest.
+      const int64_t esz = dtype_bytes(options_.compute);
+      char* full = static_cast<char*>(u.params.raw());
+      std::unique_ptr<Work> last;
+      for (int64_t off = 0; off < u.shard; off += piece_) {
+        const int64_t n = std::min(piece_, u.shard - off);
+        last = dp_.all_gather_async(full + (u.own_begin + off) * esz, full + off * esz, n,
+                                    options_.compute, u.shard);
+      }
+      if (last) last->wait();  // FIFO: the last piece done means all are
+    }
+  }
+}
+
+// ---- Initial weights and export ------------------------------------------------------------
+
+template <class Fill>
+void ZeroEngine::fill_holdings(Fill fill) {
+  // What this rank holds of each unit: everything below stage 3, the shard at stage 3. The
+  // master holds the same range or the shard (stages 1-2 with 16-bit compute).
+  for (size_t ui = 0; ui < units_.size(); ++ui) {
+    Unit& u = *units_[ui];
+    const int64_t begin = options_.stage == 3 ? u.own_begin : 0;
+    const int64_t count = options_.stage == 3 ? u.shard : u.padded;
+    std::vector<float> values(size_t(count), 0.0f);
+    for (const auto& p : layout_[ui].params) {
+      const int64_t lo = std::max(begin, p.offset), hi = std::min(begin + count, p.offset + p.numel());
+      if (lo < hi) fill(p, lo - p.offset, hi - p.offset, values.data() + (lo - begin));
+    }
+    cast_from_f32(options_.compute, u.params.raw(), values.data(), count);
+    if (options_.compute != DType::kF32) {
+      const int64_t mbegin = u.master.numel() == u.padded ? 0 : u.own_begin;
+      std::memcpy(u.master.raw(), values.data() + (mbegin - begin), size_t(u.master.bytes()));
+    }
+  }
+}
+
+void ZeroEngine::init_random(uint64_t seed) {
+  fill_holdings([&](const models::ParamInfo& p, int64_t lo, int64_t hi, float* out) {
+    models::init_param(p, dims_, seed, lo, hi, out);
+  });
+}
+
+void ZeroEngine::load_hf(const std::string& path) {
+  SafetensorsFile file = read_safetensors(path);
+  // Accept GPT2LMHeadModel's "transformer." prefix as well as GPT2Model's bare names.
+  std::map<std::string, const SafetensorsTensor*> by_name;
+  for (const auto& [name, t] : file.tensors) {
+    std::string bare = name.rfind("transformer.", 0) == 0 ? name.substr(12) : name;
+    if (!is_hf_non_parameter(bare, t)) by_name[bare] = &t;
+  }
+  std::set<std::string> expected;
+  for (const auto& lu : layout_) {
+    for (const auto& p : lu.params) {
+      expected.insert(p.name);
+      auto it = by_name.find(p.name);
+      if (it == by_name.end()) throw UserError(str_cat(path, ": tensor '", p.name, "' is missing"));
+      const SafetensorsTensor& t = *it->second;
+      if (t.shape != p.hf_shape) {
+        throw UserError(str_cat(path, ": tensor '", p.name, "' has shape ", shape_str(t.shape),
+                                ", the config needs ", shape_str(p.hf_shape)));
+      }
+      if (t.dtype == DType::kI32) {
+        throw UserError(str_cat(path, ": tensor '", p.name, "' is not floating point"));
+      }
+    }
+  }
+  for (const auto& [name, t] : by_name) {
+    if (!expected.count(name)) {
+      throw UserError(str_cat(path, ": unexpected tensor '", name,
+                              "' (not part of a GPT-2 model with this config)"));
+    }
+  }
+  fill_holdings([&](const models::ParamInfo& p, int64_t lo, int64_t hi, float* out) {
+    const SafetensorsTensor& t = *by_name.at(p.name);
+    const int64_t valid = shape_numel(p.hf_shape);  // past it: vocabulary padding, zero
+    const int64_t vhi = std::min(hi, valid);
+    for (int64_t i = lo; i < vhi; ++i) {
+      switch (t.dtype) {
+        case DType::kF32: std::memcpy(out + (i - lo), t.bytes.data() + i * 4, 4); break;
+        case DType::kBF16:
+          out[i - lo] = bf16_to_float(reinterpret_cast<const BFloat16*>(t.bytes.data())[i]);
+          break;
+        case DType::kF16:
+          out[i - lo] = f16_to_float(reinterpret_cast<const Half*>(t.bytes.data())[i]);
+          break;
+        case DType::kI32: break;
+      }
+    }
+    for (int64_t i = std::max(lo, vhi); i < hi; ++i) out[i - lo] = 0.0f;
+  });
+}
+
+void ZeroEngine::export_hf(const std::string& path) {
+  std::vector<std::vector<float>> full(units_.size());
+  for (size_t ui = 0; ui < units_.size(); ++ui) {
+    Unit& u = *units_[ui];
+    full[ui].resize(size_t(u.padded));
+    if (u.master.numel() == u.padded) {
+      std::memcpy(full[ui].data(), u.master.raw(), size_t(u.master.bytes()));
+    } else {
+      dp_.all_gather(u.master.raw(), full[ui].data(), u.shard, DType::kF32);
+    }
+  }
+  if (dp_.rank() == 0) {
+    std::vector<SafetensorsEntry> entries;
+    for (size_t ui = 0; ui < units_.size(); ++ui) {
+      for (const auto& p : layout_[ui].params) {
+        entries.push_back({p.name, DType::kF32, p.hf_shape, full[ui].data() + p.offset});
+      }
+    }
+    write_safetensors(path, entries, {{"format", "pt"}});
+  }
+  dp_.barrier();
+}
+
+}  // namespace shardtrain::parallel

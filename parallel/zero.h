@@ -1,0 +1,109 @@
+// zero.h — the ZeRO engine: who holds which parameters, gradients and optimizer state.
+//
+// Every unit of the model (models/gpt.h) is one flat buffer of P elements, padded so that P
+// is a multiple of dp x kAlign; data-parallel rank r owns the shard [r*S, (r+1)*S), S = P/dp.
+// The stages differ only in what a rank keeps (REFERENCE.md, Rajbhandari et al.):
+//   stage 0: everything, full size (plain data parallelism; AdamW runs redundantly);
+//   stage 1: full params and grads, optimizer state (fp32 master, m, v) for the shard;
+//   stage 2: full params, gradient and optimizer state for the shard;
+//   stage 3: shards only; a unit's params are all-gathered before use and freed after.
+// Reductions are ring reduce-scatters of each unit into its owner's shard (all-reduce =
+// reduce-scatter + all-gather), split into pieces of at most parallel.bucket_mb. Because
+// every stage reduces each element in the same ring order, and norms and updates are computed
+// on the owned shard, a fixed layout gives bitwise the same training at every stage
+// (grad_accum = 1; with accumulation, stages 0/1 sum micro-steps before the reduction and 2/3
+// after, which agree to rounding).
+//
+// Overlap: reductions are issued the moment a unit's backward ends (grads_done) and run on
+// the communication thread while the next unit computes; stage 3 prefetches the next unit's
+// gather. Mixed precision: params in the compute dtype, gradients and optimizer state fp32;
+// with fp32 compute the master weights are the parameters themselves.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "models/gpt.h"
+#include "runtime/allocator.h"
+#include "runtime/comm.h"
+#include "runtime/proto/config.pb.h"
+#include "runtime/tensor.h"
+
+namespace shardtrain::parallel {
+
+struct ZeroOptions {
+  int stage = 0;
+  DType compute = DType::kF32;
+  double bucket_mb = 25;  // upper bound on one collective's payload
+};
+
+class ZeroEngine final : public models::ParamSource {
+ public:
+  // Element alignment of every shard: 64 bytes of fp32.
+  static constexpr int64_t kAlign = 16;
+
+  ZeroEngine(const models::GptDims& dims, const ZeroOptions& options, Communicator& dp,
+             TrackingAllocator& alloc);
+  ~ZeroEngine() override;
+
+  // models::ParamSource.
+  void acquire(int unit) override;
+  const void* params(int unit) override;
+  float* grads(int unit) override;
+  void release(int unit) override;
+  void grads_done(int unit) override;
+
+  // Initial weights: seeded GPT-2 init, or a Hugging Face safetensors file. Every rank fills
+  // only what it holds; values equal the unsharded ones by construction (models::init_param).
+  void init_random(uint64_t seed);
+  void load_hf(const std::string& path);
+  // Collective: gathers the fp32 master weights; rank 0 writes the file.
+  void export_hf(const std::string& path);
+
+  // One optimizer step: begin_step(), then per micro-step begin_micro_step(last) + the model's
+  // forward/backward, then finish_backward(), grad_sq_sum(), adamw_step().
+  void begin_step();
+  void begin_micro_step(bool last);
+  // Before a forward without backward (evaluation, sampling): restarts the prefetch order.
+  void begin_forward_only() { acquire_pos_ = 0; }
+  void finish_backward();
+  // Sum of squared gradient elements over the whole model (each counted once), all ranks.
+  double grad_sq_sum();
+  // AdamW on the owned shard (grads * grad_scale first), then parameters made whole again.
+  void adamw_step(const proto::OptimizerConfig& o, double lr, int64_t step, float grad_scale);
+
+  // Test hook (train --inject-overflow-step): makes this rank's gradients non-finite.
+  void poison_grads_for_test();
+
+  const std::vector<models::UnitLayout>& layout() const { return layout_; }
+  int64_t padded_numel(int unit) const;
+  int64_t shard_numel(int unit) const;
+
+ private:
+  struct Unit;
+  struct PendingReduce;
+
+  void gather_start(int unit);
+  void gather_wait(int unit);
+  void complete_oldest_reduce();
+  // Values of unit elements [begin, end) from `source` (seeded init or file) into out.
+  template <class Fill>
+  void fill_holdings(Fill fill);
+  void cast_master_to_params(Unit& u, int64_t begin, int64_t count);
+
+  models::GptDims dims_;
+  ZeroOptions options_;
+  Communicator& dp_;
+  TrackingAllocator& alloc_;
+  std::vector<models::UnitLayout> layout_;
+  std::vector<std::unique_ptr<Unit>> units_;
+  std::vector<std::unique_ptr<PendingReduce>> pending_;
+  int64_t piece_;  // elements per rank chunk in one collective
+  bool last_micro_ = true;
+  // Stage 3 prefetch: the order the model acquires units in, and where we are in it.
+  std::vector<int> acquire_order_;
+  size_t acquire_pos_ = 0;
+};
+
+}  // namespace shardtrain::parallel
