@@ -21,7 +21,7 @@ namespace shardtrain::kernels {
 using cpu::as_f32;
 using cpu::exp_f32;
 using cpu::out_f32;
-using cpu::scratch;
+using cpu::row_scratch;
 using cpu::store;
 
 template <class T>
@@ -30,7 +30,7 @@ void cross_entropy_forward(float* losses, float* lse, const T* logits, const int
   const int64_t V = s.vocab, Vv = valid_vocab;
 #pragma omp parallel for schedule(static) if (s.rows > 1)
   for (int64_t r = 0; r < s.rows; ++r) {
-    const float* x = as_f32(logits + r * V, Vv, scratch(Vv));  // (Vv), padding not read
+    const float* x = as_f32(logits + r * V, Vv, row_scratch<T>(Vv));  // (Vv), padding not read
     // 1. Row max over the real vocabulary.
     float m = -std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(max : m)
@@ -60,7 +60,7 @@ void cross_entropy_backward(T* dlogits, const T* logits, const float* lse, const
     }
     // 1. Read the row (widened into scratch for 16-bit; in place for fp32) and its target
     //    logit, before anything is written: drow may be the same memory.
-    float* buf = scratch(Vv);
+    float* buf = row_scratch<T>(Vv);
     const float* x = as_f32(logits + r * V, Vv, buf);  // (Vv)
     const float xt = x[t];
     const float L = lse[r];

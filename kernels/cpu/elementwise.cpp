@@ -98,7 +98,7 @@ void bias_backward(float* dbias, const T* dout, int64_t rows, int64_t cols) {
 #pragma omp parallel for schedule(static) if (parts > 1)
   for (int64_t p = 0; p < parts; ++p) {
     float* acc = partial.data() + p * cols;
-    float* buf = cpu::scratch(cols);
+    float* buf = cpu::row_scratch<T>(cols);
     const int64_t r1 = cpu::part_begin(p + 1, parts, rows);
     for (int64_t r = cpu::part_begin(p, parts, rows); r < r1; ++r) {
       const float* row = as_f32(dout + r * cols, cols, buf);

@@ -16,7 +16,7 @@ namespace shardtrain::kernels {
 
 using cpu::as_f32;
 using cpu::out_f32;
-using cpu::scratch;
+using cpu::row_scratch;
 using cpu::store;
 
 template <class T>
@@ -26,9 +26,9 @@ void embedding_forward(T* out, const int32_t* tokens, const T* wte, const T* wpe
 #pragma omp parallel for schedule(static) if (N > 1)
   for (int64_t i = 0; i < N; ++i) {
     const int64_t t = i % s.seq;
-    const float* e = as_f32(wte + int64_t(tokens[i]) * C, C, scratch(C, 0));  // (C)
-    const float* p = as_f32(wpe + t * C, C, scratch(C, 1));                   // (C)
-    float* o = out_f32(out + i * C, scratch(C, 2));                           // (C)
+    const float* e = as_f32(wte + int64_t(tokens[i]) * C, C, row_scratch<T>(C, 0));  // (C)
+    const float* p = as_f32(wpe + t * C, C, row_scratch<T>(C, 1));                   // (C)
+    float* o = out_f32(out + i * C, row_scratch<T>(C, 2));                           // (C)
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) o[c] = e[c] + p[c];
     store(out + i * C, o, C);

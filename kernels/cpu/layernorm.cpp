@@ -19,7 +19,7 @@ namespace shardtrain::kernels {
 
 using cpu::as_f32;
 using cpu::out_f32;
-using cpu::scratch;
+using cpu::row_scratch;
 using cpu::store;
 
 namespace {
@@ -52,7 +52,7 @@ void layernorm_forward(T* out, float* mean, float* rstd, const T* x, const T* we
   const float* bf = b.ptr;
 #pragma omp parallel for schedule(static) if (s.rows > 1)
   for (int64_t r = 0; r < s.rows; ++r) {
-    const float* xr = as_f32(x + r * C, C, scratch(C, 0));  // (C)
+    const float* xr = as_f32(x + r * C, C, row_scratch<T>(C, 0));  // (C)
     // 1. Mean, then biased variance about it.
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
@@ -66,7 +66,7 @@ void layernorm_forward(T* out, float* mean, float* rstd, const T* x, const T* we
     }
     const float rs = 1.0f / std::sqrt(sq / float(C) + eps);
     // 2. Normalise, scale and shift.
-    float* o = out_f32(out + r * C, scratch(C, 1));  // (C)
+    float* o = out_f32(out + r * C, row_scratch<T>(C, 1));  // (C)
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) o[c] = (xr[c] - m) * rs * wf[c] + bf[c];
     store(out + r * C, o, C);
@@ -90,8 +90,8 @@ void layernorm_backward(T* dx, float* dweight, float* dbias, const T* dout, cons
     float* db = db_part.data() + p * C;
     const int64_t r1 = cpu::part_begin(p + 1, parts, s.rows);
     for (int64_t r = cpu::part_begin(p, parts, s.rows); r < r1; ++r) {
-      const float* xr = as_f32(x + r * C, C, scratch(C, 0));     // (C)
-      const float* gr = as_f32(dout + r * C, C, scratch(C, 1));  // (C)
+      const float* xr = as_f32(x + r * C, C, row_scratch<T>(C, 0));     // (C)
+      const float* gr = as_f32(dout + r * C, C, row_scratch<T>(C, 1));  // (C)
       const float m = mean[r], rs = rstd[r];
       // 1. The two row means the input gradient needs: mean(g w) and mean(g w xhat).
       float gw_sum = 0.0f, gwx_sum = 0.0f;
@@ -110,7 +110,7 @@ void layernorm_backward(T* dx, float* dweight, float* dbias, const T* dout, cons
         db[c] += gr[c];
       }
       // 3. dx += rstd (g w - mean(g w) - xhat mean(g w xhat)), one rounding into T.
-      float* dxr = out_f32(dx + r * C, scratch(C, 2));  // (C)
+      float* dxr = out_f32(dx + r * C, row_scratch<T>(C, 2));  // (C)
       if constexpr (!std::is_same_v<T, float>) cpu::widen(dxr, dx + r * C, C);
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) {

@@ -126,6 +126,18 @@ inline float* scratch(int64_t n, int slot = 0) {
   return b.data();
 }
 
+// Scratch for widening a row of storage type T: none is needed (nullptr) for fp32 storage,
+// whose rows are used in place.
+template <class T>
+inline float* row_scratch(int64_t n, int slot = 0) {
+  if constexpr (std::is_same_v<T, float>) {
+    (void)n, (void)slot;
+    return nullptr;
+  } else {
+    return scratch(n, slot);
+  }
+}
+
 // ---- exp --------------------------------------------------------------------------------------
 
 // expf for any x, branch-free (Cephes' expf: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial
