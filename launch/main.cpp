@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "launch/sample.h"
+#include "launch/tokenize.h"
 #include "launch/train.h"
 #include "runtime/error.h"
 #include "runtime/log.h"
@@ -57,17 +59,37 @@ int main(int argc, char** argv) {
   export_cmd->add_option("--set", exp.sets, "override a config field (with --config)");
   export_cmd->add_option("--out", exp.out, "output .safetensors file")->required();
 
+  launch::TokenizeArgs tok;
+  CLI::App* tokenize_cmd =
+      app.add_subcommand("tokenize", "train a BPE tokenizer and write token shards");
+  tokenize_cmd->add_option("--input", tok.inputs, "text files, in order")->required();
+  tokenize_cmd->add_option("--vocab-size", tok.vocab_size, "vocabulary size to train");
+  tokenize_cmd->add_option("--out", tok.out_dir, "output directory")->required();
+  tokenize_cmd->add_option("--val-fraction", tok.val_fraction,
+                           "last fraction of the text kept for validation (default 0.1)");
+  tokenize_cmd->add_option("--tokenizer", tok.tokenizer, "reuse this tokenizer.bpe");
+
+  launch::SampleArgs smp;
+  CLI::App* sample_cmd = app.add_subcommand("sample", "generate text from trained weights");
+  sample_cmd->add_option("--ckpt", smp.ckpt, "weights (.safetensors)")->required();
+  sample_cmd->add_option("--tokenizer", smp.tokenizer, "tokenizer.bpe of the training data")
+      ->required();
+  sample_cmd->add_option("--prompt", smp.prompt, "text to continue");
+  sample_cmd->add_option("--tokens", smp.tokens, "tokens to generate (default 200)");
+  sample_cmd->add_option("--temperature", smp.temperature, "softmax temperature (default 0.8)");
+  sample_cmd->add_option("--top-k", smp.top_k, "sample among the k most likely (default 40)");
+  sample_cmd->add_option("--seed", smp.seed, "random seed (default 1)");
+  sample_cmd->add_option("--set", smp.sets, "model fields for files without metadata");
+
   struct Pending {
     const char* name;
     const char* help;
     const char* issue;
   };
   const Pending pending[] = {
-      {"tokenize", "train a BPE tokenizer and write token shards", "[data]"},
       {"memplan", "predict bytes per rank by category", "[memory]"},
       {"reshard", "rewrite a checkpoint for another layout", "[checkpoint]"},
       {"inspect", "print a checkpoint's manifest and verify checksums", "[checkpoint]"},
-      {"sample", "generate text from a checkpoint", "[data]"},
   };
   for (const Pending& p : pending) {
     CLI::App* cmd = app.add_subcommand(p.name, p.help);
@@ -90,6 +112,13 @@ int main(int argc, char** argv) {
     log_configure(/*rank=*/0, /*world_size=*/1, log_all_ranks, level);
     if (train_cmd->parsed()) return launch::run_train(train, level, log_all_ranks);
     if (export_cmd->parsed()) return launch::run_export(exp);
+    if (tokenize_cmd->parsed()) {
+      if (tok.tokenizer.empty() && tok.vocab_size == 0) {
+        throw UserError("tokenize: give --vocab-size N (or --tokenizer FILE to reuse one)");
+      }
+      return launch::run_tokenize(tok);
+    }
+    if (sample_cmd->parsed()) return launch::run_sample(smp);
     for (const Pending& p : pending) {
       if (app.got_subcommand(p.name)) not_built(p.name, p.issue);
     }

@@ -11,6 +11,7 @@
 // during training is one rank's: it is reported and MPI_Abort ends the whole job at once.
 #include "launch/train.h"
 
+#include <google/protobuf/text_format.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -43,6 +44,14 @@ DType compute_dtype(const Config& c) {
     case proto::F16: return DType::kF16;
     default: return DType::kF32;
   }
+}
+
+std::string model_text(const Config& c) {
+  std::string text;
+  proto::ModelConfig m = c.model();
+  m.clear_init_from();  // where the weights came from is not part of their shape
+  google::protobuf::TextFormat::PrintToString(m, &text);
+  return text;
 }
 
 parallel::ZeroOptions zero_options(const Config& c) {
@@ -223,7 +232,7 @@ void train_loop(Run& run, const TrainArgs& args) {
     }
   }
   if (!args.export_final.empty()) {
-    engine.export_hf(args.export_final);
+    engine.export_hf(args.export_final, model_text(c));
     log_info("wrote ", args.export_final);
   }
 }
@@ -291,7 +300,7 @@ int run_export(const ExportArgs& args) {
   parallel::ZeroEngine engine(models::GptDims::from_config(config.model()),
                               {0, DType::kF32, 25}, *self, alloc);
   init_weights(engine, config);
-  engine.export_hf(args.out);
+  engine.export_hf(args.out, model_text(config));
   log_info("wrote ", args.out);
   return 0;
 }

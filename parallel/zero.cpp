@@ -387,7 +387,7 @@ void ZeroEngine::load_hf(const std::string& path) {
   });
 }
 
-void ZeroEngine::export_hf(const std::string& path) {
+void ZeroEngine::export_hf(const std::string& path, const std::string& model_config) {
   std::vector<std::vector<float>> full(units_.size());
   for (size_t ui = 0; ui < units_.size(); ++ui) {
     Unit& u = *units_[ui];
@@ -405,7 +405,7 @@ void ZeroEngine::export_hf(const std::string& path) {
         entries.push_back({p.name, DType::kF32, p.hf_shape, full[ui].data() + p.offset});
       }
     }
-    write_safetensors(path, entries, {{"format", "pt"}});
+    write_safetensors(path, entries, {{"format", "pt"}, {"shardtrain.model", model_config}});
   }
   dp_.barrier();
 }

@@ -58,8 +58,9 @@ class ZeroEngine final : public models::ParamSource {
   // only what it holds; values equal the unsharded ones by construction (models::init_param).
   void init_random(uint64_t seed);
   void load_hf(const std::string& path);
-  // Collective: gathers the fp32 master weights; rank 0 writes the file.
-  void export_hf(const std::string& path);
+  // Collective: gathers the fp32 master weights; rank 0 writes the file, with the model
+  // config (text format) in its metadata as "shardtrain.model".
+  void export_hf(const std::string& path, const std::string& model_config);
 
   // One optimizer step: begin_step(), then per micro-step begin_micro_step(last) + the model's
   // forward/backward, then finish_backward(), grad_sq_sum(), adamw_step().

@@ -1,0 +1,123 @@
+// sample.cpp — autoregressive sampling, one forward of the whole window per token.
+//
+// The model's shape comes from the weights file: shardtrain writes its model config into the
+// safetensors metadata ("shardtrain.model"); for other files (e.g. Hugging Face GPT-2) the
+// shapes fix everything but the head count, given with --set model.n_head=H. No KV cache: the
+// window (the last seq_len tokens) is run in full for each new token, which is simple and
+// fast enough for the small models this is used with; a cache is a later optimisation.
+// Sampling: logits / temperature, the top-k kept, softmax, one draw from a seeded generator.
+#include "launch/sample.h"
+
+#include <google/protobuf/text_format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+#include "models/gpt.h"
+#include "models/tokenizer.h"
+#include "parallel/zero.h"
+#include "runtime/config.h"
+#include "runtime/error.h"
+#include "runtime/log.h"
+#include "runtime/mpi_comm.h"
+#include "runtime/safetensors.h"
+
+namespace shardtrain::launch {
+namespace {
+
+// The model config for a weights file: its metadata, then the overrides.
+proto::ModelConfig model_config_of(const std::string& path, const std::vector<std::string>& sets) {
+  SafetensorsFile file = read_safetensors(path);
+  Config config;
+  auto it = file.metadata.find("shardtrain.model");
+  if (it != file.metadata.end()) {
+    if (!google::protobuf::TextFormat::ParseFromString(it->second, config.mutable_model())) {
+      throw UserError(str_cat(path, ": metadata 'shardtrain.model' is not a model config"));
+    }
+  } else {
+    // Hugging Face layout: read the shapes; the head count must be given.
+    auto shape = [&](const std::string& name) -> const Shape& {
+      auto t = file.tensors.find(name);
+      if (t == file.tensors.end()) t = file.tensors.find("transformer." + name);
+      if (t == file.tensors.end()) throw UserError(str_cat(path, ": tensor '", name, "' is missing"));
+      return t->second.shape;
+    };
+    auto* m = config.mutable_model();
+    m->set_vocab_size(int32_t(shape("wte.weight").at(0)));
+    m->set_d_model(int32_t(shape("wte.weight").at(1)));
+    m->set_seq_len(int32_t(shape("wpe.weight").at(0)));
+    int layers = 0;
+    while (file.tensors.count(str_cat("h.", layers, ".ln_1.weight")) ||
+           file.tensors.count(str_cat("transformer.h.", layers, ".ln_1.weight"))) {
+      ++layers;
+    }
+    m->set_n_layer(layers);
+    bool heads_given = false;
+    for (const auto& s : sets) heads_given |= s.rfind("model.n_head=", 0) == 0;
+    if (!heads_given) {
+      throw UserError(str_cat(path, ": no shardtrain metadata; give the head count with "
+                                    "--set model.n_head=H"));
+    }
+  }
+  apply_overrides(config, sets);
+  validate_config(config, 0, ValidateFor::kPlan);
+  return config.model();
+}
+
+}  // namespace
+
+int run_sample(const SampleArgs& args) {
+  ST_USER_CHECK(args.tokens >= 0, "--tokens must be >= 0");
+  ST_USER_CHECK(args.temperature > 0, "--temperature must be > 0");
+  ST_USER_CHECK(args.top_k >= 0, "--top-k must be >= 0 (0: the whole vocabulary)");
+  const proto::ModelConfig mc = model_config_of(args.ckpt, args.sets);
+  models::BpeTokenizer tokenizer = models::BpeTokenizer::load(args.tokenizer);
+  if (tokenizer.vocab_size() > mc.vocab_size()) {
+    throw UserError(str_cat(args.tokenizer, ": vocabulary of ", tokenizer.vocab_size(),
+                            " exceeds the model's ", mc.vocab_size()));
+  }
+  std::vector<int32_t> ids = tokenizer.encode(args.prompt);
+  if (ids.empty()) ids.push_back(tokenizer.eot_id());  // an empty prompt starts a document
+
+  MpiRuntime mpi(nullptr, nullptr);
+  auto self = mpi.world().split(mpi.world_rank(), 0);
+  TrackingAllocator alloc;
+  const models::GptDims dims = models::GptDims::from_config(mc);
+  parallel::ZeroEngine engine(dims, {0, DType::kF32, 25}, *self, alloc);
+  engine.load_hf(args.ckpt);
+  const int64_t T = dims.Tmax;
+  models::Gpt<float> model(dims, 1, T, alloc);
+
+  std::mt19937_64 rng(args.seed);
+  std::string text = args.prompt;
+  std::vector<int32_t> window(size_t(T), 0);
+  std::vector<std::pair<float, int32_t>> ranked;
+  for (int n = 0; n < args.tokens; ++n) {
+    // The last T tokens, left-aligned; causal attention makes the padding after them inert.
+    const int64_t len = std::min<int64_t>(int64_t(ids.size()), T);
+    std::copy(ids.end() - len, ids.end(), window.begin());
+    engine.begin_forward_only();
+    model.forward(engine, window.data(), nullptr);
+    const float* logits = model.logits() + (len - 1) * dims.Vp;
+    ranked.clear();
+    for (int32_t v = 0; v < tokenizer.vocab_size(); ++v) ranked.push_back({logits[v], v});
+    const size_t k = args.top_k > 0 ? std::min<size_t>(size_t(args.top_k), ranked.size())
+                                    : ranked.size();
+    std::partial_sort(ranked.begin(), ranked.begin() + long(k), ranked.end(),
+                      [](auto& a, auto& b) { return a.first > b.first; });
+    std::vector<double> p(k);
+    for (size_t i = 0; i < k; ++i) {
+      p[i] = std::exp(double(ranked[i].first - ranked[0].first) / args.temperature);
+    }
+    std::discrete_distribution<size_t> pick(p.begin(), p.end());
+    const int32_t next = ranked[pick(rng)].second;
+    ids.push_back(next);
+    text += tokenizer.decode(&next, 1);
+  }
+  std::printf("%s\n", text.c_str());
+  return 0;
+}
+
+}  // namespace shardtrain::launch
