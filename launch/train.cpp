@@ -55,7 +55,8 @@ std::string model_text(const Config& c) {
 }
 
 parallel::ZeroOptions zero_options(const Config& c) {
-  return {c.parallel().zero_stage(), compute_dtype(c), c.parallel().bucket_mb()};
+  return {c.parallel().zero_stage(), compute_dtype(c), c.parallel().bucket_mb(),
+          c.parallel().overlap()};
 }
 
 void init_weights(parallel::ZeroEngine& engine, const Config& c) {

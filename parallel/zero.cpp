@@ -183,9 +183,19 @@ float* ZeroEngine::grads(int unit) {
 }
 
 void ZeroEngine::grads_done(int unit) {
+  if (options_.stage <= 1 && !last_micro_) return;  // accumulate locally until the last one
+  if (!options_.overlap) {
+    deferred_.push_back(unit);
+    return;
+  }
+  start_reduce(unit);
+  // Bound the full-size gradient buffers alive at stages 2-3: finish all but the newest.
+  while (pending_.size() > 1) complete_oldest_reduce();
+}
+
+void ZeroEngine::start_reduce(int unit) {
   Unit& u = *units_[size_t(unit)];
   const int stage = options_.stage;
-  if (stage <= 1 && !last_micro_) return;  // accumulate locally until the last micro-step
   auto p = std::make_unique<PendingReduce>();
   p->unit = unit;
   float* g = stage <= 1 ? u.grads.data<float>() : u.work_grads.data<float>();
@@ -205,8 +215,6 @@ void ZeroEngine::grads_done(int unit) {
     }
   }
   pending_.push_back(std::move(p));
-  // Bound the full-size gradient buffers alive at stages 2-3: finish all but the newest.
-  while (pending_.size() > 1) complete_oldest_reduce();
 }
 
 void ZeroEngine::complete_oldest_reduce() {
@@ -233,6 +241,8 @@ void ZeroEngine::begin_micro_step(bool last) {
 }
 
 void ZeroEngine::finish_backward() {
+  for (int unit : deferred_) start_reduce(unit);
+  deferred_.clear();
   while (!pending_.empty()) complete_oldest_reduce();
 }
 

@@ -36,6 +36,7 @@ struct ZeroOptions {
   int stage = 0;
   DType compute = DType::kF32;
   double bucket_mb = 25;  // upper bound on one collective's payload
+  bool overlap = true;    // reduce each unit as its backward ends (else all at the end)
 };
 
 class ZeroEngine final : public models::ParamSource {
@@ -88,6 +89,7 @@ class ZeroEngine final : public models::ParamSource {
   void gather_start(int unit);
   void gather_wait(int unit);
   void complete_oldest_reduce();
+  void start_reduce(int unit);
   // Values of unit elements [begin, end) from `source` (seeded init or file) into out.
   template <class Fill>
   void fill_holdings(Fill fill);
@@ -102,6 +104,7 @@ class ZeroEngine final : public models::ParamSource {
   std::vector<std::unique_ptr<PendingReduce>> pending_;
   int64_t piece_;  // elements per rank chunk in one collective
   bool last_micro_ = true;
+  std::vector<int> deferred_;  // units whose reduction waits for finish_backward (no overlap)
   // Stage 3 prefetch: the order the model acquires units in, and where we are in it.
   std::vector<int> acquire_order_;
   size_t acquire_pos_ = 0;
