@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <optional>
 #include <string_view>
 
 #include "models/data.h"
@@ -70,8 +71,11 @@ size_t nearest_line_start(const std::vector<std::string>& docs, size_t target) {
     // The target lies in this document: the last '\n' before it, the first at or after it.
     const size_t off = target - start;
     const size_t q = off > 0 ? doc.rfind('\n', off - 1) : npos;
-    if (q != npos) before = start + q + 1;
-    else if (start > 0) before = start;
+    if (q != npos) {
+      before = start + q + 1;
+    } else if (start > 0) {
+      before = start;
+    }
     const size_t r = doc.find('\n', off);
     if (r != npos && start + r + 1 < end) {
       after = start + r + 1;
@@ -150,9 +154,10 @@ int run_tokenize(const TokenizeArgs& args) {
   // 2. The cut: global byte offset where validation text starts (total = no validation).
   size_t cut = total;
   if (args.val_fraction > 0) {
-    const size_t val_bytes = size_t(std::llround(args.val_fraction * double(total)));
-    const size_t target = std::clamp<size_t>(total - std::min(val_bytes, total), 1, total - 1);
-    cut = total >= 2 ? nearest_line_start(docs, target) : std::string::npos;
+    const size_t val_bytes =
+        std::min(size_t(std::llround(args.val_fraction * double(total))), total);
+    cut = total >= 2 ? nearest_line_start(docs, std::clamp<size_t>(total - val_bytes, 1, total - 1))
+                     : std::string::npos;
     ST_USER_CHECK(cut != std::string::npos,
                   "tokenize: cannot cut a validation split: the input has no line start to cut "
                   "at (a '\\n' or a second file); use --val-fraction 0 or add line breaks");
@@ -163,7 +168,9 @@ int run_tokenize(const TokenizeArgs& args) {
   size_t start = 0;
   for (const std::string& doc : docs) {
     train_len.push_back(std::min(doc.size(), cut > start ? cut - start : 0));
-    if (train_len.back() > 0) train_texts.push_back(std::string_view(doc).substr(0, train_len.back()));
+    if (train_len.back() > 0) {
+      train_texts.push_back(std::string_view(doc).substr(0, train_len.back()));
+    }
     start += doc.size();
   }
   log_info("tokenize: ", docs.size(), " files, ", mb(total), " MB: training split ", mb(cut),
@@ -173,7 +180,9 @@ int run_tokenize(const TokenizeArgs& args) {
   std::filesystem::path out_dir(args.out_dir);
   std::error_code ec;
   std::filesystem::create_directories(out_dir, ec);
-  if (ec) throw UserError(str_cat(args.out_dir, ": cannot create output directory (", ec.message(), ")"));
+  if (ec) {
+    throw UserError(str_cat(args.out_dir, ": cannot create output directory (", ec.message(), ")"));
+  }
   std::optional<BpeTokenizer> tok;
   if (!args.tokenizer.empty()) {
     tok = BpeTokenizer::load(args.tokenizer);
@@ -211,11 +220,13 @@ int run_tokenize(const TokenizeArgs& args) {
   EncodeProgress progress(total);
   std::vector<int32_t> train_tokens, val_tokens;
   size_t token_count = 0;
+  size_t doc_start = 0;
   for (size_t d = 0; d < docs.size(); ++d) {
     const std::string_view doc = docs[d];
     encode_chunked(&*tok, doc.substr(0, train_len[d]), &train_tokens, &progress, &token_count);
     encode_chunked(&*tok, doc.substr(train_len[d]), &val_tokens, &progress, &token_count);
-    (train_len[d] == doc.size() ? train_tokens : val_tokens).push_back(tok->eot_id());
+    doc_start += doc.size();
+    (doc_start <= cut ? train_tokens : val_tokens).push_back(tok->eot_id());
   }
   const double encode_s = seconds_since(t0);
   log_info("tokenize: encoded ", mb(total), " MB into ", train_tokens.size() + val_tokens.size(),
