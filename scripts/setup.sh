@@ -16,6 +16,9 @@ packages=(
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-numpy           # reference implementation for parity tests (/usr/bin/python3)
+  libopenblas0-openmp                   # Debian's torch links the generic BLAS; this gives the
+                                        # PyTorch baseline in bench/ an optimised one (shardtrain
+                                        # itself uses no BLAS: oneDNN)
   # the bundled demo corpus: `bible Gen1:1-Rev22:21` prints the King James Bible
   bible-kjv
 )
