@@ -93,7 +93,7 @@ int main(int argc, char** argv) {
   };
   for (const Pending& p : pending) {
     CLI::App* cmd = app.add_subcommand(p.name, p.help);
-    cmd->allow_extras();  // the flags are not defined yet; the message below says why
+    cmd->allow_extras()->fallthrough(false);  // flags not defined yet; the message says why
   }
 
   try {

@@ -88,6 +88,7 @@ std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
   apply_overrides(c, args.sets);
   validate_config(c, mpi.world_size(), ValidateFor::kTrain);
   log_info("effective config:\n", config_to_text(c));
+  if (args.dry_run) return run;  // the config alone: no data, no weights
   if (!args.resume.empty()) throw UserError("--resume: checkpoints are not built yet (issue [checkpoint])");
   if (!args.memory_report.empty()) throw UserError("--memory-report: not built yet (issue [memory])");
   if (c.train().device() != "cpu") {
