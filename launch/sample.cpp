@@ -85,7 +85,7 @@ int run_sample(const SampleArgs& args) {
   auto self = mpi.world().split(mpi.world_rank(), 0);
   TrackingAllocator alloc;
   const models::GptDims dims = models::GptDims::from_config(mc);
-  parallel::ZeroEngine engine(dims, {0, DType::kF32, 25}, *self, alloc);
+  parallel::ZeroEngine engine(dims, {0, DType::kF32, 25}, *self, nullptr, alloc);
   engine.load_hf(args.ckpt);
   const int64_t T = dims.Tmax;
   models::Gpt<float> model(dims, 1, T, alloc);

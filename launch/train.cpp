@@ -23,6 +23,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "launch/memory_report.h"
 #include "models/data.h"
 #include "models/gpt.h"
 #include "parallel/loss_scaler.h"
@@ -72,7 +73,7 @@ void init_weights(parallel::ZeroEngine& engine, const Config& c) {
 struct Run {
   Config config;
   int64_t B = 0, T = 0, accum = 0, steps = 0;
-  std::unique_ptr<Communicator> dp;
+  std::unique_ptr<Communicator> dp, tp;  // tp: null when parallel.tp == 1
   TrackingAllocator alloc;
   models::GptDims dims{};
   std::unique_ptr<models::DataLoader> train, val;
@@ -90,12 +91,21 @@ std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
   log_info("effective config:\n", config_to_text(c));
   if (args.dry_run) return run;  // the config alone: no data, no weights
   if (!args.resume.empty()) throw UserError("--resume: checkpoints are not built yet (issue [checkpoint])");
-  if (!args.memory_report.empty()) throw UserError("--memory-report: not built yet (issue [memory])");
+  // The report is written at the end; a directory rank 0 cannot write fails now instead.
+  if (!args.memory_report.empty() && mpi.world_rank() == 0) {
+    prepare_memory_report_dir(args.memory_report);
+  }
+  run->alloc.set_record_timeline(!args.no_memory_timeline);
   if (c.train().device() != "cpu") {
     throw UserError(str_cat("train.device '", c.train().device(),
                             "' is not built yet (issue [cuda]); use cpu"));
   }
-  if (c.parallel().tp() != 1) throw UserError("parallel.tp > 1 is not built yet (issue [tp])");
+  if (c.parallel().sequence_parallel()) {
+    throw UserError("parallel.sequence_parallel is not built yet (issue [tp])");
+  }
+  if (c.precision().grad_accum_dtype() != proto::F32) {
+    throw UserError("precision.grad_accum_dtype: only F32 gradient accumulation is built so far");
+  }
 
   const int threads = c.train().threads() > 0
                           ? c.train().threads()
@@ -107,9 +117,12 @@ std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
   run->T = c.model().seq_len();
   run->accum = d.grad_accum();
   run->steps = c.train().steps();
-  run->dims = models::GptDims::from_config(c.model());
-  // World = dp x tp with tp ranks adjacent; tp = 1 until [tp], so dp is the world.
-  run->dp = mpi.world().split(0, mpi.world_rank());
+  // World = dp x tp with the tp ranks of a group adjacent (one node): world rank w is tp rank
+  // w % tp of dp rank w / tp.
+  const int tp = c.parallel().tp(), w = mpi.world_rank();
+  run->dims = models::GptDims::from_config(c.model(), tp);
+  run->dp = mpi.world().split(w % tp, w / tp);
+  if (tp > 1) run->tp = mpi.world().split(w / tp, w % tp);
   const int dp = run->dp->size(), dp_rank = run->dp->rank();
   auto train_stream = std::make_shared<models::TokenStream>(
       models::expand_paths({d.train().begin(), d.train().end()}, "data.train"), run->dims.V);
@@ -125,9 +138,9 @@ std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
     if (!run->metrics) throw UserError(str_cat("--metrics ", args.metrics, ": cannot write"));
   }
   run->engine = std::make_unique<parallel::ZeroEngine>(run->dims, zero_options(c), *run->dp,
-                                                       run->alloc);
+                                                       run->tp.get(), run->alloc);
   init_weights(*run->engine, c);
-  log_info("layout: ", mpi.world_size(), " ranks = dp ", dp, " x tp 1, ZeRO stage ",
+  log_info("layout: ", mpi.world_size(), " ranks = dp ", dp, " x tp ", tp, ", ZeRO stage ",
            c.parallel().zero_stage(), ", ", threads, " threads per rank");
   return run;
 }
@@ -151,7 +164,7 @@ template <class S>
 void train_loop(Run& run, const TrainArgs& args) {
   const Config& c = run.config;
   parallel::ZeroEngine& engine = *run.engine;
-  models::Gpt<S> model(run.dims, run.B, run.T, run.alloc);
+  models::Gpt<S> model(run.dims, run.B, run.T, run.alloc, run.tp.get());
   int64_t num_params = 0;
   for (const auto& u : engine.layout()) num_params += u.numel;
   log_info("model: ", run.dims.L, " layers, ", run.dims.H, " heads, width ", run.dims.C,
@@ -162,7 +175,7 @@ void train_loop(Run& run, const TrainArgs& args) {
   parallel::LossScaler scaler(c.precision().loss_scale(), dtype_of<S>() == DType::kF16);
   std::vector<int32_t> inputs(size_t(run.B * run.T)), targets(size_t(run.B * run.T));
   const int64_t tokens_per_step = run.B * run.T * run.accum * run.dp->size();
-  const int world_rank = run.dp->rank();
+  const int world_rank = run.dp->rank() * int(run.dims.tp) + (run.tp ? run.tp->rank() : 0);
   for (int64_t step = 1; step <= run.steps; ++step) {
     const auto t0 = Clock::now();
     if (step == args.fault_step && world_rank == args.fault_rank) {
@@ -280,6 +293,10 @@ int run_train(const TrainArgs& args, LogLevel level, bool log_all_ranks) {
       case DType::kF16: train_loop<Half>(*run, args); break;
       default: train_loop<float>(*run, args); break;
     }
+    // 3. Memory report: collective, after the model's buffers are gone (peaks are kept).
+    if (!args.memory_report.empty()) {
+      write_memory_report(args.memory_report, run->alloc, world, run->config);
+    }
   } catch (const std::exception& e) {
     const bool user = dynamic_cast<const UserError*>(&e) != nullptr;
     std::fprintf(stderr, "shardtrain: %s[rank %d] %s\n", user ? "error: " : "internal error: ",
@@ -300,7 +317,7 @@ int run_export(const ExportArgs& args) {
   auto self = mpi.world().split(mpi.world_rank(), 0);  // a group of one
   TrackingAllocator alloc;
   parallel::ZeroEngine engine(models::GptDims::from_config(config.model()),
-                              {0, DType::kF32, 25}, *self, alloc);
+                              {0, DType::kF32, 25}, *self, nullptr, alloc);
   init_weights(engine, config);
   engine.export_hf(args.out, model_text(config));
   log_info("wrote ", args.out);

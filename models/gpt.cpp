@@ -1,7 +1,9 @@
 #include "models/gpt.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "kernels/attention.h"
 #include "kernels/cross_entropy.h"
@@ -72,13 +74,14 @@ void linear_dweight(float* dw, const S* in, const S* dout, int64_t N, int64_t K,
 
 }  // namespace
 
-GptDims GptDims::from_config(const proto::ModelConfig& m) {
+GptDims GptDims::from_config(const proto::ModelConfig& m, int tp) {
   GptDims d;
   d.L = m.n_layer();
   d.H = m.n_head();
   d.C = m.d_model();
   d.V = m.vocab_size();
-  d.Vp = (d.V + 63) / 64 * 64;
+  d.tp = tp;
+  d.Vp = (d.V + 64 * tp - 1) / (64 * tp) * (64 * tp);
   d.Tmax = m.seq_len();
   return d;
 }
@@ -86,14 +89,15 @@ GptDims GptDims::from_config(const proto::ModelConfig& m) {
 std::vector<UnitLayout> gpt_layout(const GptDims& g) {
   std::vector<UnitLayout> units;
   auto add = [](UnitLayout& u, std::string name, Shape shape, Shape hf_shape, bool decay,
-                ParamInit init) {
-    ParamInfo p{std::move(name), shape, hf_shape, u.numel, decay, init};
+                ParamInit init, TpSplit split = TpSplit::kReplicated, int parts = 1) {
+    ParamInfo p{std::move(name), shape, hf_shape, u.numel, decay, init, split, parts};
     u.numel += p.numel();
     u.params.push_back(std::move(p));
   };
-  const int64_t C = g.C;
+  const int64_t C = g.C, t = g.tp;
+  const auto kCols = TpSplit::kColumns, kRows = TpSplit::kRows;
   UnitLayout emb{"embeddings", {}, 0};
-  add(emb, "wte.weight", {g.Vp, C}, {g.V, C}, true, ParamInit::kNormal);
+  add(emb, "wte.weight", {g.Vp / t, C}, {g.V, C}, true, ParamInit::kNormal, kRows);
   add(emb, "wpe.weight", {g.Tmax, C}, {g.Tmax, C}, true, ParamInit::kNormal);
   units.push_back(std::move(emb));
   for (int64_t l = 0; l < g.L; ++l) {
@@ -101,15 +105,16 @@ std::vector<UnitLayout> gpt_layout(const GptDims& g) {
     const std::string p = str_cat("h.", l, ".");
     add(u, p + "ln_1.weight", {C}, {C}, false, ParamInit::kOne);
     add(u, p + "ln_1.bias", {C}, {C}, false, ParamInit::kZero);
-    add(u, p + "attn.c_attn.weight", {C, 3 * C}, {C, 3 * C}, true, ParamInit::kNormal);
-    add(u, p + "attn.c_attn.bias", {3 * C}, {3 * C}, false, ParamInit::kZero);
-    add(u, p + "attn.c_proj.weight", {C, C}, {C, C}, true, ParamInit::kResidualNormal);
+    add(u, p + "attn.c_attn.weight", {C, 3 * C / t}, {C, 3 * C}, true, ParamInit::kNormal, kCols, 3);
+    add(u, p + "attn.c_attn.bias", {3 * C / t}, {3 * C}, false, ParamInit::kZero, kCols, 3);
+    add(u, p + "attn.c_proj.weight", {C / t, C}, {C, C}, true, ParamInit::kResidualNormal, kRows);
     add(u, p + "attn.c_proj.bias", {C}, {C}, false, ParamInit::kZero);
     add(u, p + "ln_2.weight", {C}, {C}, false, ParamInit::kOne);
     add(u, p + "ln_2.bias", {C}, {C}, false, ParamInit::kZero);
-    add(u, p + "mlp.c_fc.weight", {C, 4 * C}, {C, 4 * C}, true, ParamInit::kNormal);
-    add(u, p + "mlp.c_fc.bias", {4 * C}, {4 * C}, false, ParamInit::kZero);
-    add(u, p + "mlp.c_proj.weight", {4 * C, C}, {4 * C, C}, true, ParamInit::kResidualNormal);
+    add(u, p + "mlp.c_fc.weight", {C, 4 * C / t}, {C, 4 * C}, true, ParamInit::kNormal, kCols);
+    add(u, p + "mlp.c_fc.bias", {4 * C / t}, {4 * C}, false, ParamInit::kZero, kCols);
+    add(u, p + "mlp.c_proj.weight", {4 * C / t, C}, {4 * C, C}, true, ParamInit::kResidualNormal,
+        kRows);
     add(u, p + "mlp.c_proj.bias", {C}, {C}, false, ParamInit::kZero);
     units.push_back(std::move(u));
   }
@@ -120,8 +125,22 @@ std::vector<UnitLayout> gpt_layout(const GptDims& g) {
   return units;
 }
 
+int64_t ParamInfo::global_index(int64_t local, int tp, int tp_rank) const {
+  switch (split) {
+    case TpSplit::kReplicated: return local;
+    case TpSplit::kRows: return int64_t(tp_rank) * numel() + local;  // a contiguous row block
+    case TpSplit::kColumns: {
+      const int64_t cols = shape.back(), row = local / cols, col = local % cols;
+      const int64_t part = cols / parts, block = col / part, within = col % part;
+      const int64_t global_cols = cols * tp;
+      return row * global_cols + block * (global_cols / parts) + int64_t(tp_rank) * part + within;
+    }
+  }
+  return local;
+}
+
 void init_param(const ParamInfo& p, const GptDims& dims, uint64_t seed, int64_t begin,
-                int64_t end, float* out) {
+                int64_t end, int tp_rank, float* out) {
   const uint64_t key = splitmix64(seed ^ fnv1a(p.name));
   const double stddev = p.init == ParamInit::kResidualNormal
                             ? kInitStd / std::sqrt(2.0 * double(dims.L))
@@ -134,10 +153,11 @@ void init_param(const ParamInfo& p, const GptDims& dims, uint64_t seed, int64_t 
       case ParamInit::kOne: v = 1.0f; break;
       case ParamInit::kNormal:
       case ParamInit::kResidualNormal: {
-        if (i >= valid) break;
+        const uint64_t g = uint64_t(p.global_index(i, int(dims.tp), tp_rank));
+        if (int64_t(g) >= valid) break;
         // Box-Muller from two counter-based uniforms: u1 in (0, 1], u2 in [0, 1).
-        double u1 = (double(splitmix64(key + 2 * uint64_t(i)) >> 11) + 1.0) * 0x1.0p-53;
-        double u2 = double(splitmix64(key + 2 * uint64_t(i) + 1) >> 11) * 0x1.0p-53;
+        double u1 = (double(splitmix64(key + 2 * g) >> 11) + 1.0) * 0x1.0p-53;
+        double u2 = double(splitmix64(key + 2 * g + 1) >> 11) * 0x1.0p-53;
         v = float(stddev * std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2));
         break;
       }
@@ -153,13 +173,19 @@ const P* Gpt<S>::param(const void* unit_base, int unit, int index) const {
 }
 
 template <class S>
-Gpt<S>::Gpt(const GptDims& dims, int64_t B, int64_t T, TrackingAllocator& alloc)
-    : dims_(dims), B_(B), T_(T), layout_(gpt_layout(dims)) {
+Gpt<S>::Gpt(const GptDims& dims, int64_t B, int64_t T, TrackingAllocator& alloc,
+            Communicator* tp)
+    : dims_(dims), B_(B), T_(T), tp_(tp), layout_(gpt_layout(dims)) {
   ST_CHECK(T <= dims.Tmax, "sequence length ", T, " exceeds the model's ", dims.Tmax);
+  ST_CHECK(dims.tp == 1 || (tp != nullptr && tp->size() == dims.tp), "tp group of size ",
+           dims.tp, " required");
+  tp_rank_ = tp ? tp->rank() : 0;
+  vocab_begin_ = int64_t(tp_rank_) * (dims.Vp / dims.tp);
   const DType dt = dtype_of<S>();
-  const int64_t N = B * T, C = dims.C;
-  auto act = [&](Shape s, DType t, const std::string& tag) {
-    return Tensor::empty(s, t, alloc, MemCategory::kActivations, tag);
+  // This rank's widths: attention heads, qkv columns, MLP columns, vocabulary rows.
+  const int64_t N = B * T, C = dims.C, t = dims.tp, Hl = dims.H / t;
+  auto act = [&](Shape s, DType d, const std::string& tag) {
+    return Tensor::empty(s, d, alloc, MemCategory::kActivations, tag);
   };
   auto work = [&](Shape s, const std::string& tag) {
     return Tensor::empty(s, dt, alloc, MemCategory::kWorkspace, tag);
@@ -172,76 +198,214 @@ Gpt<S>::Gpt(const GptDims& dims, int64_t B, int64_t T, TrackingAllocator& alloc)
     b.ln1 = act({N, C}, dt, p + "ln1");
     b.ln1_mean = act({N}, DType::kF32, p + "ln1_mean");
     b.ln1_rstd = act({N}, DType::kF32, p + "ln1_rstd");
-    b.qkv = act({N, 3 * C}, dt, p + "qkv");
-    b.atty = act({N, C}, dt, p + "atty");
-    b.lse = act({B, dims.H, T}, DType::kF32, p + "attn_lse");
+    b.qkv = act({N, 3 * C / t}, dt, p + "qkv");
+    b.atty = act({N, C / t}, dt, p + "atty");
+    b.lse = act({B, Hl, T}, DType::kF32, p + "attn_lse");
     b.res2 = act({N, C}, dt, p + "res2");
     b.ln2 = act({N, C}, dt, p + "ln2");
     b.ln2_mean = act({N}, DType::kF32, p + "ln2_mean");
     b.ln2_rstd = act({N}, DType::kF32, p + "ln2_rstd");
-    b.fch = act({N, 4 * C}, dt, p + "fch");
-    b.fch_gelu = act({N, 4 * C}, dt, p + "fch_gelu");
+    b.fch = act({N, 4 * C / t}, dt, p + "fch");
+    b.fch_gelu = act({N, 4 * C / t}, dt, p + "fch_gelu");
     blocks_.push_back(std::move(b));
   }
   lnf_ = act({N, C}, dt, "lnf");
   lnf_mean_ = act({N}, DType::kF32, "lnf_mean");
   lnf_rstd_ = act({N}, DType::kF32, "lnf_rstd");
-  logits_ = act({N, dims.Vp}, dt, "logits");
+  logits_ = act({N, dims.Vp / t}, dt, "logits");
   losses_ = act({N}, DType::kF32, "losses");
   loss_lse_ = act({N}, DType::kF32, "loss_lse");
+  targets_ = Tensor::empty({B, T}, DType::kI32, alloc, MemCategory::kActivations, "targets");
   dres_ = work({N, C}, "d_residual");
   dln_ = work({N, C}, "d_ln");
-  datty_ = work({N, C}, "d_atty");
-  dqkv_ = work({N, 3 * C}, "d_qkv");
-  dfch_ = work({N, 4 * C}, "d_fch");
+  datty_ = work({N, C / t}, "d_atty");
+  dqkv_ = work({N, 3 * C / t}, "d_qkv");
+  dfch_ = work({N, 4 * C / t}, "d_fch");
   dscratch_ = work({N, C}, "d_proj_out");
-  targets_ = Tensor::empty({B, T}, DType::kI32, alloc, MemCategory::kActivations, "targets");
+}
+
+template <class S>
+void Gpt<S>::tp_all_reduce(S* x, int64_t n) {
+  if (dims_.tp > 1) tp_->all_reduce(x, n, dtype_of<S>());
+}
+
+// Token + position embedding. tp == 1: the kernel. tp > 1 (vocab-parallel): each rank looks up
+// the tokens its wte rows hold (zero for the others), the group sums, then wpe is added.
+template <class S>
+void Gpt<S>::embed(const void* emb, const int32_t* inputs) {
+  const int64_t B = B_, T = T_, C = dims_.C;
+  const S* wte = param<S>(emb, 0, 0);
+  const S* wpe = param<S>(emb, 0, 1);
+  S* out = residual_[0].template data<S>();
+  if (dims_.tp == 1) {
+    k::embedding_forward<S>(out, inputs, wte, wpe, {B, T, C});
+    return;
+  }
+  const int64_t rows = dims_.Vp / dims_.tp;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < B * T; ++i) {
+    const int64_t v = int64_t(inputs[i]) - vocab_begin_;
+    S* o = out + i * C;
+    if (v >= 0 && v < rows) {
+      std::memcpy(o, wte + v * C, size_t(C) * sizeof(S));
+    } else {
+      std::memset(o, 0, size_t(C) * sizeof(S));
+    }
+  }
+  tp_all_reduce(out, B * T * C);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < B * T; ++i) {
+    S* o = out + i * C;
+    const S* p = wpe + (i % T) * C;
+    for (int64_t c = 0; c < C; ++c) o[c] = from_float<S>(to_float(o[c]) + to_float(p[c]));
+  }
+}
+
+template <class S>
+void Gpt<S>::embed_backward(float* dwte, float* dwpe, const S* dres, const int32_t* inputs) {
+  const int64_t B = B_, T = T_, C = dims_.C;
+  if (dims_.tp == 1) {
+    k::embedding_backward<S>(dwte, dwpe, dres, inputs, {B, T, C});
+    return;
+  }
+  // dres is replicated over the tp group: each rank adds the rows of the tokens it holds, and
+  // the (replicated) wpe gradient in full. Channel blocks per thread, tokens in order:
+  // deterministic, no atomics.
+  const int64_t rows = dims_.Vp / dims_.tp;
+  constexpr int64_t kBlock = 64;
+#pragma omp parallel for schedule(static)
+  for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
+    const int64_t c1 = std::min(C, c0 + kBlock);
+    for (int64_t i = 0; i < B * T; ++i) {
+      const S* d = dres + i * C;
+      const int64_t v = int64_t(inputs[i]) - vocab_begin_;
+      float* pw = dwpe + (i % T) * C;
+      for (int64_t c = c0; c < c1; ++c) pw[c] += to_float(d[c]);
+      if (v >= 0 && v < rows) {
+        float* w = dwte + v * C;
+        for (int64_t c = c0; c < c1; ++c) w[c] += to_float(d[c]);
+      }
+    }
+  }
+}
+
+// Vocab-parallel cross-entropy (Megatron): per row, the max and the sum of exponentials over
+// the whole vocabulary and the target's logit are reduced over the tp group; padding columns
+// (global index >= V) take no part.
+template <class S>
+double Gpt<S>::vocab_parallel_loss(const int32_t* targets) {
+  const int64_t N = B_ * T_, Vl = dims_.Vp / dims_.tp;
+  const int64_t valid = std::clamp<int64_t>(dims_.V - vocab_begin_, 0, Vl);
+  const S* logits = logits_.template data<S>();
+  std::vector<double> mx(static_cast<size_t>(N)), sum(mx.size()), tgt(mx.size());
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < N; ++i) {
+    const S* row = logits + i * Vl;
+    float m = -INFINITY;
+    for (int64_t j = 0; j < valid; ++j) m = std::max(m, to_float(row[j]));
+    mx[size_t(i)] = m;
+    const int64_t t = int64_t(targets[i]) - vocab_begin_;
+    tgt[size_t(i)] = targets[i] >= 0 && t >= 0 && t < valid ? double(to_float(row[t])) : 0.0;
+  }
+  tp_->all_reduce_f64(mx.data(), N, /*max=*/true);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < N; ++i) {
+    const S* row = logits + i * Vl;
+    const float m = float(mx[size_t(i)]);
+    double acc = 0.0;
+    for (int64_t j = 0; j < valid; ++j) acc += std::exp(double(to_float(row[j]) - m));
+    sum[size_t(i)] = acc;
+  }
+  tp_->all_reduce_f64(sum.data(), N, false);
+  tp_->all_reduce_f64(tgt.data(), N, false);
+  float* lse = loss_lse_.template data<float>();
+  float* losses = losses_.template data<float>();
+  double total = 0.0;
+  for (int64_t i = 0; i < N; ++i) {
+    lse[i] = float(mx[size_t(i)] + std::log(sum[size_t(i)]));
+    losses[i] = targets[i] < 0 ? 0.0f : float(double(lse[i]) - tgt[size_t(i)]);
+    total += losses[i];
+  }
+  return total;
+}
+
+template <class S>
+void Gpt<S>::vocab_parallel_dlogits(const int32_t* targets, float grad_weight) {
+  const int64_t N = B_ * T_, Vl = dims_.Vp / dims_.tp;
+  const int64_t valid = std::clamp<int64_t>(dims_.V - vocab_begin_, 0, Vl);
+  S* logits = logits_.template data<S>();
+  const float* lse = loss_lse_.template data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < N; ++i) {
+    S* row = logits + i * Vl;
+    const int64_t t = int64_t(targets[i]) - vocab_begin_;
+    const bool ignored = targets[i] < 0;
+    for (int64_t j = 0; j < Vl; ++j) {
+      float g = 0.0f;
+      if (!ignored && j < valid) {
+        g = std::exp(to_float(row[j]) - lse[i]) - (j == t ? 1.0f : 0.0f);
+      }
+      row[j] = from_float<S>(g * grad_weight);
+    }
+  }
 }
 
 template <class S>
 double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* targets) {
-  const int64_t B = B_, T = T_, C = dims_.C, N = B * T, H = dims_.H, L = dims_.L;
+  const int64_t B = B_, T = T_, C = dims_.C, N = B * T, L = dims_.L, t = dims_.tp;
+  const int64_t Hl = dims_.H / t, D = C / dims_.H, Vl = dims_.Vp / t;
+  const bool split = t > 1;
   const k::RowsShape rows{N, C};
   std::memcpy(inputs_.raw(), inputs, size_t(N) * sizeof(int32_t));
   if (targets) std::memcpy(targets_.raw(), targets, size_t(N) * sizeof(int32_t));
 
   // 1. Embeddings.
   ps.acquire(0);
-  const void* emb = ps.params(0);
-  k::embedding_forward<S>(residual_[0].data<S>(), inputs, param<S>(emb, 0, 0),
-                          param<S>(emb, 0, 1), {B, T, C});
+  embed(ps.params(0), inputs);
   ps.release(0);
 
-  // 2. Blocks.
+  // 2. Blocks. Row-parallel c_proj outputs are partial sums under tp: all-reduce, then the
+  //    (replicated) bias; with tp == 1 the bias rides in the GEMM.
   for (int64_t l = 0; l < L; ++l) {
     const int u = int(l) + 1;
     BlockActivations& b = blocks_[size_t(l)];
     ps.acquire(u);
     const void* w = ps.params(u);
     const S* x = residual_[size_t(l)].data<S>();
+    S* proj = dscratch_.data<S>();
+    auto row_parallel_out = [&](const S* in, int64_t K, int wi, int bi) {
+      linear<S>(proj, in, param<S>(w, u, wi), split ? nullptr : param<S>(w, u, bi), N, K, C);
+      if (split) {
+        tp_all_reduce(proj, N * C);
+        const S* bias = param<S>(w, u, bi);
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < N; ++i) {
+          for (int64_t c = 0; c < C; ++c) {
+            proj[i * C + c] = from_float<S>(to_float(proj[i * C + c]) + to_float(bias[c]));
+          }
+        }
+      }
+    };
     k::layernorm_forward<S>(b.ln1.data<S>(), b.ln1_mean.data<float>(), b.ln1_rstd.data<float>(),
                             x, param<S>(w, u, kLn1W), param<S>(w, u, kLn1B), rows, kLayerNormEps);
     linear<S>(b.qkv.data<S>(), b.ln1.data<S>(), param<S>(w, u, kAttnW), param<S>(w, u, kAttnB),
-              N, C, 3 * C);
+              N, C, 3 * C / t);
     k::attention_forward<S>(b.atty.data<S>(), b.lse.data<float>(), b.qkv.data<S>(),
-                            {B, T, H, C / H});
-    S* proj = dscratch_.data<S>();
-    linear<S>(proj, b.atty.data<S>(), param<S>(w, u, kAttnProjW), param<S>(w, u, kAttnProjB), N,
-              C, C);
+                            {B, T, Hl, D});
+    row_parallel_out(b.atty.data<S>(), C / t, kAttnProjW, kAttnProjB);
     k::residual_add<S>(b.res2.data<S>(), x, proj, N * C);
     k::layernorm_forward<S>(b.ln2.data<S>(), b.ln2_mean.data<float>(), b.ln2_rstd.data<float>(),
                             b.res2.data<S>(), param<S>(w, u, kLn2W), param<S>(w, u, kLn2B), rows,
                             kLayerNormEps);
     linear<S>(b.fch.data<S>(), b.ln2.data<S>(), param<S>(w, u, kFcW), param<S>(w, u, kFcB), N, C,
-              4 * C);
-    k::gelu_forward<S>(b.fch_gelu.data<S>(), b.fch.data<S>(), N * 4 * C);
-    linear<S>(proj, b.fch_gelu.data<S>(), param<S>(w, u, kMlpProjW), param<S>(w, u, kMlpProjB), N,
-              4 * C, C);
+              4 * C / t);
+    k::gelu_forward<S>(b.fch_gelu.data<S>(), b.fch.data<S>(), N * 4 * C / t);
+    row_parallel_out(b.fch_gelu.data<S>(), 4 * C / t, kMlpProjW, kMlpProjB);
     k::residual_add<S>(residual_[size_t(l) + 1].data<S>(), b.res2.data<S>(), proj, N * C);
     ps.release(u);
   }
 
-  // 3. Final LayerNorm, then the head tied to wte: logits (N,Vp) = lnf @ wte^T.
+  // 3. Final LayerNorm, then the head tied to wte: logits (N, Vp/tp) = lnf @ wte_slice^T.
   const int uf = int(L) + 1;
   ps.acquire(uf);
   const void* wf = ps.params(uf);
@@ -252,7 +416,7 @@ double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* ta
   ps.acquire(0);
   {
     k::GemmDesc d;
-    d.shape = {N, dims_.Vp, C};
+    d.shape = {N, Vl, C};
     d.ab_dtype = d.c_dtype = dtype_of<S>();
     d.trans_b = true;
     k::gemm(d, lnf_.data<S>(), param<S>(ps.params(0), 0, 0), logits_.data<S>());
@@ -261,8 +425,9 @@ double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* ta
   if (targets == nullptr) return 0.0;
 
   // 4. Loss: per-token cross-entropy over the real vocabulary, summed in a fixed order.
+  if (split) return vocab_parallel_loss(targets);
   k::cross_entropy_forward<S>(losses_.data<float>(), loss_lse_.data<float>(), logits_.data<S>(),
-                              targets, {N, dims_.Vp}, dims_.V);
+                              targets, {N, Vl}, dims_.V);
   double sum = 0.0;
   const float* losses = losses_.data<float>();
   for (int64_t i = 0; i < N; ++i) sum += losses[i];
@@ -271,27 +436,34 @@ double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* ta
 
 template <class S>
 void Gpt<S>::backward(ParamSource& ps, float grad_weight) {
-  const int64_t B = B_, T = T_, C = dims_.C, N = B * T, H = dims_.H, L = dims_.L, Vp = dims_.Vp;
+  const int64_t B = B_, T = T_, C = dims_.C, N = B * T, L = dims_.L, t = dims_.tp;
+  const int64_t Hl = dims_.H / t, D = C / dims_.H, Vl = dims_.Vp / t;
   const k::RowsShape rows{N, C};
   const int32_t* targets = targets_.data<int32_t>();
   const int32_t* inputs = inputs_.data<int32_t>();
   S* dres = dres_.data<S>();
   S* dln = dln_.data<S>();
 
-  // 1. Loss and head: dlogits in place, then dlnf = dlogits @ wte, dwte += dlogits^T @ lnf.
+  // 1. Loss and head: dlogits in place, then dlnf = dlogits @ wte (partial sums under tp:
+  //    all-reduced), dwte += dlogits^T @ lnf.
   S* dlogits = logits_.data<S>();
-  k::cross_entropy_backward<S>(dlogits, dlogits, loss_lse_.data<float>(), targets, grad_weight,
-                               {N, Vp}, dims_.V);
+  if (t > 1) {
+    vocab_parallel_dlogits(targets, grad_weight);
+  } else {
+    k::cross_entropy_backward<S>(dlogits, dlogits, loss_lse_.data<float>(), targets, grad_weight,
+                                 {N, Vl}, dims_.V);
+  }
   ps.acquire(0);
   {
     k::GemmDesc d;
-    d.shape = {N, C, Vp};
+    d.shape = {N, C, Vl};
     d.ab_dtype = d.c_dtype = dtype_of<S>();
     k::gemm(d, dlogits, param<S>(ps.params(0), 0, 0), dln);
-    float* dwte = ps.grads(0) + layout_[0].params[0].offset;  // (Vp,C) += dlogits^T @ lnf
-    linear_dweight<S>(dwte, dlogits, lnf_.data<S>(), N, Vp, C);
+    float* dwte = ps.grads(0) + layout_[0].params[0].offset;  // (Vp/tp,C) += dlogits^T @ lnf
+    linear_dweight<S>(dwte, dlogits, lnf_.data<S>(), N, Vl, C);
   }
   ps.release(0);
+  tp_all_reduce(dln, N * C);
 
   // 2. Final LayerNorm: dres = dLN_f(dlnf).
   const int uf = int(L) + 1;
@@ -307,7 +479,8 @@ void Gpt<S>::backward(ParamSource& ps, float grad_weight) {
   ps.release(uf);
   ps.grads_done(uf);
 
-  // 3. Blocks in reverse; dres carries dLoss/d(residual stream) between them.
+  // 3. Blocks in reverse; dres carries dLoss/d(residual stream) between them (replicated
+  //    over the tp group).
   for (int64_t l = L - 1; l >= 0; --l) {
     const int u = int(l) + 1;
     BlockActivations& b = blocks_[size_t(l)];
@@ -317,29 +490,31 @@ void Gpt<S>::backward(ParamSource& ps, float grad_weight) {
     auto grad = [&](int index) { return g + layout_[size_t(u)].params[size_t(index)].offset; };
 
     // MLP: out = res2 + c_proj(gelu(c_fc(ln2(res2)))).
-    linear_dweight<S>(grad(kMlpProjW), b.fch_gelu.data<S>(), dres, N, 4 * C, C);
+    linear_dweight<S>(grad(kMlpProjW), b.fch_gelu.data<S>(), dres, N, 4 * C / t, C);
     k::bias_backward<S>(grad(kMlpProjB), dres, N, C);
     S* dfch = dfch_.data<S>();
-    linear_dinput<S>(dfch, dres, param<S>(w, u, kMlpProjW), N, 4 * C, C);
-    k::gelu_backward<S>(dfch, b.fch.data<S>(), dfch, N * 4 * C);
-    linear_dweight<S>(grad(kFcW), b.ln2.data<S>(), dfch, N, C, 4 * C);
-    k::bias_backward<S>(grad(kFcB), dfch, N, 4 * C);
-    linear_dinput<S>(dln, dfch, param<S>(w, u, kFcW), N, C, 4 * C);
+    linear_dinput<S>(dfch, dres, param<S>(w, u, kMlpProjW), N, 4 * C / t, C);
+    k::gelu_backward<S>(dfch, b.fch.data<S>(), dfch, N * 4 * C / t);
+    linear_dweight<S>(grad(kFcW), b.ln2.data<S>(), dfch, N, C, 4 * C / t);
+    k::bias_backward<S>(grad(kFcB), dfch, N, 4 * C / t);
+    linear_dinput<S>(dln, dfch, param<S>(w, u, kFcW), N, C, 4 * C / t);
+    tp_all_reduce(dln, N * C);
     k::layernorm_backward<S>(dres, grad(kLn2W), grad(kLn2B), dln, b.res2.data<S>(),
                              param<S>(w, u, kLn2W), b.ln2_mean.data<float>(),
                              b.ln2_rstd.data<float>(), rows);
 
     // Attention: res2 = x + c_proj(attn(c_attn(ln1(x)))).
-    linear_dweight<S>(grad(kAttnProjW), b.atty.data<S>(), dres, N, C, C);
+    linear_dweight<S>(grad(kAttnProjW), b.atty.data<S>(), dres, N, C / t, C);
     k::bias_backward<S>(grad(kAttnProjB), dres, N, C);
     S* datty = datty_.data<S>();
-    linear_dinput<S>(datty, dres, param<S>(w, u, kAttnProjW), N, C, C);
+    linear_dinput<S>(datty, dres, param<S>(w, u, kAttnProjW), N, C / t, C);
     S* dqkv = dqkv_.data<S>();
     k::attention_backward<S>(dqkv, datty, b.qkv.data<S>(), b.atty.data<S>(), b.lse.data<float>(),
-                             {B, T, H, C / H});
-    linear_dweight<S>(grad(kAttnW), b.ln1.data<S>(), dqkv, N, C, 3 * C);
-    k::bias_backward<S>(grad(kAttnB), dqkv, N, 3 * C);
-    linear_dinput<S>(dln, dqkv, param<S>(w, u, kAttnW), N, C, 3 * C);
+                             {B, T, Hl, D});
+    linear_dweight<S>(grad(kAttnW), b.ln1.data<S>(), dqkv, N, C, 3 * C / t);
+    k::bias_backward<S>(grad(kAttnB), dqkv, N, 3 * C / t);
+    linear_dinput<S>(dln, dqkv, param<S>(w, u, kAttnW), N, C, 3 * C / t);
+    tp_all_reduce(dln, N * C);
     k::layernorm_backward<S>(dres, grad(kLn1W), grad(kLn1B), dln, residual_[size_t(l)].data<S>(),
                              param<S>(w, u, kLn1W), b.ln1_mean.data<float>(),
                              b.ln1_rstd.data<float>(), rows);
@@ -349,8 +524,8 @@ void Gpt<S>::backward(ParamSource& ps, float grad_weight) {
 
   // 4. Embeddings (their wte gradient already holds the head's share).
   float* g0 = ps.grads(0);
-  k::embedding_backward<S>(g0 + layout_[0].params[0].offset, g0 + layout_[0].params[1].offset,
-                           dres, inputs, {B, T, C});
+  embed_backward(g0 + layout_[0].params[0].offset, g0 + layout_[0].params[1].offset, dres,
+                 inputs);
   ps.grads_done(0);
 }
 

@@ -8,8 +8,17 @@
 // where gradient reduction hooks in. The LM head is tied to wte (unit 0), used again last.
 //
 // Pre-LN block: x -> LN1 -> c_attn -> causal attention -> c_proj -> +x -> LN2 -> c_fc -> GELU
-// -> c_proj -> +. Every buffer a backward needs is saved in Activations; nothing is recomputed
-// except the attention scores (flash-style, kernels/attention.h).
+// -> c_proj -> +. Every buffer a backward needs is saved in BlockActivations; nothing is
+// recomputed except the attention scores (flash-style, kernels/attention.h).
+//
+// Tensor parallelism (Megatron-LM, Shoeybi et al. 2019): with tp > 1 each rank of the tp group
+// holds a slice of every layer. c_attn is split by heads (its Q, K and V column blocks each),
+// c_fc by columns, the two c_proj by rows, wte by vocabulary rows (padded to 64 x tp); the
+// LayerNorms, wpe and the c_proj biases are replicated. Forward: one all-reduce after each
+// row-parallel c_proj and after the embedding lookup; backward: one all-reduce of the input
+// gradient of each column-parallel layer (c_attn, c_fc, the head). The cross-entropy is
+// vocab-parallel: the full logits never exist on one rank (max, sum of exponentials and the
+// target logit are all-reduced per row).
 #pragma once
 
 #include <cstdint>
@@ -17,6 +26,7 @@
 #include <vector>
 
 #include "runtime/allocator.h"
+#include "runtime/comm.h"
 #include "runtime/proto/config.pb.h"
 #include "runtime/tensor.h"
 
@@ -27,21 +37,35 @@ struct GptDims {
   int64_t H;     // heads
   int64_t C;     // width
   int64_t V;     // vocabulary
-  int64_t Vp;    // vocabulary padded to a multiple of 64 (rows past V are zero, never used)
+  int64_t Vp;    // vocabulary padded to a multiple of 64 x tp (rows past V are zero, unused)
   int64_t Tmax;  // context length (rows of wpe)
-  static GptDims from_config(const proto::ModelConfig& m);
+  int64_t tp = 1;  // tensor-parallel ranks the layers are split over
+  static GptDims from_config(const proto::ModelConfig& m, int tp = 1);
 };
 
 enum class ParamInit : uint8_t { kNormal, kResidualNormal, kZero, kOne };
 
+// How a parameter is split over the tp ranks.
+enum class TpSplit : uint8_t {
+  kReplicated,  // every rank holds all of it
+  kRows,        // rank t holds rows [t*r, (t+1)*r) of the global tensor
+  kColumns,     // the last dimension is `parts` blocks (c_attn: Q|K|V); rank t holds the t-th
+                // slice of each block, concatenated
+};
+
 struct ParamInfo {
   std::string name;  // Hugging Face GPT-2 name, e.g. "h.3.attn.c_attn.weight"
-  Shape shape;       // as stored here (wte: [Vp, C])
-  Shape hf_shape;    // as exported (wte: [V, C])
+  Shape shape;       // this rank's slice as stored here (wte: [Vp/tp, C])
+  Shape hf_shape;    // the whole tensor as exported (wte: [V, C])
   int64_t offset;    // elements into the unit's flat buffer
   bool decay;        // AdamW weight decay applies (2-D weights)
   ParamInit init;
+  TpSplit split = TpSplit::kReplicated;
+  int parts = 1;
   int64_t numel() const { return shape_numel(shape); }
+  // Row-major index into the global (padded) tensor of this rank's element `local`;
+  // indices >= shape_numel(hf_shape) are vocabulary padding.
+  int64_t global_index(int64_t local, int tp, int tp_rank) const;
 };
 
 struct UnitLayout {
@@ -52,10 +76,11 @@ struct UnitLayout {
 
 std::vector<UnitLayout> gpt_layout(const GptDims& dims);
 
-// Seeded GPT-2 initialisation of one parameter: value i depends only on (seed, name, i), so a
-// rank can initialise any slice of any layout and get exactly the unsharded values.
+// Seeded GPT-2 initialisation: the value of global element g of a parameter depends only on
+// (seed, name, g), so a rank can initialise any slice of any layout (tp and ZeRO) and get
+// exactly the values of the unsplit model. Fills this rank's local elements [begin, end).
 void init_param(const ParamInfo& p, const GptDims& dims, uint64_t seed, int64_t begin,
-                int64_t end, float* out);
+                int64_t end, int tp_rank, float* out);
 
 // Where the model gets parameters and puts gradients (plain storage, or the ZeRO engine).
 class ParamSource {
@@ -78,7 +103,9 @@ template <class S>
 class Gpt {
  public:
   // Activations are sized for micro-batch B and sequence length T (<= Tmax) once, here.
-  Gpt(const GptDims& dims, int64_t B, int64_t T, TrackingAllocator& alloc);
+  // `tp` is the tensor-parallel group (null when dims.tp == 1).
+  Gpt(const GptDims& dims, int64_t B, int64_t T, TrackingAllocator& alloc,
+      Communicator* tp = nullptr);
 
   int num_units() const { return int(dims_.L) + 2; }
   const GptDims& dims() const { return dims_; }
@@ -91,14 +118,24 @@ class Gpt {
   // ps.grads(); calls ps.grads_done(unit) as each unit finishes, last unit first.
   void backward(ParamSource& ps, float grad_weight);
 
-  const S* logits() const { return logits_.data<S>(); }  // (B,T,Vp) after forward
+  // (B,T,Vp/tp) after forward: this rank's vocabulary slice [tp_rank*Vp/tp, ...).
+  const S* logits() const { return logits_.data<S>(); }
 
  private:
   template <class P>
   const P* param(const void* unit_base, int unit, int index) const;
+  // Tensor-parallel pieces (no-ops or plain kernels when tp == 1).
+  void tp_all_reduce(S* x, int64_t n);
+  void embed(const void* emb, const int32_t* inputs);
+  void embed_backward(float* dwte, float* dwpe, const S* dres, const int32_t* inputs);
+  double vocab_parallel_loss(const int32_t* targets);
+  void vocab_parallel_dlogits(const int32_t* targets, float grad_weight);
 
   GptDims dims_;
   int64_t B_, T_;
+  Communicator* tp_;
+  int tp_rank_ = 0;
+  int64_t vocab_begin_ = 0;  // first global vocabulary row of this rank's wte slice
   std::vector<UnitLayout> layout_;
   std::vector<Tensor> residual_;  // L+1 of (B,T,C): the stream entering each block, and out
   std::vector<BlockActivations> blocks_;

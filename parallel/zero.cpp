@@ -60,8 +60,15 @@ bool is_hf_non_parameter(const std::string& name, const SafetensorsTensor& t) {
 }  // namespace
 
 ZeroEngine::ZeroEngine(const models::GptDims& dims, const ZeroOptions& options, Communicator& dp,
-                       TrackingAllocator& alloc)
-    : dims_(dims), options_(options), dp_(dp), alloc_(alloc), layout_(models::gpt_layout(dims)) {
+                       Communicator* tp, TrackingAllocator& alloc)
+    : dims_(dims),
+      options_(options),
+      dp_(dp),
+      tp_(tp),
+      tp_rank_(tp ? tp->rank() : 0),
+      alloc_(alloc),
+      layout_(models::gpt_layout(dims)) {
+  ST_CHECK(dims.tp == 1 || (tp != nullptr && tp->size() == dims.tp), "tp group required");
   ST_CHECK(options.stage >= 0 && options.stage <= 3, "ZeRO stage ", options.stage);
   const int64_t n = dp.size(), r = dp.rank();
   const int stage = options.stage;
@@ -248,12 +255,21 @@ void ZeroEngine::finish_backward() {
 
 double ZeroEngine::grad_sq_sum() {
   // Over the owned shard at every stage, so the sum (and its rounding) is the same for all.
+  // Parameters replicated over the tp group have identical gradients on every tp rank: they
+  // count on tp rank 0 only.
   double local = 0.0;
-  for (auto& u : units_) {
-    const float* g = u->grads.data<float>() + (options_.stage <= 1 ? u->own_begin : 0);
-    for (int64_t i = 0; i < u->shard; ++i) local += double(g[i]) * double(g[i]);
+  for (size_t ui = 0; ui < units_.size(); ++ui) {
+    Unit& u = *units_[ui];
+    const float* g = u.grads.data<float>() + (options_.stage <= 1 ? u.own_begin : 0);
+    const int64_t begin = u.own_begin, end = u.own_begin + u.shard;
+    for (const auto& p : layout_[ui].params) {
+      if (p.split == models::TpSplit::kReplicated && tp_rank_ != 0) continue;
+      const int64_t lo = std::max(begin, p.offset), hi = std::min(end, p.offset + p.numel());
+      for (int64_t i = lo; i < hi; ++i) local += double(g[i - begin]) * double(g[i - begin]);
+    }
   }
   dp_.all_reduce_f64(&local, 1, /*max=*/false);
+  if (tp_) tp_->all_reduce_f64(&local, 1, /*max=*/false);
   return local;
 }
 
@@ -343,7 +359,7 @@ void ZeroEngine::fill_holdings(Fill fill) {
 
 void ZeroEngine::init_random(uint64_t seed) {
   fill_holdings([&](const models::ParamInfo& p, int64_t lo, int64_t hi, float* out) {
-    models::init_param(p, dims_, seed, lo, hi, out);
+    models::init_param(p, dims_, seed, lo, hi, tp_rank_, out);
   });
 }
 
@@ -377,47 +393,66 @@ void ZeroEngine::load_hf(const std::string& path) {
                               "' (not part of a GPT-2 model with this config)"));
     }
   }
+  const int tp = int(dims_.tp);
   fill_holdings([&](const models::ParamInfo& p, int64_t lo, int64_t hi, float* out) {
     const SafetensorsTensor& t = *by_name.at(p.name);
     const int64_t valid = shape_numel(p.hf_shape);  // past it: vocabulary padding, zero
-    const int64_t vhi = std::min(hi, valid);
-    for (int64_t i = lo; i < vhi; ++i) {
-      switch (t.dtype) {
-        case DType::kF32: std::memcpy(out + (i - lo), t.bytes.data() + i * 4, 4); break;
-        case DType::kBF16:
-          out[i - lo] = bf16_to_float(reinterpret_cast<const BFloat16*>(t.bytes.data())[i]);
-          break;
-        case DType::kF16:
-          out[i - lo] = f16_to_float(reinterpret_cast<const Half*>(t.bytes.data())[i]);
-          break;
-        case DType::kI32: break;
+    for (int64_t i = lo; i < hi; ++i) {
+      const int64_t g = p.global_index(i, tp, tp_rank_);
+      float v = 0.0f;
+      if (g < valid) {
+        switch (t.dtype) {
+          case DType::kF32: std::memcpy(&v, t.bytes.data() + g * 4, 4); break;
+          case DType::kBF16: v = bf16_to_float(reinterpret_cast<const BFloat16*>(t.bytes.data())[g]); break;
+          case DType::kF16: v = f16_to_float(reinterpret_cast<const Half*>(t.bytes.data())[g]); break;
+          case DType::kI32: break;
+        }
       }
+      out[i - lo] = v;
     }
-    for (int64_t i = std::max(lo, vhi); i < hi; ++i) out[i - lo] = 0.0f;
   });
 }
 
 void ZeroEngine::export_hf(const std::string& path, const std::string& model_config) {
+  // 1. Each unit's fp32 master weights, whole within the dp group.
+  // 2. Under tp, every tp rank's slices gathered in the tp group, then placed at their global
+  //    indices. Rank 0 of the world (dp rank 0, tp rank 0) writes.
+  const int tp = int(dims_.tp);
   std::vector<std::vector<float>> full(units_.size());
   for (size_t ui = 0; ui < units_.size(); ++ui) {
     Unit& u = *units_[ui];
-    full[ui].resize(size_t(u.padded));
+    full[ui].resize(size_t(u.padded * tp));
+    float* mine = full[ui].data() + (tp > 1 ? int64_t(tp_rank_) * u.padded : 0);
     if (u.master.numel() == u.padded) {
-      std::memcpy(full[ui].data(), u.master.raw(), size_t(u.master.bytes()));
+      std::memcpy(mine, u.master.raw(), size_t(u.master.bytes()));
     } else {
-      dp_.all_gather(u.master.raw(), full[ui].data(), u.shard, DType::kF32);
+      dp_.all_gather(u.master.raw(), mine, u.shard, DType::kF32);
     }
+    if (tp > 1) tp_->all_gather(mine, full[ui].data(), u.padded, DType::kF32);
   }
-  if (dp_.rank() == 0) {
+  if (dp_.rank() == 0 && tp_rank_ == 0) {
+    std::vector<std::vector<float>> tensors;
     std::vector<SafetensorsEntry> entries;
     for (size_t ui = 0; ui < units_.size(); ++ui) {
       for (const auto& p : layout_[ui].params) {
-        entries.push_back({p.name, DType::kF32, p.hf_shape, full[ui].data() + p.offset});
+        std::vector<float> global(size_t(shape_numel(p.hf_shape)));
+        const int64_t valid = int64_t(global.size());
+        for (int r = 0; r < tp; ++r) {
+          const float* src = full[ui].data() + int64_t(r) * units_[ui]->padded + p.offset;
+          for (int64_t i = 0; i < p.numel(); ++i) {
+            const int64_t g = p.global_index(i, tp, r);
+            if (g < valid) global[size_t(g)] = src[i];
+          }
+          if (p.split == models::TpSplit::kReplicated) break;  // every rank holds the same
+        }
+        tensors.push_back(std::move(global));
+        entries.push_back({p.name, DType::kF32, p.hf_shape, tensors.back().data()});
       }
     }
     write_safetensors(path, entries, {{"format", "pt"}, {"shardtrain.model", model_config}});
   }
   dp_.barrier();
+  if (tp_) tp_->barrier();
 }
 
 }  // namespace shardtrain::parallel

@@ -44,8 +44,10 @@ class ZeroEngine final : public models::ParamSource {
   // Element alignment of every shard: 64 bytes of fp32.
   static constexpr int64_t kAlign = 16;
 
+  // `dp`: this rank's data-parallel group (shards live within it); `tp`: its tensor-parallel
+  // group when dims.tp > 1 (units then hold this tp rank's slices), else null.
   ZeroEngine(const models::GptDims& dims, const ZeroOptions& options, Communicator& dp,
-             TrackingAllocator& alloc);
+             Communicator* tp, TrackingAllocator& alloc);
   ~ZeroEngine() override;
 
   // models::ParamSource.
@@ -70,7 +72,8 @@ class ZeroEngine final : public models::ParamSource {
   // Before a forward without backward (evaluation, sampling): restarts the prefetch order.
   void begin_forward_only() { acquire_pos_ = 0; }
   void finish_backward();
-  // Sum of squared gradient elements over the whole model (each counted once), all ranks.
+  // Sum of squared gradient elements over the whole model, all ranks: each element counted
+  // once (ZeRO shards partition it over dp; replicated tp parameters count on tp rank 0).
   double grad_sq_sum();
   // AdamW on the owned shard (grads * grad_scale first), then parameters made whole again.
   void adamw_step(const proto::OptimizerConfig& o, double lr, int64_t step, float grad_scale);
@@ -98,6 +101,8 @@ class ZeroEngine final : public models::ParamSource {
   models::GptDims dims_;
   ZeroOptions options_;
   Communicator& dp_;
+  Communicator* tp_;
+  int tp_rank_ = 0;
   TrackingAllocator& alloc_;
   std::vector<models::UnitLayout> layout_;
   std::vector<std::unique_ptr<Unit>> units_;

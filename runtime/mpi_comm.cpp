@@ -275,7 +275,9 @@ class MpiCommunicator final : public Communicator {
       MPI_CHECK(MPI_Comm_split(comm_, color, key, &sub));
       MPI_CHECK(MPI_Comm_set_errhandler(sub, MPI_ERRORS_RETURN));
     })->wait();
-    return std::make_unique<MpiCommunicator>(sub, engine_);
+    // Each group gets its own communication thread, so that a tensor-parallel all-reduce
+    // is never queued behind a data-parallel gradient reduction (MPI_THREAD_MULTIPLE).
+    return std::make_unique<MpiCommunicator>(sub, std::make_shared<CommEngine>());
   }
 
  private:
