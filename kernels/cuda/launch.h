@@ -1,0 +1,154 @@
+// launch.h — the portable layer every kernels/cuda source includes first: the one `<<<>>>`
+// of the project, shared-memory declarations, 16-byte vector access, and the namespace that
+// keeps the two compilations of one source apart.
+//
+// Under nvcc (__CUDACC__) this is thin CUDA: SharedSpan is a raw pointer, launch() is `<<<>>>`
+// plus cudaGetLastError. Under g++ the same names come from kernels/emu (emu.h), which runs
+// the kernel on CPU fibers and checks it. The code of a kernel source is placed in
+// namespace shardtrain::kernels::ST_GPU_NS — `cuda` or `cuda_emu` — so both compilations can
+// be linked into one binary (a test can run the GPU and the emulator side by side).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <utility>
+
+// The world's declarations of the op set (kernels/cuda/ops.inc) come with it, so a kernel
+// source defines exactly what ops.h declares.
+#if defined(__CUDACC__)
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/ops.h"
+#define ST_GPU_NS cuda
+#else
+#include "kernels/emu/emu.h"
+#include "kernels/emu/ops.h"
+#define ST_GPU_NS cuda_emu
+#endif
+
+#define ST_DEVICE __device__ __forceinline__
+
+namespace shardtrain::kernels::ST_GPU_NS {
+
+#if defined(__CUDACC__)
+
+constexpr Status kOk = cudaSuccess;  // Stream and Status: kernels/cuda/ops.h
+
+// Shared memory as the kernel sees it: indexable like an array.
+template <class T>
+struct SharedSpan {
+  T* p;
+  ST_DEVICE T& operator[](size_t i) const { return p[i]; }
+};
+
+// The launch helper: the only `<<<>>>` in shardtrain. Dynamic shared memory beyond 48 KiB
+// must be opted into per kernel (cudaFuncAttributeMaxDynamicSharedMemorySize).
+template <class... KArgs, class... Args>
+Status launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t dynamic_smem,
+              Stream stream, Args&&... args) {
+  static_assert(sizeof...(KArgs) == sizeof...(Args), "launch: wrong number of kernel arguments");
+  if (dynamic_smem > 48 * 1024) {
+    Status e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    int(dynamic_smem));
+    if (e != cudaSuccess) return e;
+  }
+  kernel<<<grid, block, dynamic_smem, stream>>>(static_cast<KArgs>(std::forward<Args>(args))...);
+  return cudaGetLastError();
+}
+
+#define ST_SHARED(T, name, n)                         \
+  __shared__ __align__(16) T name##_st_storage[n];    \
+  const ::shardtrain::kernels::cuda::SharedSpan<T> name { name##_st_storage }
+#define ST_DYNAMIC_SHARED(T, name)                                    \
+  extern __shared__ __align__(16) unsigned char st_dynamic_smem[];    \
+  const ::shardtrain::kernels::cuda::SharedSpan<T> name { reinterpret_cast<T*>(st_dynamic_smem) }
+
+#else  // the emulator
+
+constexpr Status kOk = Status::kOk;  // Stream and Status: kernels/emu/ops.h
+using emu::launch;
+using emu::SharedSpan;
+
+// Each declaration site is identified by the address of a static it owns (one per template
+// instantiation), so every thread of a block gets the same arena slot.
+#define ST_SHARED(T, name, n)                  \
+  static const char name##_st_site = 0;        \
+  const auto name = ::shardtrain::emu::static_shared_span<T>(&name##_st_site, size_t(n))
+#define ST_DYNAMIC_SHARED(T, name) const auto name = ::shardtrain::emu::dynamic_shared_span<T>()
+
+#endif
+
+// ---- 16-byte vector access ----------------------------------------------------------------
+
+// 16 bytes of T: one LDG.128/STG.128 on the GPU. The pointer must be 16-byte aligned (emu
+// faults otherwise, as the GPU would); callers check alignment and keep a scalar path.
+template <class T>
+struct alignas(16) Pack {
+  static constexpr int kN = int(16 / sizeof(T));
+  T v[kN];
+};
+
+template <class T>
+__host__ __device__ __forceinline__ bool is_aligned16(const T* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
+}
+
+template <class T>
+ST_DEVICE Pack<T> load_pack(const T* p) {
+  Pack<T> r;
+#if defined(__CUDACC__)
+  *reinterpret_cast<uint4*>(&r) = *reinterpret_cast<const uint4*>(p);
+#else
+  if (!is_aligned16(p)) emu::detail::fail("misaligned 16-byte vector load");
+  std::memcpy(&r, p, 16);
+#endif
+  return r;
+}
+
+template <class T>
+ST_DEVICE void store_pack(T* p, const Pack<T>& r) {
+#if defined(__CUDACC__)
+  *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(&r);
+#else
+  if (!is_aligned16(p)) emu::detail::fail("misaligned 16-byte vector store");
+  std::memcpy(p, &r, 16);
+#endif
+}
+
+// ---- Reductions ---------------------------------------------------------------------------
+
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// Butterfly sum/max over the 32 lanes; every lane gets the result. The xor order (16, 8, 4,
+// 2, 1) is fixed, so a warp's sum is deterministic.
+ST_DEVICE float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+  return v;
+}
+ST_DEVICE float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
+  return v;
+}
+
+// Block-wide sum/max for blockDim.x a multiple of 32 (<= 1024): warp butterflies, the warp
+// results through shared memory, then warp 0 reduces them and broadcasts. `scratch` holds 33
+// floats; the leading barrier makes back-to-back calls with one scratch safe.
+template <bool kMax>
+ST_DEVICE float block_reduce(float v, const SharedSpan<float>& scratch) {
+  const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
+  const int warps = int(blockDim.x) / 32;
+  v = kMax ? warp_max(v) : warp_sum(v);
+  __syncthreads();
+  if (lane == 0) scratch[size_t(warp)] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float w = lane < warps ? float(scratch[size_t(lane)]) : (kMax ? -INFINITY : 0.0f);
+    w = kMax ? warp_max(w) : warp_sum(w);
+    if (lane == 0) scratch[32] = w;
+  }
+  __syncthreads();
+  return scratch[32];
+}
+
+}  // namespace shardtrain::kernels::ST_GPU_NS
