@@ -114,6 +114,12 @@ void TrackingAllocator::release(void* data, int64_t bytes, MemCategory category,
   --live_storages_;
 }
 
+void TrackingAllocator::set_record_timeline(bool on) {
+  std::lock_guard<std::mutex> lock(mu_);
+  record_timeline_ = on;
+  if (!on) timeline_.clear();
+}
+
 void TrackingAllocator::set_phase(std::string_view phase) {
   std::lock_guard<std::mutex> lock(mu_);
   phase_ = intern(phases_, phase_ids_, phase);

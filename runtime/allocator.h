@@ -101,6 +101,10 @@ class TrackingAllocator {
   // Allocates `bytes` (0 allowed) under `category`, labelled `tag` (e.g. "block3.attn.qkv").
   std::shared_ptr<Storage> allocate(int64_t bytes, MemCategory category, std::string_view tag);
 
+  // Turns the timeline on or off (counters and peaks are always kept). Call before allocating:
+  // a timeline that misses early events would not add up.
+  void set_record_timeline(bool on);
+
   // Marks the start of a phase ("forward", "backward", "optimizer", ...) in the timeline.
   void set_phase(std::string_view phase);
 

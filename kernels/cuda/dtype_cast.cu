@@ -7,6 +7,8 @@
 // Each thread moves 8 elements: two 16-byte packs of fp32 or one of a 16-bit type, when both
 // pointers are 16-byte aligned; otherwise (and for the tail) one element at a time.
 // Grid-stride loops: any n with any grid.
+#include <type_traits>
+
 #include "kernels/cuda/launch.h"
 #include "runtime/dtype.h"
 
@@ -19,21 +21,32 @@ constexpr int kPerThread = 8;  // elements per thread per vector step: 16 bytes 
 // grid-stride loop covers the rest.
 constexpr long long kMaxBlocks = 65535;
 
-// 8 elements of T at p (16-byte aligned) widened to fp32.
+// One element: through fp32 (exact widening, one rounding), or a plain copy when the types are
+// equal — as the CPU backend does; a round trip would quieten signalling NaNs.
+template <class Out, class In>
+ST_DEVICE Out convert(In x) {
+  if constexpr (std::is_same_v<In, Out>) {
+    return x;
+  } else {
+    return from_float<Out>(to_float(x));
+  }
+}
+
+// 8 elements of T at p (16-byte aligned), as raw packs.
 template <class T>
-ST_DEVICE void load8(const T* p, float (&f)[kPerThread]) {
+ST_DEVICE void load8(const T* p, T (&f)[kPerThread]) {
   constexpr int kN = Pack<T>::kN;
   for (int j = 0; j < kPerThread / kN; ++j) {
     const Pack<T> pk = load_pack(p + j * kN);
-    for (int e = 0; e < kN; ++e) f[j * kN + e] = to_float(pk.v[e]);
+    for (int e = 0; e < kN; ++e) f[j * kN + e] = pk.v[e];
   }
 }
 template <class T>
-ST_DEVICE void store8(T* p, const float (&f)[kPerThread]) {
+ST_DEVICE void store8(T* p, const T (&f)[kPerThread]) {
   constexpr int kN = Pack<T>::kN;
   for (int j = 0; j < kPerThread / kN; ++j) {
     Pack<T> pk;
-    for (int e = 0; e < kN; ++e) pk.v[e] = from_float<T>(f[j * kN + e]);
+    for (int e = 0; e < kN; ++e) pk.v[e] = f[j * kN + e];
     store_pack(p + j * kN, pk);
   }
 }
@@ -48,14 +61,16 @@ __global__ void cast_kernel(Out* __restrict__ out, const In* __restrict__ in, lo
     // 1. Whole 8-element groups through 16-byte packs.
     const long long groups = n / kPerThread;
     for (long long g = i; g < groups; g += stride) {
-      float f[kPerThread];
-      load8(in + g * kPerThread, f);
-      store8(out + g * kPerThread, f);
+      In a[kPerThread];
+      Out b[kPerThread];
+      load8(in + g * kPerThread, a);
+      for (int e = 0; e < kPerThread; ++e) b[e] = convert<Out>(a[e]);
+      store8(out + g * kPerThread, b);
     }
     scalar_from = groups * kPerThread;
   }
   // 2. The tail (or everything, unaligned), element by element.
-  for (long long k = scalar_from + i; k < n; k += stride) out[k] = from_float<Out>(to_float(in[k]));
+  for (long long k = scalar_from + i; k < n; k += stride) out[k] = convert<Out>(in[k]);
 }
 
 // grads *= inv_scale; a non-finite *stored* value raises the flag (an fp32 product that is

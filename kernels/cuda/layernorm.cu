@@ -1,0 +1,171 @@
+// layernorm.cu — LayerNorm forward/backward on the GPU; one source for nvcc and kernels/emu.
+//
+// A direct port of kernels/cpu/layernorm.cpp (STYLE practice 9), so the statistics are the
+// same two-pass mean / biased variance in fp32 and only the summation order differs:
+//  - forward: one warp per row (8 rows per 256-thread block); lanes stride the channels, so
+//    each load instruction of the warp is one coalesced 128-byte (fp32) access; the sums are
+//    warp butterflies, no shared memory and no __syncthreads.
+//  - backward, input gradient: the same warp-per-row shape.
+//  - backward, parameter gradients: deterministic, like the CPU backend's fixed row partition
+//    — a (groups x column-tiles) grid where each thread sums its column over its row group in
+//    row order into a (groups, 2, C) workspace, then one thread per column adds the group
+//    partials in group order into dweight/dbias. No float atomics, so the bits are the same
+//    run to run and GPU to GPU. This reads dout and x a second time (the CPU version reads
+//    them once); the fused version keeps per-warp partials in shared memory (README).
+#include "kernels/cuda/launch.h"
+#include "kernels/layernorm.h"
+#include "runtime/dtype.h"
+
+namespace shardtrain::kernels::ST_GPU_NS {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kRowsPerBlock = kThreads / 32;  // one warp per row
+
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    layernorm_forward_kernel(T* __restrict__ out, float* __restrict__ mean,
+                             float* __restrict__ rstd, const T* __restrict__ x,
+                             const T* __restrict__ weight, const T* __restrict__ bias,
+                             long long rows, int C, float eps) {
+  const int lane = int(threadIdx.x) % 32;
+  const long long r = (long long)blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
+  if (r >= rows) return;  // whole warps leave together; no block barrier follows
+  const T* xr = x + r * C;  // (C)
+  // 1. Mean, then biased variance about it (two passes, as the CPU reference).
+  float sum = 0.0f;
+  for (int c = lane; c < C; c += 32) sum += to_float(xr[c]);
+  const float m = warp_sum(sum) / float(C);
+  float sq = 0.0f;
+  for (int c = lane; c < C; c += 32) {
+    const float d = to_float(xr[c]) - m;
+    sq += d * d;
+  }
+  const float rs = 1.0f / sqrtf(warp_sum(sq) / float(C) + eps);
+  // 2. Normalise, scale and shift; one rounding into T.
+  T* o = out + r * C;  // (C)
+  for (int c = lane; c < C; c += 32) {
+    o[c] = from_float<T>((to_float(xr[c]) - m) * rs * to_float(weight[c]) + to_float(bias[c]));
+  }
+  if (lane == 0) {
+    mean[r] = m;
+    rstd[r] = rs;
+  }
+}
+
+// dx += rstd (g w - mean(g w) - xhat mean(g w xhat)), one warp per row.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    layernorm_backward_dx_kernel(T* __restrict__ dx, const T* __restrict__ dout,
+                                 const T* __restrict__ x, const T* __restrict__ weight,
+                                 const float* __restrict__ mean, const float* __restrict__ rstd,
+                                 long long rows, int C) {
+  const int lane = int(threadIdx.x) % 32;
+  const long long r = (long long)blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
+  if (r >= rows) return;
+  const T* xr = x + r * C;     // (C)
+  const T* gr = dout + r * C;  // (C)
+  const float m = mean[r], rs = rstd[r];
+  // 1. The two row means the input gradient needs: mean(g w) and mean(g w xhat).
+  float gw_sum = 0.0f, gwx_sum = 0.0f;
+  for (int c = lane; c < C; c += 32) {
+    const float xhat = (to_float(xr[c]) - m) * rs;
+    const float gw = to_float(gr[c]) * to_float(weight[c]);
+    gw_sum += gw;
+    gwx_sum += gw * xhat;
+  }
+  const float gw_mean = warp_sum(gw_sum) / float(C);
+  const float gwx_mean = warp_sum(gwx_sum) / float(C);
+  // 2. Accumulate into dx (it already holds the residual gradient), one rounding into T.
+  T* d = dx + r * C;  // (C)
+  for (int c = lane; c < C; c += 32) {
+    const float xhat = (to_float(xr[c]) - m) * rs;
+    const float g = (to_float(gr[c]) * to_float(weight[c]) - gw_mean - xhat * gwx_mean) * rs;
+    d[c] = from_float<T>(to_float(d[c]) + g);
+  }
+}
+
+// Row partition of the parameter-gradient reduction (same formula as cpu::part_begin).
+ST_DEVICE long long group_begin(long long g, long long groups, long long rows) {
+  return rows * g / groups;
+}
+
+// partial[g][0][c] = sum over rows of group g of dout * xhat; partial[g][1][c] = of dout.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    layernorm_backward_partial_kernel(float* __restrict__ partial, const T* __restrict__ dout,
+                                      const T* __restrict__ x, const float* __restrict__ mean,
+                                      const float* __restrict__ rstd, long long rows, int C,
+                                      long long groups) {
+  const long long g = blockIdx.y;
+  const int c = int(blockIdx.x) * kThreads + int(threadIdx.x);
+  if (c >= C) return;
+  float dw = 0.0f, db = 0.0f;
+  const long long r1 = group_begin(g + 1, groups, rows);
+  for (long long r = group_begin(g, groups, rows); r < r1; ++r) {
+    const float gv = to_float(dout[r * C + c]);
+    dw += gv * ((to_float(x[r * C + c]) - mean[r]) * rstd[r]);
+    db += gv;
+  }
+  partial[(g * 2 + 0) * C + c] = dw;
+  partial[(g * 2 + 1) * C + c] = db;
+}
+
+// dweight[c] += sum over g of partial[g][0][c] (groups in order); dbias likewise.
+__global__ void __launch_bounds__(kThreads)
+    layernorm_backward_params_kernel(float* __restrict__ dweight, float* __restrict__ dbias,
+                                     const float* __restrict__ partial, int C, long long groups) {
+  const int c = int(blockIdx.x) * kThreads + int(threadIdx.x);
+  if (c >= C) return;
+  float dw = partial[c], db = partial[C + c];
+  for (long long g = 1; g < groups; ++g) {
+    dw += partial[(g * 2 + 0) * C + c];
+    db += partial[(g * 2 + 1) * C + c];
+  }
+  dweight[c] += dw;
+  dbias[c] += db;
+}
+
+unsigned ceil_div(long long a, long long b) { return unsigned((a + b - 1) / b); }
+
+}  // namespace
+
+template <class T>
+Status layernorm_forward(T* out, float* mean, float* rstd, const T* x, const T* weight,
+                         const T* bias, RowsShape s, float eps, Stream stream) {
+  if (s.rows == 0) return kOk;
+  return launch(layernorm_forward_kernel<T>, dim3(ceil_div(s.rows, kRowsPerBlock)),
+                dim3(kThreads), 0, stream, out, mean, rstd, x, weight, bias, (long long)s.rows,
+                int(s.channels), eps);
+}
+
+template <class T>
+Status layernorm_backward(T* dx, float* dweight, float* dbias, const T* dout, const T* x,
+                          const T* weight, const float* mean, const float* rstd,
+                          float* workspace, RowsShape s, Stream stream) {
+  if (s.rows == 0) return kOk;
+  const int C = int(s.channels);
+  const long long groups = layernorm_backward_groups(s);
+  Status e = launch(layernorm_backward_dx_kernel<T>, dim3(ceil_div(s.rows, kRowsPerBlock)),
+                    dim3(kThreads), 0, stream, dx, dout, x, weight, mean, rstd,
+                    (long long)s.rows, C);
+  if (e != kOk) return e;
+  e = launch(layernorm_backward_partial_kernel<T>, dim3(ceil_div(C, kThreads), unsigned(groups)),
+             dim3(kThreads), 0, stream, workspace, dout, x, mean, rstd, (long long)s.rows, C,
+             groups);
+  if (e != kOk) return e;
+  return launch(layernorm_backward_params_kernel, dim3(ceil_div(C, kThreads)), dim3(kThreads), 0,
+                stream, dweight, dbias, static_cast<const float*>(workspace), C, groups);
+}
+
+#define ST_INSTANTIATE(T)                                                                     \
+  template Status layernorm_forward<T>(T*, float*, float*, const T*, const T*, const T*,      \
+                                       RowsShape, float, Stream);                             \
+  template Status layernorm_backward<T>(T*, float*, float*, const T*, const T*, const T*,     \
+                                        const float*, const float*, float*, RowsShape, Stream);
+ST_INSTANTIATE(float)
+ST_INSTANTIATE(BFloat16)
+ST_INSTANTIATE(Half)
+#undef ST_INSTANTIATE
+
+}  // namespace shardtrain::kernels::ST_GPU_NS

@@ -1,0 +1,31 @@
+// gpu_ops_emu_test.cpp — the GPU op set as kernels/emu runs it (the kernels/cuda sources
+// compiled by g++), against the CPU backend on the one table of cases in gpu_ops_cases.inc.
+// Host memory stands in for device memory; an emulator fault (race, bad mask, out-of-bounds
+// shared access) throws emu::Fault, which fails the case with its message.
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "kernels/emu/ops.h"
+
+namespace shardtrain::kernels {
+namespace {
+
+template <class T>
+class DeviceVec {
+ public:
+  explicit DeviceVec(std::vector<T> host) : data_(std::move(host)) {}
+  T* ptr() { return data_.data(); }
+  std::vector<T> host() const { return data_; }
+
+ private:
+  std::vector<T> data_;
+};
+
+}  // namespace
+}  // namespace shardtrain::kernels
+
+#define ST_OPS cuda_emu
+#define ST_CALL(expr) EXPECT_EQ((expr), emu::Status::kOk)
+#define ST_SKIP_WITHOUT_DEVICE (void)0
+#include "tests/kernels/gpu_ops_cases.inc"
