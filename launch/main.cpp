@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "launch/memplan.h"
 #include "launch/sample.h"
 #include "launch/tokenize.h"
 #include "launch/train.h"
@@ -50,6 +51,17 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--inject-fault", train.fault_step)->group("");
   train_cmd->add_option("--inject-overflow", train.overflow_step)->group("");
   train_cmd->add_option("--fault-rank", train.fault_rank)->group("");
+  train_cmd->add_flag("--no-memory-timeline", train.no_memory_timeline)->group("");
+
+  launch::MemplanArgs plan;
+  CLI::App* memplan_cmd = app.add_subcommand(
+      "memplan", "predict bytes per rank by category, and which layouts fit a device");
+  memplan_cmd->add_option("--config", plan.config, "config file (protobuf text format)")->required();
+  memplan_cmd->add_option("--world", plan.world, "number of ranks")->required();
+  memplan_cmd->add_option("--set", plan.sets, "override a field: path.to.field=value (repeatable)");
+  memplan_cmd->add_option("--device-memory", plan.device_memory,
+                          "bytes per device, e.g. 80GiB (default), 40GB");
+  memplan_cmd->add_option("--format", plan.format, "text (default) | json");
 
   ExportArgs exp;
   CLI::App* export_cmd = app.add_subcommand(
@@ -87,7 +99,6 @@ int main(int argc, char** argv) {
     const char* issue;
   };
   const Pending pending[] = {
-      {"memplan", "predict bytes per rank by category", "[memory]"},
       {"reshard", "rewrite a checkpoint for another layout", "[checkpoint]"},
       {"inspect", "print a checkpoint's manifest and verify checksums", "[checkpoint]"},
   };
@@ -112,6 +123,7 @@ int main(int argc, char** argv) {
     log_configure(/*rank=*/0, /*world_size=*/1, log_all_ranks, level);
     if (train_cmd->parsed()) return launch::run_train(train, level, log_all_ranks);
     if (export_cmd->parsed()) return launch::run_export(exp);
+    if (memplan_cmd->parsed()) return launch::run_memplan(plan);
     if (tokenize_cmd->parsed()) {
       if (tok.tokenizer.empty() && tok.vocab_size == 0) {
         throw UserError("tokenize: give --vocab-size N (or --tokenizer FILE to reuse one)");

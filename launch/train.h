@@ -16,6 +16,8 @@ struct TrainArgs {
   std::string memory_report;
   std::string export_final;
   bool dry_run = false;
+  // Hidden: no allocator timeline (peaks and counters are still kept), to measure its cost.
+  bool no_memory_timeline = false;
   // Test-only fault injection (hidden flags): rank fault_rank throws at step fault_step, or
   // makes its gradients non-finite at step overflow_step.
   int64_t fault_step = -1;
