@@ -1,0 +1,215 @@
+"""Memory planner vs measured memory, and the memory report's HTML page; each a ctest case.
+
+  match  --np N   train a small GPT for 2 steps at ZeRO stages 0-3 in fp32 and bf16 with
+                  --memory-report, and compare with `memplan --format json` for the same config
+                  and world: model states (params, grads, master_params, optimizer_state) live
+                  after the last step must equal memplan's steady bytes EXACTLY on every rank
+                  (metrics line of rank 0 and every rank's report); every rank's peak
+                  activations within 10% of the prediction; the peak total within 10%. The exact
+                  differences of every category are printed.
+  html            one run's DIR/memory_report.html loaded in headless Chromium: the page's own
+                  marker (REPORT_RENDERED_OK, written only when every chart was drawn without an
+                  exception) must be in the DOM and the error list (window.onerror,
+                  console.error, unhandled rejections) empty; a screenshot is taken
+                  (--screenshot PATH, e.g. docs/memory_report.png). Exit 77 (ctest: skipped)
+                  when no chromium is installed.
+"""
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+
+MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe"]
+
+# A small GPT like the multi-rank tests' (tests/parallel/train_runs.py), but width 72 so that
+# units are not multiples of dp x 16 elements and ZeroEngine's padding is exercised: a block
+# has 12*72^2 + 13*72 = 63144 elements (padded to 63168 at np 2 and 4), ln_f 144 (-> 160 at
+# np 2, 192 at np 4).
+CONFIG = """
+model {{ n_layer: 2 n_head: 4 d_model: 72 vocab_size: {vocab} seq_len: 32 }}
+parallel {{ zero_stage: 0 bucket_mb: 0.01 }}
+precision {{ compute: F32 }}
+optimizer {{ lr: 3e-3 warmup_steps: 2 schedule: COSINE weight_decay: 0.1 grad_clip: 1.0 }}
+data {{ train: "{train}" val: "{train}" micro_batch: 4 grad_accum: 1 }}
+train {{ steps: 2 seed: 11 log_every: 1 threads: 1 }}
+"""
+MODEL_STATES = ("params", "grads", "master_params", "optimizer_state")
+CATEGORIES = MODEL_STATES + ("activations", "comm_buffers", "workspace")
+# The ask of the issue: activations and the total peak within 10% of the prediction (they
+# are predicted exactly today; 10% leaves room for allocations the planner does not model).
+TOLERANCE = 0.10
+
+
+def write_shard(path, tokens, vocab):
+    header = b"STTOKENS" + struct.pack("<IIQQ", 1, 2, vocab, len(tokens))
+    with open(path, "wb") as f:
+        f.write(header + b"\0" * (64 - len(header)))
+        f.write(struct.pack(f"<{len(tokens)}H", *tokens))
+
+
+def make_config(tmp):
+    rng = random.Random(5)
+    vocab = 96
+    tokens = [(i * 7 + (i // 5)) % vocab if rng.random() > 0.1 else rng.randrange(vocab)
+              for i in range(20000)]
+    train = os.path.join(tmp, "train.bin")
+    write_shard(train, tokens, vocab)
+    path = os.path.join(tmp, "base.pbtxt")
+    with open(path, "w") as f:
+        f.write(CONFIG.format(vocab=vocab, train=train))
+    return path
+
+
+def run(cmd, timeout=300):
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if p.returncode != 0:
+        sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def train_with_report(exe, config, tmp, np, sets, name):
+    out = os.path.join(tmp, name)
+    metrics = os.path.join(tmp, name + ".jsonl")
+    cmd = MPIRUN + ["-np", str(np), exe, "train", "--config", config, "--metrics", metrics,
+                    "--memory-report", out]
+    for s in sets:
+        cmd += ["--set", s]
+    p = run(cmd)
+    lines = [json.loads(x) for x in open(metrics)]
+    report = json.load(open(os.path.join(out, "memory_report.json")))
+    return lines, report, out, p
+
+
+def memplan(exe, config, np, sets):
+    cmd = [exe, "memplan", "--config", config, "--world", str(np), "--format", "json"]
+    for s in sets:
+        cmd += ["--set", s]
+    return json.loads(run(cmd).stdout)
+
+
+def rel(a, b):
+    return abs(a - b) / max(abs(b), 1)
+
+
+def match(exe, tmp, np):
+    config = make_config(tmp)
+    failures = []
+    for compute in ("F32", "BF16"):
+        for stage in (0, 1, 2, 3):
+            sets = [f"parallel.zero_stage={stage}", f"precision.compute={compute}"]
+            plan = memplan(exe, config, np, sets)
+            lines, report, _, _ = train_with_report(exe, config, tmp, np, sets,
+                                                    f"{compute}_s{stage}")
+            steady, peak = plan["steady_bytes"], plan["rank_bytes"]
+            label = f"np={np} {compute} stage {stage}"
+            # 1. Model states, exact: rank 0's metrics after the last step, and every rank's
+            #    live bytes at the end of the run (the engine still holds them).
+            live0 = lines[-1]["mem_live_bytes"]
+            for cat in MODEL_STATES:
+                if live0[cat] != steady[cat]:
+                    failures.append(f"{label} {cat}: metrics live {live0[cat]} != memplan "
+                                    f"{steady[cat]}")
+                for r in report["ranks"]:
+                    if r["live"][cat] != steady[cat]:
+                        failures.append(f"{label} rank {r['rank']} {cat}: live {r['live'][cat]} "
+                                        f"!= memplan {steady[cat]}")
+            # 2. Peaks: activations and the total within 10% on every rank.
+            for r in report["ranks"]:
+                acts = r["peak"]["activations"]
+                if rel(acts, peak["activations"]) > TOLERANCE:
+                    failures.append(f"{label} rank {r['rank']} activations: peak {acts}, "
+                                    f"memplan {peak['activations']}")
+                if rel(r["peak_total"], peak["total"]) > TOLERANCE:
+                    failures.append(f"{label} rank {r['rank']} peak total {r['peak_total']}, "
+                                    f"memplan {peak['total']}")
+            states = "; ".join(f"{c} {live0[c]} (plan {steady[c]})" for c in MODEL_STATES)
+            diffs = ", ".join(f"{c} {report['comparison'][c]['difference']:+d}"
+                              for c in CATEGORIES + ("total",))
+            print(f"{label}: model states {states}; activations peak "
+                  f"{report['comparison']['activations']['measured']} (plan "
+                  f"{peak['activations']}); peak total {report['comparison']['total']['measured']} "
+                  f"(plan {peak['total']}); measured - predicted peaks: {diffs}")
+    return failures
+
+
+def find_chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def html(exe, tmp, screenshot):
+    browser = find_chromium()
+    if browser is None:
+        print("SKIP: no chromium on PATH (scripts/setup.sh installs Debian's chromium)")
+        sys.exit(77)
+    config = make_config(tmp)
+    # A run with every phase and every category: bf16 (master weights), ZeRO-3 (gathers,
+    # reduce buffers), evaluation every 2 steps.
+    _, report, out, p = train_with_report(
+        exe, config, tmp, 2,
+        ["parallel.zero_stage=3", "precision.compute=BF16", "train.steps=4",
+         "train.eval_every=2", "train.eval_batches=2"], "html")
+    failures = []
+    if "memory report:" not in p.stdout or "predicted" not in p.stdout:
+        failures.append("rank 0 did not print the memory table")
+    page = os.path.join(out, "memory_report.html")
+    text = open(page).read()
+    if re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text):
+        failures.append("the page refers to the network")
+    # Headless Chromium as root needs --no-sandbox; --disable-gpu avoids probing for one.
+    base = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+            "--window-size=1200,900"]
+    dom = subprocess.run(base + ["--dump-dom", "file://" + page], capture_output=True,
+                         text=True, timeout=120)
+    status = re.search(r'<div id="status">([^<]*)</div>', dom.stdout)
+    errors = re.search(r'<pre id="errors">([^<]*)</pre>', dom.stdout)
+    print(f"chromium: exit {dom.returncode}; status marker: "
+          f"{status.group(1) if status else None!r}; errors: "
+          f"{errors.group(1) if errors else None!r}")
+    if dom.returncode != 0 or not status or status.group(1) != "REPORT_RENDERED_OK":
+        failures.append("the page did not render (no REPORT_RENDERED_OK marker)")
+    if not errors or errors.group(1).strip():
+        failures.append(f"the page reported errors: {errors.group(1) if errors else 'no list'}")
+    # Every rank appears in the selector; every category in the comparison table.
+    if dom.stdout.count("<option") != report["world"]:
+        failures.append("the rank selector does not list every rank")
+    shot = screenshot or os.path.join(tmp, "memory_report.png")
+    subprocess.run(base + [f"--screenshot={os.path.abspath(shot)}", "file://" + page],
+                   capture_output=True, timeout=120)
+    if not os.path.exists(shot) or os.path.getsize(shot) < 10000:
+        failures.append("no screenshot")
+    else:
+        print(f"screenshot: {shot} ({os.path.getsize(shot)} bytes)")
+    return failures
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shardtrain", required=True)
+    ap.add_argument("--check", required=True, choices=["match", "html"])
+    ap.add_argument("--np", type=int, default=2)
+    ap.add_argument("--screenshot", default=None)
+    a = ap.parse_args()
+    os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    with tempfile.TemporaryDirectory() as tmp:
+        if a.check == "match":
+            failures = match(a.shardtrain, tmp, a.np)
+        else:
+            failures = html(a.shardtrain, tmp, a.screenshot)
+    for f in failures:
+        print("FAIL:", f)
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
