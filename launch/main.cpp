@@ -1,7 +1,7 @@
 // main.cpp — the `shardtrain` executable: parses the command line, dispatches to a
 // subcommand, and turns every failure into one line and an exit code:
 //   0 success, 2 `shardtrain: error: <message>` for anything the user can fix (flags, config,
-//   files), 1 for internal failures. Subcommands that are not built yet say so and exit 2.
+//   files), 1 for internal failures.
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -15,16 +15,6 @@
 #include "launch/train.h"
 #include "runtime/error.h"
 #include "runtime/log.h"
-
-namespace shardtrain {
-namespace {
-
-[[noreturn]] void not_built(const std::string& name, const std::string& issue) {
-  throw UserError(str_cat(name, ": not built yet (issue ", issue, ")"));
-}
-
-}  // namespace
-}  // namespace shardtrain
 
 int main(int argc, char** argv) {
   using namespace shardtrain;
@@ -50,6 +40,7 @@ int main(int argc, char** argv) {
   // Test-only fault injection; hidden from --help (empty group).
   train_cmd->add_option("--inject-fault", train.fault_step)->group("");
   train_cmd->add_option("--inject-overflow", train.overflow_step)->group("");
+  train_cmd->add_option("--inject-save-fault", train.save_fault_step)->group("");
   train_cmd->add_option("--fault-rank", train.fault_rank)->group("");
   train_cmd->add_flag("--no-memory-timeline", train.no_memory_timeline)->group("");
 
@@ -93,19 +84,18 @@ int main(int argc, char** argv) {
   sample_cmd->add_option("--seed", smp.seed, "random seed (default 1)");
   sample_cmd->add_option("--set", smp.sets, "model fields for files without metadata");
 
-  struct Pending {
-    const char* name;
-    const char* help;
-    const char* issue;
-  };
-  const Pending pending[] = {
-      {"reshard", "rewrite a checkpoint for another layout", "[checkpoint]"},
-      {"inspect", "print a checkpoint's manifest and verify checksums", "[checkpoint]"},
-  };
-  for (const Pending& p : pending) {
-    CLI::App* cmd = app.add_subcommand(p.name, p.help);
-    cmd->allow_extras()->fallthrough(false);  // flags not defined yet; the message says why
-  }
+  launch::ReshardArgs rsh;
+  CLI::App* reshard_cmd = app.add_subcommand("reshard", "rewrite a checkpoint for another layout");
+  reshard_cmd->add_option("--in", rsh.in, "checkpoint directory")->required();
+  reshard_cmd->add_option("--out", rsh.out, "new checkpoint directory (must not exist)")->required();
+  reshard_cmd->add_option("--world", rsh.world, "ranks of the new layout")->required();
+  reshard_cmd->add_option("--set", rsh.sets, "new layout fields: parallel.tp=T parallel.zero_stage=S");
+  reshard_cmd->add_option("--buffer-mb", rsh.buffer_mb, "streaming buffer (default 64)");
+
+  std::string inspect_dir;
+  CLI::App* inspect_cmd =
+      app.add_subcommand("inspect", "print a checkpoint's manifest and verify every checksum");
+  inspect_cmd->add_option("checkpoint", inspect_dir, "checkpoint directory")->required();
 
   try {
     app.parse(argc, argv);
@@ -131,10 +121,9 @@ int main(int argc, char** argv) {
       return launch::run_tokenize(tok);
     }
     if (sample_cmd->parsed()) return launch::run_sample(smp);
-    for (const Pending& p : pending) {
-      if (app.got_subcommand(p.name)) not_built(p.name, p.issue);
-    }
-    return 2;
+    if (reshard_cmd->parsed()) return launch::run_reshard(rsh);
+    if (inspect_cmd->parsed()) return launch::run_inspect(inspect_dir);
+    return 2;  // unreachable: CLI11 requires one subcommand
   } catch (const UserError& e) {
     std::fprintf(stderr, "shardtrain: error: %s\n", e.what());
     return 2;

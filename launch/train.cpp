@@ -26,6 +26,7 @@
 #include "launch/memory_report.h"
 #include "models/data.h"
 #include "models/gpt.h"
+#include "parallel/checkpoint.h"
 #include "parallel/loss_scaler.h"
 #include "parallel/optimizer.h"
 #include "parallel/zero.h"
@@ -80,6 +81,11 @@ struct Run {
   std::unique_ptr<parallel::ZeroEngine> engine;
   std::ofstream metrics;
   int64_t train_tokens = 0;
+  // Where training starts: a fresh run, or what --resume loaded.
+  parallel::TrainState resumed;
+  bool has_resumed = false;
+  std::string layout_text;
+  Communicator* world = nullptr;
 };
 
 std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
@@ -90,7 +96,6 @@ std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
   validate_config(c, mpi.world_size(), ValidateFor::kTrain);
   log_info("effective config:\n", config_to_text(c));
   if (args.dry_run) return run;  // the config alone: no data, no weights
-  if (!args.resume.empty()) throw UserError("--resume: checkpoints are not built yet (issue [checkpoint])");
   // The report is written at the end; a directory rank 0 cannot write fails now instead.
   if (!args.memory_report.empty() && mpi.world_rank() == 0) {
     prepare_memory_report_dir(args.memory_report);
@@ -139,9 +144,22 @@ std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
   }
   run->engine = std::make_unique<parallel::ZeroEngine>(run->dims, zero_options(c), *run->dp,
                                                        run->tp.get(), run->alloc);
-  init_weights(*run->engine, c);
-  log_info("layout: ", mpi.world_size(), " ranks = dp ", dp, " x tp ", tp, ", ZeRO stage ",
-           c.parallel().zero_stage(), ", ", threads, " threads per rank");
+  run->world = &mpi.world();
+  run->layout_text = str_cat("world ", mpi.world_size(), " = dp ", dp, " x tp ", tp, ", ZeRO ",
+                             c.parallel().zero_stage(), ", ",
+                             proto::DType_Name(c.precision().compute()));
+  const std::string ckpt =
+      args.resume.empty() ? "" : parallel::resolve_checkpoint(args.resume, c.checkpoint().dir());
+  if (!ckpt.empty()) {
+    run->resumed = parallel::load_checkpoint(ckpt, *run->engine);
+    run->has_resumed = true;
+    run->train->set_position(run->resumed.data_position);
+    log_info("resumed from ", ckpt, " at step ", run->resumed.step);
+  } else {
+    if (!args.resume.empty()) log_info("--resume auto: no checkpoint yet, starting fresh");
+    init_weights(*run->engine, c);
+  }
+  log_info("layout: ", run->layout_text, ", ", threads, " threads per rank");
   return run;
 }
 
@@ -173,10 +191,29 @@ void train_loop(Run& run, const TrainArgs& args) {
            " training tokens");
 
   parallel::LossScaler scaler(c.precision().loss_scale(), dtype_of<S>() == DType::kF16);
+  if (run.has_resumed && run.resumed.scaler.has_scale()) {
+    scaler.restore(run.resumed.scaler.scale(), run.resumed.scaler.clean_steps(),
+                   run.resumed.scaler.overflows());
+  }
+  const auto& ck = c.checkpoint();
+  auto save = [&](int64_t step) {
+    run.alloc.set_phase("checkpoint");
+    parallel::TrainState st;
+    st.step = step;
+    st.data_position = run.train->position();
+    st.scaler.set_scale(scaler.scale());
+    st.scaler.set_clean_steps(scaler.clean_steps());
+    st.scaler.set_overflows(scaler.overflows());
+    parallel::SaveFault fault;
+    if (step == args.save_fault_step) fault.rank = args.fault_rank;
+    parallel::save_checkpoint(ck.dir(), c, st, engine, *run.world, ck.keep(), run.layout_text,
+                              fault);
+  };
   std::vector<int32_t> inputs(size_t(run.B * run.T)), targets(size_t(run.B * run.T));
   const int64_t tokens_per_step = run.B * run.T * run.accum * run.dp->size();
   const int world_rank = run.dp->rank() * int(run.dims.tp) + (run.tp ? run.tp->rank() : 0);
-  for (int64_t step = 1; step <= run.steps; ++step) {
+  const int64_t first_step = run.has_resumed ? run.resumed.step + 1 : 1;
+  for (int64_t step = first_step; step <= run.steps; ++step) {
     const auto t0 = Clock::now();
     if (step == args.fault_step && world_rank == args.fault_rank) {
       throw InternalError(str_cat("injected fault at step ", step, " (--inject-fault)"));
@@ -245,6 +282,9 @@ void train_loop(Run& run, const TrainArgs& args) {
       if (do_eval) text += str_cat(" | val_loss ", m["val_loss"].get<double>());
       log_info(text);
     }
+    if (!ck.dir().empty() && ((ck.every() > 0 && step % ck.every() == 0) || step == run.steps)) {
+      save(step);
+    }
   }
   if (!args.export_final.empty()) {
     engine.export_hf(args.export_final, model_text(c));
@@ -308,19 +348,45 @@ int run_train(const TrainArgs& args, LogLevel level, bool log_all_ranks) {
 }
 
 int run_export(const ExportArgs& args) {
-  if (!args.in.empty()) throw UserError("export --in: checkpoints are not built yet (issue [checkpoint])");
-  if (args.config.empty()) throw UserError("export: give --in CKPT or --config FILE");
-  Config config = load_config_file(args.config);
-  apply_overrides(config, args.sets);
+  if (args.in.empty() == args.config.empty()) {
+    throw UserError("export: give either --in CKPT or --config FILE");
+  }
+  Config config;
+  if (!args.in.empty()) {
+    config = parallel::read_manifest(args.in).config();
+  } else {
+    config = load_config_file(args.config);
+    apply_overrides(config, args.sets);
+  }
   validate_config(config, /*world_size=*/0, ValidateFor::kPlan);
   MpiRuntime mpi(nullptr, nullptr);
   auto self = mpi.world().split(mpi.world_rank(), 0);  // a group of one
   TrackingAllocator alloc;
   parallel::ZeroEngine engine(models::GptDims::from_config(config.model()),
                               {0, DType::kF32, 25}, *self, nullptr, alloc);
-  init_weights(engine, config);
+  if (!args.in.empty()) {
+    parallel::load_checkpoint(args.in, engine);
+  } else {
+    init_weights(engine, config);
+  }
   engine.export_hf(args.out, model_text(config));
   log_info("wrote ", args.out);
+  return 0;
+}
+
+int run_reshard(const ReshardArgs& args) {
+  Config config = parallel::read_manifest(args.in).config();
+  apply_overrides(config, args.sets);
+  validate_config(config, args.world, ValidateFor::kPlan);
+  parallel::reshard_checkpoint(args.in, args.out, config, args.world,
+                               int64_t(args.buffer_mb * 1048576.0));
+  log_info("wrote ", args.out, " for ", args.world, " ranks (tp ", config.parallel().tp(),
+           ", ZeRO ", config.parallel().zero_stage(), ")");
+  return 0;
+}
+
+int run_inspect(const std::string& dir) {
+  std::printf("%s", parallel::inspect_checkpoint(dir).c_str());
   return 0;
 }
 

@@ -22,6 +22,7 @@ struct TrainArgs {
   // makes its gradients non-finite at step overflow_step.
   int64_t fault_step = -1;
   int64_t overflow_step = -1;
+  int64_t save_fault_step = -1;  // fault_rank dies half-way through this step's checkpoint
   int fault_rank = 0;
 };
 
@@ -35,5 +36,15 @@ struct ExportArgs {
 };
 
 int run_export(const ExportArgs& args);
+
+struct ReshardArgs {
+  std::string in, out;
+  int world = 0;
+  std::vector<std::string> sets;
+  double buffer_mb = 64;
+};
+
+int run_reshard(const ReshardArgs& args);
+int run_inspect(const std::string& dir);
 
 }  // namespace shardtrain::launch

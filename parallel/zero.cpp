@@ -357,6 +357,56 @@ void ZeroEngine::fill_holdings(Fill fill) {
   }
 }
 
+std::vector<OwnedRun> owned_runs_of(const models::GptDims& dims,
+                                    const std::vector<models::UnitLayout>& layout, int dp,
+                                    int dp_rank, int tp_rank) {
+  std::vector<OwnedRun> runs;
+  for (size_t ui = 0; ui < layout.size(); ++ui) {
+    const int64_t padded = (layout[ui].numel + dp * ZeroEngine::kAlign - 1) /
+                           (dp * ZeroEngine::kAlign) * (dp * ZeroEngine::kAlign);
+    const int64_t shard = padded / dp, own_begin = int64_t(dp_rank) * shard;
+    for (size_t pi = 0; pi < layout[ui].params.size(); ++pi) {
+      const models::ParamInfo& p = layout[ui].params[pi];
+      if (p.split == models::TpSplit::kReplicated && tp_rank != 0) continue;
+      const int64_t lo = std::max(own_begin, p.offset) - p.offset;
+      int64_t hi = std::min(own_begin + shard, p.offset + p.numel()) - p.offset;
+      // Vocabulary padding (global index past the real tensor) is never saved: wte's padding
+      // rows are the last local rows of the last tp ranks.
+      const int64_t valid = shape_numel(p.hf_shape);
+      while (hi > lo && p.global_index(hi - 1, int(dims.tp), tp_rank) >= valid) --hi;
+      if (lo < hi) runs.push_back({int(ui), int(pi), lo, hi});
+    }
+  }
+  return runs;
+}
+
+float ZeroEngine::state_at(const OwnedRun& run, StateKind kind, int64_t local) const {
+  const Unit& u = *units_[size_t(run.unit)];
+  const int64_t i = layout_[size_t(run.unit)].params[size_t(run.param)].offset + local;
+  const Tensor& t = kind == StateKind::kMaster ? u.master : kind == StateKind::kAdamM ? u.m : u.v;
+  const int64_t base = t.numel() == u.padded ? 0 : u.own_begin;
+  return t.data<float>()[i - base];
+}
+
+void ZeroEngine::load_state(const StateFill& fill) {
+  fill_holdings([&](const models::ParamInfo& p, int64_t lo, int64_t hi, float* out) {
+    fill(StateKind::kMaster, p, lo, hi, out);
+  });
+  for (size_t ui = 0; ui < units_.size(); ++ui) {
+    Unit& u = *units_[ui];
+    const int64_t begin = u.m.numel() == u.padded ? 0 : u.own_begin;
+    const int64_t count = u.m.numel();
+    for (StateKind kind : {StateKind::kAdamM, StateKind::kAdamV}) {
+      float* dst = (kind == StateKind::kAdamM ? u.m : u.v).data<float>();
+      std::memset(dst, 0, size_t(count) * sizeof(float));
+      for (const auto& p : layout_[ui].params) {
+        const int64_t lo = std::max(begin, p.offset), hi = std::min(begin + count, p.offset + p.numel());
+        if (lo < hi) fill(kind, p, lo - p.offset, hi - p.offset, dst + (lo - begin));
+      }
+    }
+  }
+}
+
 void ZeroEngine::init_random(uint64_t seed) {
   fill_holdings([&](const models::ParamInfo& p, int64_t lo, int64_t hi, float* out) {
     models::init_param(p, dims_, seed, lo, hi, tp_rank_, out);

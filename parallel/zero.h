@@ -20,6 +20,7 @@
 // with fp32 compute the master weights are the parameters themselves.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -38,6 +39,20 @@ struct ZeroOptions {
   double bucket_mb = 25;  // upper bound on one collective's payload
   bool overlap = true;    // reduce each unit as its backward ends (else all at the end)
 };
+
+// A run of one parameter's elements that a rank saves in checkpoints: its ZeRO shard, less
+// vocabulary padding, and for tp-replicated parameters only on tp rank 0. Local element
+// indices [begin, end) of parameter `param` of unit `unit`.
+struct OwnedRun {
+  int unit;
+  int param;
+  int64_t begin, end;
+};
+// Computed from the layout alone (no allocation): what rank (dp_rank, tp_rank) of a layout
+// with `dp` data-parallel ranks saves. ZeroEngine and the offline resharder share it.
+std::vector<OwnedRun> owned_runs_of(const models::GptDims& dims,
+                                    const std::vector<models::UnitLayout>& layout, int dp,
+                                    int dp_rank, int tp_rank);
 
 class ZeroEngine final : public models::ParamSource {
  public:
@@ -77,6 +92,20 @@ class ZeroEngine final : public models::ParamSource {
   double grad_sq_sum();
   // AdamW on the owned shard (grads * grad_scale first), then parameters made whole again.
   void adamw_step(const proto::OptimizerConfig& o, double lr, int64_t step, float grad_scale);
+
+  // ---- State access for checkpoints (parallel/checkpoint.h) ----
+  enum class StateKind { kMaster = 0, kAdamM = 1, kAdamV = 2 };
+  std::vector<OwnedRun> owned_runs() const {
+    return owned_runs_of(dims_, layout_, dp_.size(), dp_.rank(), tp_rank_);
+  }
+  // fp32 state of an owned element, by the parameter's local index.
+  float state_at(const OwnedRun& run, StateKind kind, int64_t local) const;
+  // Replaces every state element this rank holds (master -> parameters too, and the moments)
+  // with values from `fill(kind, param, lo, hi, out)`, local indices [lo, hi) of `param`.
+  using StateFill = std::function<void(StateKind, const models::ParamInfo&, int64_t, int64_t, float*)>;
+  void load_state(const StateFill& fill);
+  int tp_rank() const { return tp_rank_; }
+  const models::GptDims& dims() const { return dims_; }
 
   // Test hook (train --inject-overflow-step): makes this rank's gradients non-finite.
   void poison_grads_for_test();
