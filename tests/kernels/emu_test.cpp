@@ -270,7 +270,7 @@ TEST(Emu, WrongMasksFault) {
 
 // A full mask in a block whose last warp has only 16 lanes names lanes that do not exist.
 TEST(Emu, FullMaskInPartialWarpFaults) {
-  std::vector<int> out(48);
+  std::vector<int> out(48 * 6);  // shuffle_kernel writes 6 values per thread
   expect_fault([&] { launch(shuffle_kernel, dim3(1), dim3(48), 0, nullptr, out.data()); },
                "do not exist");
 }
