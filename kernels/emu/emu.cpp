@@ -71,6 +71,7 @@ struct WarpExchange {
   int left = 0;          // lanes still to read the result (draining)
   uint64_t round = 0;    // rounds started
   uint64_t values[32] = {};
+  WarpFn fn = nullptr;   // kWide: the operation every lane of the round must name
   uint32_t full_rounds = 0;  // completed rounds whose mask was every lane of the warp
 };
 
@@ -204,7 +205,8 @@ void syncthreads() {
 
 // ---- Warp collectives ----------------------------------------------------------------------
 
-uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int arg, int width) {
+uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int arg, int width,
+                         WarpFn fn) {
   Block& b = *t_block;
   const int tid = b.current;
   const int lane = tid % kWarpSize, warp = tid / kWarpSize;
@@ -225,7 +227,9 @@ uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int arg, int 
     if (w.phase == WarpExchange::Phase::kIdle) return true;
     if (w.phase == WarpExchange::Phase::kCollecting) {
       if (w.mask == mask) {
-        if (w.op != op) fail("warp collective: lanes of one mask execute different collectives");
+        if (w.op != op || w.fn != fn) {
+          fail("warp collective: lanes of one mask execute different collectives");
+        }
         return true;
       }
       if (w.mask & mask) fail("warp collective: overlapping masks differ (divergent lanes)");
@@ -236,6 +240,7 @@ uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int arg, int 
     w.phase = WarpExchange::Phase::kCollecting;
     w.op = op;
     w.mask = mask;
+    w.fn = fn;
     w.arrived = 0;
     ++w.round;
   }
@@ -247,6 +252,13 @@ uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int arg, int 
     w.phase = WarpExchange::Phase::kDraining;
     w.left = std::popcount(mask);
     if (mask == existing) ++w.full_rounds;
+    if (op == WarpOp::kWide) {  // every other lane is parked: run the warp-wide operation once
+      void* lane_data[32];
+      for (int l = 0; l < 32; ++l) {
+        lane_data[l] = (mask >> l & 1u) ? reinterpret_cast<void*>(w.values[l]) : nullptr;
+      }
+      fn(lane_data, mask);
+    }
   } else {
     wait_until(Wait::kWarp, [&] {
       for (int l = 0; l < lanes; ++l) {
@@ -263,7 +275,8 @@ uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int arg, int 
   const int seg = lane & ~(width - 1);  // first lane of this lane's width-segment
   int src = lane;
   switch (op) {
-    case WarpOp::kSync: break;
+    case WarpOp::kSync:
+    case WarpOp::kWide: break;
     case WarpOp::kShflIdx: src = seg + (arg & (width - 1)); break;
     case WarpOp::kShflUp: src = (lane - seg) >= arg ? lane - arg : lane; break;
     case WarpOp::kShflDown: src = (lane - seg) + arg < width ? lane + arg : lane; break;

@@ -91,10 +91,18 @@ extern thread_local ThreadState* t_current;
 
 // Synchronisation, implemented by the block scheduler in emu.cpp.
 void syncthreads();
-enum class WarpOp : int { kSync, kShflIdx, kShflUp, kShflDown, kShflXor, kBallot, kAll, kAny };
+enum class WarpOp : int { kSync, kShflIdx, kShflUp, kShflDown, kShflXor, kBallot, kAll, kAny, kWide };
+// A warp-wide operation (kWide): called once, by the last lane of the mask to arrive, with every
+// lane's deposited pointer (lane_data[l], null for lanes outside the mask). All other lanes are
+// still parked inside the collective, so the data each points to (on its fiber's stack) is
+// alive and unchanged; results written through those pointers are seen when each lane returns.
+// This is how the warp-wide tensor-core instructions (mma.sync, kernels/cuda/mma.h) are emulated.
+using WarpFn = void (*)(void* const* lane_data, unsigned mask);
 // Deposits `value` for the calling lane, waits for every lane of `mask`, and returns the
-// collective's result (the source lane's value for shuffles, the ballot/vote otherwise).
-uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int arg, int width);
+// collective's result (the source lane's value for shuffles, the ballot/vote otherwise; for
+// kWide, `value` is the lane's pointer and `fn` runs as described above).
+uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int arg, int width,
+                         WarpFn fn = nullptr);
 
 // Shared memory arena of the running block.
 void* static_shared(const void* site, size_t bytes, size_t align);
