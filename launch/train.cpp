@@ -105,9 +105,6 @@ std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
     throw UserError(str_cat("train.device '", c.train().device(),
                             "' is not built yet (issue [cuda]); use cpu"));
   }
-  if (c.parallel().sequence_parallel()) {
-    throw UserError("parallel.sequence_parallel is not built yet (issue [tp])");
-  }
   if (c.precision().grad_accum_dtype() != proto::F32) {
     throw UserError("precision.grad_accum_dtype: only F32 gradient accumulation is built so far");
   }
@@ -125,7 +122,7 @@ std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
   // World = dp x tp with the tp ranks of a group adjacent (one node): world rank w is tp rank
   // w % tp of dp rank w / tp.
   const int tp = c.parallel().tp(), w = mpi.world_rank();
-  run->dims = models::GptDims::from_config(c.model(), tp);
+  run->dims = models::GptDims::from_config(c.model(), tp, c.parallel().sequence_parallel());
   run->dp = mpi.world().split(w % tp, w / tp);
   if (tp > 1) run->tp = mpi.world().split(w / tp, w % tp);
   const int dp = run->dp->size(), dp_rank = run->dp->rank();

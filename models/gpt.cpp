@@ -74,8 +74,9 @@ void linear_dweight(float* dw, const S* in, const S* dout, int64_t N, int64_t K,
 
 }  // namespace
 
-GptDims GptDims::from_config(const proto::ModelConfig& m, int tp) {
+GptDims GptDims::from_config(const proto::ModelConfig& m, int tp, bool sp) {
   GptDims d;
+  d.sequence_parallel = sp && tp > 1;
   d.L = m.n_layer();
   d.H = m.n_head();
   d.C = m.d_model();
@@ -182,8 +183,14 @@ Gpt<S>::Gpt(const GptDims& dims, int64_t B, int64_t T, TrackingAllocator& alloc,
   tp_rank_ = tp ? tp->rank() : 0;
   vocab_begin_ = int64_t(tp_rank_) * (dims.Vp / dims.tp);
   const DType dt = dtype_of<S>();
-  // This rank's widths: attention heads, qkv columns, MLP columns, vocabulary rows.
+  // This rank's widths: attention heads, qkv columns, MLP columns, vocabulary rows; and the
+  // rows of the LayerNorm/residual regions.
   const int64_t N = B * T, C = dims.C, t = dims.tp, Hl = dims.H / t;
+  sp_ = dims.sequence_parallel;
+  ST_CHECK(!sp_ || N % t == 0, "sequence parallelism needs B*T divisible by tp");
+  rows_ = sp_ ? N / t : N;
+  row0_ = sp_ ? int64_t(tp_rank_) * rows_ : 0;
+  const int64_t R = rows_;
   auto act = [&](Shape s, DType d, const std::string& tag) {
     return Tensor::empty(s, d, alloc, MemCategory::kActivations, tag);
   };
@@ -191,37 +198,43 @@ Gpt<S>::Gpt(const GptDims& dims, int64_t B, int64_t T, TrackingAllocator& alloc,
     return Tensor::empty(s, dt, alloc, MemCategory::kWorkspace, tag);
   };
   inputs_ = Tensor::empty({B, T}, DType::kI32, alloc, MemCategory::kActivations, "inputs");
-  for (int64_t l = 0; l <= dims.L; ++l) residual_.push_back(act({N, C}, dt, str_cat("residual.", l)));
+  for (int64_t l = 0; l <= dims.L; ++l) residual_.push_back(act({R, C}, dt, str_cat("residual.", l)));
   for (int64_t l = 0; l < dims.L; ++l) {
     const std::string p = str_cat("h.", l, ".");
     BlockActivations b;
     b.ln1 = act({N, C}, dt, p + "ln1");
-    b.ln1_mean = act({N}, DType::kF32, p + "ln1_mean");
-    b.ln1_rstd = act({N}, DType::kF32, p + "ln1_rstd");
+    b.ln1_mean = act({R}, DType::kF32, p + "ln1_mean");
+    b.ln1_rstd = act({R}, DType::kF32, p + "ln1_rstd");
     b.qkv = act({N, 3 * C / t}, dt, p + "qkv");
     b.atty = act({N, C / t}, dt, p + "atty");
     b.lse = act({B, Hl, T}, DType::kF32, p + "attn_lse");
-    b.res2 = act({N, C}, dt, p + "res2");
+    b.res2 = act({R, C}, dt, p + "res2");
     b.ln2 = act({N, C}, dt, p + "ln2");
-    b.ln2_mean = act({N}, DType::kF32, p + "ln2_mean");
-    b.ln2_rstd = act({N}, DType::kF32, p + "ln2_rstd");
+    b.ln2_mean = act({R}, DType::kF32, p + "ln2_mean");
+    b.ln2_rstd = act({R}, DType::kF32, p + "ln2_rstd");
     b.fch = act({N, 4 * C / t}, dt, p + "fch");
     b.fch_gelu = act({N, 4 * C / t}, dt, p + "fch_gelu");
     blocks_.push_back(std::move(b));
   }
   lnf_ = act({N, C}, dt, "lnf");
-  lnf_mean_ = act({N}, DType::kF32, "lnf_mean");
-  lnf_rstd_ = act({N}, DType::kF32, "lnf_rstd");
+  lnf_mean_ = act({R}, DType::kF32, "lnf_mean");
+  lnf_rstd_ = act({R}, DType::kF32, "lnf_rstd");
   logits_ = act({N, dims.Vp / t}, dt, "logits");
   losses_ = act({N}, DType::kF32, "losses");
   loss_lse_ = act({N}, DType::kF32, "loss_lse");
   targets_ = Tensor::empty({B, T}, DType::kI32, alloc, MemCategory::kActivations, "targets");
-  dres_ = work({N, C}, "d_residual");
+  dres_ = work({R, C}, "d_residual");
   dln_ = work({N, C}, "d_ln");
   datty_ = work({N, C / t}, "d_atty");
   dqkv_ = work({N, 3 * C / t}, "d_qkv");
   dfch_ = work({N, 4 * C / t}, "d_fch");
   dscratch_ = work({N, C}, "d_proj_out");
+  if (sp_) {
+    ln_local_ = work({R, C}, "sp_ln_local");
+    proj_local_ = work({R, C}, "sp_proj_local");
+    dln_local_ = work({R, C}, "sp_dln_local");
+    dres_full_ = work({N, C}, "sp_dres_full");
+  }
 }
 
 template <class S>
@@ -229,8 +242,23 @@ void Gpt<S>::tp_all_reduce(S* x, int64_t n) {
   if (dims_.tp > 1) tp_->all_reduce(x, n, dtype_of<S>());
 }
 
+template <class S>
+void Gpt<S>::gather_rows(const S* local, S* full) {
+  if (sp_) tp_->all_gather(local, full, rows_ * dims_.C, dtype_of<S>());
+}
+
+template <class S>
+void Gpt<S>::scatter_rows(S* full, S* local) {
+  if (sp_) {
+    tp_->reduce_scatter(full, local, rows_ * dims_.C, dtype_of<S>());
+  } else {
+    tp_all_reduce(full, rows_ * dims_.C);  // local == full
+  }
+}
+
 // Token + position embedding. tp == 1: the kernel. tp > 1 (vocab-parallel): each rank looks up
-// the tokens its wte rows hold (zero for the others), the group sums, then wpe is added.
+// the tokens its wte rows hold (zero for the others), the group sums (reduce-scatters under
+// sequence parallelism), then wpe is added to this rank's rows.
 template <class S>
 void Gpt<S>::embed(const void* emb, const int32_t* inputs) {
   const int64_t B = B_, T = T_, C = dims_.C;
@@ -242,21 +270,22 @@ void Gpt<S>::embed(const void* emb, const int32_t* inputs) {
     return;
   }
   const int64_t rows = dims_.Vp / dims_.tp;
+  S* partial = sp_ ? dscratch_.template data<S>() : out;
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < B * T; ++i) {
     const int64_t v = int64_t(inputs[i]) - vocab_begin_;
-    S* o = out + i * C;
+    S* o = partial + i * C;
     if (v >= 0 && v < rows) {
       std::memcpy(o, wte + v * C, size_t(C) * sizeof(S));
     } else {
       std::memset(o, 0, size_t(C) * sizeof(S));
     }
   }
-  tp_all_reduce(out, B * T * C);
+  scatter_rows(partial, out);
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < B * T; ++i) {
+  for (int64_t i = 0; i < rows_; ++i) {
     S* o = out + i * C;
-    const S* p = wpe + (i % T) * C;
+    const S* p = wpe + ((row0_ + i) % T) * C;
     for (int64_t c = 0; c < C; ++c) o[c] = from_float<S>(to_float(o[c]) + to_float(p[c]));
   }
 }
@@ -268,23 +297,31 @@ void Gpt<S>::embed_backward(float* dwte, float* dwpe, const S* dres, const int32
     k::embedding_backward<S>(dwte, dwpe, dres, inputs, {B, T, C});
     return;
   }
-  // dres is replicated over the tp group: each rank adds the rows of the tokens it holds, and
-  // the (replicated) wpe gradient in full. Channel blocks per thread, tokens in order:
+  // wte: every row's gradient (all-gathered under sequence parallelism) for the tokens this
+  // rank's vocabulary slice holds. wpe: this rank's rows (partial under sequence parallelism,
+  // summed over the tp group by the ZeRO engine). Channel blocks per thread, rows in order:
   // deterministic, no atomics.
+  const S* full = dres;
+  if (sp_) {
+    gather_rows(dres, dres_full_.template data<S>());
+    full = dres_full_.template data<S>();
+  }
   const int64_t rows = dims_.Vp / dims_.tp;
   constexpr int64_t kBlock = 64;
 #pragma omp parallel for schedule(static)
   for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
     const int64_t c1 = std::min(C, c0 + kBlock);
     for (int64_t i = 0; i < B * T; ++i) {
-      const S* d = dres + i * C;
       const int64_t v = int64_t(inputs[i]) - vocab_begin_;
-      float* pw = dwpe + (i % T) * C;
+      if (v < 0 || v >= rows) continue;
+      const S* d = full + i * C;
+      float* w = dwte + v * C;
+      for (int64_t c = c0; c < c1; ++c) w[c] += to_float(d[c]);
+    }
+    for (int64_t i = 0; i < rows_; ++i) {
+      const S* d = dres + i * C;
+      float* pw = dwpe + ((row0_ + i) % T) * C;
       for (int64_t c = c0; c < c1; ++c) pw[c] += to_float(d[c]);
-      if (v >= 0 && v < rows) {
-        float* w = dwte + v * C;
-        for (int64_t c = c0; c < c1; ++c) w[c] += to_float(d[c]);
-      }
     }
   }
 }
@@ -353,9 +390,9 @@ void Gpt<S>::vocab_parallel_dlogits(const int32_t* targets, float grad_weight) {
 template <class S>
 double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* targets) {
   const int64_t B = B_, T = T_, C = dims_.C, N = B * T, L = dims_.L, t = dims_.tp;
-  const int64_t Hl = dims_.H / t, D = C / dims_.H, Vl = dims_.Vp / t;
+  const int64_t Hl = dims_.H / t, D = C / dims_.H, Vl = dims_.Vp / t, R = rows_;
   const bool split = t > 1;
-  const k::RowsShape rows{N, C};
+  const k::RowsShape local_rows{R, C};
   std::memcpy(inputs_.raw(), inputs, size_t(N) * sizeof(int32_t));
   if (targets) std::memcpy(targets_.raw(), targets, size_t(N) * sizeof(int32_t));
 
@@ -364,54 +401,65 @@ double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* ta
   embed(ps.params(0), inputs);
   ps.release(0);
 
-  // 2. Blocks. Row-parallel c_proj outputs are partial sums under tp: all-reduce, then the
-  //    (replicated) bias; with tp == 1 the bias rides in the GEMM.
+  // 2. Blocks. LayerNorms run on this rank's rows and are gathered (sequence parallel) before
+  //    the column-parallel layer; row-parallel c_proj outputs are partial sums under tp:
+  //    all-reduced (reduce-scattered under sequence parallelism), then the replicated bias is
+  //    added. With tp == 1 the bias rides in the GEMM.
   for (int64_t l = 0; l < L; ++l) {
     const int u = int(l) + 1;
     BlockActivations& b = blocks_[size_t(l)];
     ps.acquire(u);
     const void* w = ps.params(u);
     const S* x = residual_[size_t(l)].data<S>();
-    S* proj = dscratch_.data<S>();
-    auto row_parallel_out = [&](const S* in, int64_t K, int wi, int bi) {
-      linear<S>(proj, in, param<S>(w, u, wi), split ? nullptr : param<S>(w, u, bi), N, K, C);
-      if (split) {
-        tp_all_reduce(proj, N * C);
-        const S* bias = param<S>(w, u, bi);
+    auto layer_norm = [&](const S* in, Tensor& full, Tensor& mean, Tensor& rstd, int wi, int bi) {
+      S* out = sp_ ? ln_local_.data<S>() : full.data<S>();
+      k::layernorm_forward<S>(out, mean.data<float>(), rstd.data<float>(), in,
+                              param<S>(w, u, wi), param<S>(w, u, bi), local_rows, kLayerNormEps);
+      gather_rows(out, full.data<S>());
+    };
+    auto row_parallel_out = [&](const S* in, int64_t K, int wi, int bi) -> const S* {
+      S* partial = dscratch_.data<S>();
+      linear<S>(partial, in, param<S>(w, u, wi), split ? nullptr : param<S>(w, u, bi), N, K, C);
+      if (!split) return partial;
+      S* out = sp_ ? proj_local_.data<S>() : partial;
+      scatter_rows(partial, out);
+      const S* bias = param<S>(w, u, bi);
 #pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < N; ++i) {
-          for (int64_t c = 0; c < C; ++c) {
-            proj[i * C + c] = from_float<S>(to_float(proj[i * C + c]) + to_float(bias[c]));
-          }
+      for (int64_t i = 0; i < R; ++i) {
+        for (int64_t c = 0; c < C; ++c) {
+          out[i * C + c] = from_float<S>(to_float(out[i * C + c]) + to_float(bias[c]));
         }
       }
+      return out;
     };
-    k::layernorm_forward<S>(b.ln1.data<S>(), b.ln1_mean.data<float>(), b.ln1_rstd.data<float>(),
-                            x, param<S>(w, u, kLn1W), param<S>(w, u, kLn1B), rows, kLayerNormEps);
+    layer_norm(x, b.ln1, b.ln1_mean, b.ln1_rstd, kLn1W, kLn1B);
     linear<S>(b.qkv.data<S>(), b.ln1.data<S>(), param<S>(w, u, kAttnW), param<S>(w, u, kAttnB),
               N, C, 3 * C / t);
     k::attention_forward<S>(b.atty.data<S>(), b.lse.data<float>(), b.qkv.data<S>(),
                             {B, T, Hl, D});
-    row_parallel_out(b.atty.data<S>(), C / t, kAttnProjW, kAttnProjB);
-    k::residual_add<S>(b.res2.data<S>(), x, proj, N * C);
-    k::layernorm_forward<S>(b.ln2.data<S>(), b.ln2_mean.data<float>(), b.ln2_rstd.data<float>(),
-                            b.res2.data<S>(), param<S>(w, u, kLn2W), param<S>(w, u, kLn2B), rows,
-                            kLayerNormEps);
+    const S* attn_out = row_parallel_out(b.atty.data<S>(), C / t, kAttnProjW, kAttnProjB);
+    k::residual_add<S>(b.res2.data<S>(), x, attn_out, R * C);
+    layer_norm(b.res2.data<S>(), b.ln2, b.ln2_mean, b.ln2_rstd, kLn2W, kLn2B);
     linear<S>(b.fch.data<S>(), b.ln2.data<S>(), param<S>(w, u, kFcW), param<S>(w, u, kFcB), N, C,
               4 * C / t);
     k::gelu_forward<S>(b.fch_gelu.data<S>(), b.fch.data<S>(), N * 4 * C / t);
-    row_parallel_out(b.fch_gelu.data<S>(), 4 * C / t, kMlpProjW, kMlpProjB);
-    k::residual_add<S>(residual_[size_t(l) + 1].data<S>(), b.res2.data<S>(), proj, N * C);
+    const S* mlp_out = row_parallel_out(b.fch_gelu.data<S>(), 4 * C / t, kMlpProjW, kMlpProjB);
+    k::residual_add<S>(residual_[size_t(l) + 1].data<S>(), b.res2.data<S>(), mlp_out, R * C);
     ps.release(u);
   }
 
-  // 3. Final LayerNorm, then the head tied to wte: logits (N, Vp/tp) = lnf @ wte_slice^T.
+  // 3. Final LayerNorm (gathered under sequence parallelism), then the head tied to wte:
+  //    logits (N, Vp/tp) = lnf @ wte_slice^T.
   const int uf = int(L) + 1;
   ps.acquire(uf);
   const void* wf = ps.params(uf);
-  k::layernorm_forward<S>(lnf_.data<S>(), lnf_mean_.data<float>(), lnf_rstd_.data<float>(),
-                          residual_[size_t(L)].data<S>(), param<S>(wf, uf, 0),
-                          param<S>(wf, uf, 1), rows, kLayerNormEps);
+  {
+    S* out = sp_ ? ln_local_.data<S>() : lnf_.data<S>();
+    k::layernorm_forward<S>(out, lnf_mean_.data<float>(), lnf_rstd_.data<float>(),
+                            residual_[size_t(L)].data<S>(), param<S>(wf, uf, 0),
+                            param<S>(wf, uf, 1), local_rows, kLayerNormEps);
+    gather_rows(out, lnf_.data<S>());
+  }
   ps.release(uf);
   ps.acquire(0);
   {
@@ -437,15 +485,17 @@ double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* ta
 template <class S>
 void Gpt<S>::backward(ParamSource& ps, float grad_weight) {
   const int64_t B = B_, T = T_, C = dims_.C, N = B * T, L = dims_.L, t = dims_.tp;
-  const int64_t Hl = dims_.H / t, D = C / dims_.H, Vl = dims_.Vp / t;
-  const k::RowsShape rows{N, C};
+  const int64_t Hl = dims_.H / t, D = C / dims_.H, Vl = dims_.Vp / t, R = rows_;
+  const k::RowsShape local_rows{R, C};
   const int32_t* targets = targets_.data<int32_t>();
   const int32_t* inputs = inputs_.data<int32_t>();
-  S* dres = dres_.data<S>();
-  S* dln = dln_.data<S>();
+  S* dres = dres_.data<S>();                                   // (R,C): this rank's rows
+  S* dres_full = sp_ ? dres_full_.data<S>() : dres;            // (N,C)
+  S* dln = dln_.data<S>();                                     // (N,C): partial under tp
+  S* dln_local = sp_ ? dln_local_.data<S>() : dln;             // (R,C)
 
   // 1. Loss and head: dlogits in place, then dlnf = dlogits @ wte (partial sums under tp:
-  //    all-reduced), dwte += dlogits^T @ lnf.
+  //    all-reduced, or reduce-scattered to this rank's rows), dwte += dlogits^T @ lnf.
   S* dlogits = logits_.data<S>();
   if (t > 1) {
     vocab_parallel_dlogits(targets, grad_weight);
@@ -463,24 +513,24 @@ void Gpt<S>::backward(ParamSource& ps, float grad_weight) {
     linear_dweight<S>(dwte, dlogits, lnf_.data<S>(), N, Vl, C);
   }
   ps.release(0);
-  tp_all_reduce(dln, N * C);
+  scatter_rows(dln, dln_local);
 
-  // 2. Final LayerNorm: dres = dLN_f(dlnf).
+  // 2. Final LayerNorm: dres = dLN_f(dlnf), on this rank's rows.
   const int uf = int(L) + 1;
   ps.acquire(uf);
   {
-    std::memset(dres, 0, size_t(N * C) * sizeof(S));
+    std::memset(dres, 0, size_t(R * C) * sizeof(S));
     float* g = ps.grads(uf);
     k::layernorm_backward<S>(dres, g + layout_[size_t(uf)].params[0].offset,
-                             g + layout_[size_t(uf)].params[1].offset, dln,
+                             g + layout_[size_t(uf)].params[1].offset, dln_local,
                              residual_[size_t(L)].data<S>(), param<S>(ps.params(uf), uf, 0),
-                             lnf_mean_.data<float>(), lnf_rstd_.data<float>(), rows);
+                             lnf_mean_.data<float>(), lnf_rstd_.data<float>(), local_rows);
   }
   ps.release(uf);
   ps.grads_done(uf);
 
-  // 3. Blocks in reverse; dres carries dLoss/d(residual stream) between them (replicated
-  //    over the tp group).
+  // 3. Blocks in reverse; dres carries dLoss/d(residual stream) between them (this rank's rows;
+  //    all of them, replicated over the tp group, without sequence parallelism).
   for (int64_t l = L - 1; l >= 0; --l) {
     const int u = int(l) + 1;
     BlockActivations& b = blocks_[size_t(l)];
@@ -490,34 +540,36 @@ void Gpt<S>::backward(ParamSource& ps, float grad_weight) {
     auto grad = [&](int index) { return g + layout_[size_t(u)].params[size_t(index)].offset; };
 
     // MLP: out = res2 + c_proj(gelu(c_fc(ln2(res2)))).
-    linear_dweight<S>(grad(kMlpProjW), b.fch_gelu.data<S>(), dres, N, 4 * C / t, C);
-    k::bias_backward<S>(grad(kMlpProjB), dres, N, C);
+    gather_rows(dres, dres_full);
+    linear_dweight<S>(grad(kMlpProjW), b.fch_gelu.data<S>(), dres_full, N, 4 * C / t, C);
+    k::bias_backward<S>(grad(kMlpProjB), dres, R, C);
     S* dfch = dfch_.data<S>();
-    linear_dinput<S>(dfch, dres, param<S>(w, u, kMlpProjW), N, 4 * C / t, C);
+    linear_dinput<S>(dfch, dres_full, param<S>(w, u, kMlpProjW), N, 4 * C / t, C);
     k::gelu_backward<S>(dfch, b.fch.data<S>(), dfch, N * 4 * C / t);
     linear_dweight<S>(grad(kFcW), b.ln2.data<S>(), dfch, N, C, 4 * C / t);
     k::bias_backward<S>(grad(kFcB), dfch, N, 4 * C / t);
     linear_dinput<S>(dln, dfch, param<S>(w, u, kFcW), N, C, 4 * C / t);
-    tp_all_reduce(dln, N * C);
-    k::layernorm_backward<S>(dres, grad(kLn2W), grad(kLn2B), dln, b.res2.data<S>(),
+    scatter_rows(dln, dln_local);
+    k::layernorm_backward<S>(dres, grad(kLn2W), grad(kLn2B), dln_local, b.res2.data<S>(),
                              param<S>(w, u, kLn2W), b.ln2_mean.data<float>(),
-                             b.ln2_rstd.data<float>(), rows);
+                             b.ln2_rstd.data<float>(), local_rows);
 
     // Attention: res2 = x + c_proj(attn(c_attn(ln1(x)))).
-    linear_dweight<S>(grad(kAttnProjW), b.atty.data<S>(), dres, N, C / t, C);
-    k::bias_backward<S>(grad(kAttnProjB), dres, N, C);
+    gather_rows(dres, dres_full);
+    linear_dweight<S>(grad(kAttnProjW), b.atty.data<S>(), dres_full, N, C / t, C);
+    k::bias_backward<S>(grad(kAttnProjB), dres, R, C);
     S* datty = datty_.data<S>();
-    linear_dinput<S>(datty, dres, param<S>(w, u, kAttnProjW), N, C / t, C);
+    linear_dinput<S>(datty, dres_full, param<S>(w, u, kAttnProjW), N, C / t, C);
     S* dqkv = dqkv_.data<S>();
     k::attention_backward<S>(dqkv, datty, b.qkv.data<S>(), b.atty.data<S>(), b.lse.data<float>(),
                              {B, T, Hl, D});
     linear_dweight<S>(grad(kAttnW), b.ln1.data<S>(), dqkv, N, C, 3 * C / t);
     k::bias_backward<S>(grad(kAttnB), dqkv, N, 3 * C / t);
     linear_dinput<S>(dln, dqkv, param<S>(w, u, kAttnW), N, C, 3 * C / t);
-    tp_all_reduce(dln, N * C);
-    k::layernorm_backward<S>(dres, grad(kLn1W), grad(kLn1B), dln, residual_[size_t(l)].data<S>(),
-                             param<S>(w, u, kLn1W), b.ln1_mean.data<float>(),
-                             b.ln1_rstd.data<float>(), rows);
+    scatter_rows(dln, dln_local);
+    k::layernorm_backward<S>(dres, grad(kLn1W), grad(kLn1B), dln_local,
+                             residual_[size_t(l)].data<S>(), param<S>(w, u, kLn1W),
+                             b.ln1_mean.data<float>(), b.ln1_rstd.data<float>(), local_rows);
     ps.release(u);
     ps.grads_done(u);
   }

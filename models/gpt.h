@@ -19,6 +19,12 @@
 // gradient of each column-parallel layer (c_attn, c_fc, the head). The cross-entropy is
 // vocab-parallel: the full logits never exist on one rank (max, sum of exponentials and the
 // target logit are all-reduced per row).
+//
+// Sequence parallelism (optional, tp > 1): the residual stream and the LayerNorms hold rows
+// [tp_rank*N/tp, (tp_rank+1)*N/tp) only (N = B*T rows); each LayerNorm's output is
+// all-gathered before the column-parallel layer, each row-parallel output reduce-scattered,
+// and in backward the reverse. Replicated parameters then get partial gradients from their
+// rows; the ZeRO engine sums them over the tp group.
 #pragma once
 
 #include <cstdint>
@@ -40,7 +46,10 @@ struct GptDims {
   int64_t Vp;    // vocabulary padded to a multiple of 64 x tp (rows past V are zero, unused)
   int64_t Tmax;  // context length (rows of wpe)
   int64_t tp = 1;  // tensor-parallel ranks the layers are split over
-  static GptDims from_config(const proto::ModelConfig& m, int tp = 1);
+  // Sequence parallelism (Korthikanti et al. 2022): with tp > 1, LayerNorm and residual
+  // regions hold only 1/tp of the rows; the all-reduces become all-gather + reduce-scatter.
+  bool sequence_parallel = false;
+  static GptDims from_config(const proto::ModelConfig& m, int tp = 1, bool sp = false);
 };
 
 enum class ParamInit : uint8_t { kNormal, kResidualNormal, kZero, kOne };
@@ -126,6 +135,11 @@ class Gpt {
   const P* param(const void* unit_base, int unit, int index) const;
   // Tensor-parallel pieces (no-ops or plain kernels when tp == 1).
   void tp_all_reduce(S* x, int64_t n);
+  // Rows of the sequence-parallel region: local (this rank's rows) <-> full (all N rows).
+  // Without sequence parallelism local and full are the same N rows: gather is a no-op and
+  // scatter an in-place all-reduce.
+  void gather_rows(const S* local, S* full);
+  void scatter_rows(S* full, S* local);
   void embed(const void* emb, const int32_t* inputs);
   void embed_backward(float* dwte, float* dwpe, const S* dres, const int32_t* inputs);
   double vocab_parallel_loss(const int32_t* targets);
@@ -136,13 +150,18 @@ class Gpt {
   Communicator* tp_;
   int tp_rank_ = 0;
   int64_t vocab_begin_ = 0;  // first global vocabulary row of this rank's wte slice
+  bool sp_ = false;          // sequence parallel
+  int64_t rows_ = 0;         // rows this rank holds in LayerNorm/residual regions: N or N/tp
+  int64_t row0_ = 0;         // the first of them
   std::vector<UnitLayout> layout_;
   std::vector<Tensor> residual_;  // L+1 of (B,T,C): the stream entering each block, and out
   std::vector<BlockActivations> blocks_;
   Tensor lnf_, lnf_mean_, lnf_rstd_, logits_, losses_, loss_lse_;
   Tensor inputs_, targets_;
-  // Backward scratch (workspace), reused by every block.
+  // Workspace reused by every block: backward scratch, and the sequence-parallel row buffers
+  // (local LayerNorm output, reduce-scattered projections and input gradients).
   Tensor dres_, dln_, datty_, dqkv_, dfch_, dscratch_;
+  Tensor ln_local_, proj_local_, dln_local_, dres_full_;
 };
 
 }  // namespace shardtrain::models

@@ -251,6 +251,22 @@ void ZeroEngine::finish_backward() {
   for (int unit : deferred_) start_reduce(unit);
   deferred_.clear();
   while (!pending_.empty()) complete_oldest_reduce();
+  if (dims_.sequence_parallel && tp_) {
+    // Under sequence parallelism each tp rank's replicated parameters (LayerNorms, c_proj
+    // biases, wpe) saw only its rows: sum them over the tp group, over the range the
+    // optimizer reads (all of it at stage 0, the owned shard otherwise).
+    for (size_t ui = 0; ui < units_.size(); ++ui) {
+      Unit& u = *units_[ui];
+      const int64_t begin = options_.stage == 0 ? 0 : u.own_begin;
+      const int64_t end = options_.stage == 0 ? u.padded : u.own_begin + u.shard;
+      float* g = u.grads.data<float>() - (options_.stage >= 2 ? u.own_begin : 0);
+      for (const auto& p : layout_[ui].params) {
+        if (p.split != models::TpSplit::kReplicated) continue;
+        const int64_t lo = std::max(begin, p.offset), hi = std::min(end, p.offset + p.numel());
+        if (lo < hi) tp_->all_reduce(g + lo, hi - lo, DType::kF32);
+      }
+    }
+  }
 }
 
 double ZeroEngine::grad_sq_sum() {

@@ -260,6 +260,10 @@ void validate_config(const Config& c, int world_size, ValidateFor purpose) {
   require(p.bucket_mb() > 0, "parallel.bucket_mb", str_cat("must be > 0, got ", p.bucket_mb()));
   require(!p.sequence_parallel() || p.tp() > 1, "parallel.sequence_parallel",
           "needs parallel.tp > 1");
+  require(!p.sequence_parallel() || (int64_t(c.data().micro_batch()) * m.seq_len()) % p.tp() == 0,
+          "parallel.sequence_parallel",
+          str_cat("needs data.micro_batch x model.seq_len (", int64_t(c.data().micro_batch()) * m.seq_len(),
+                  " rows) divisible by parallel.tp (", p.tp(), ")"));
   if (world_size > 0) {
     require(world_size % p.tp() == 0, "parallel.tp",
             str_cat("(", p.tp(), ") must divide the world size (", world_size, " ranks)"));

@@ -11,8 +11,9 @@ small GPT and compares what the runs report (metrics JSON lines, exported weight
   mixed_precision  bf16 and fp16 track fp32 on the corpus over 50 steps.
   overflow         an injected inf on one rank: every rank skips that step, the scale halves.
   fault            a rank failing at step k, or killed, ends the job within 10 s, non-zero.
-  tp_equivalence   tp=2 (np=2) and tp=2 x dp=2 (np=4) with ZeRO-3 equal np=1 to 1e-5 relative
-                   per step, and their exported (unsplit) weights agree to 1e-5.
+  tp_equivalence   tp=2 (np=2) and tp=2 x dp=2 (np=4) with ZeRO-3 (and ZeRO-1) equal np=1 to
+                   1e-5 relative per step, and their exported (unsplit) weights agree to 1e-5;
+                   the same with sequence parallelism on (ZeRO 0, 2, 3).
 """
 import argparse
 import json
@@ -251,8 +252,13 @@ def tp_equivalence(env):
     failures = []
     for np_, sets in [(2, ["parallel.tp=2", "parallel.zero_stage=3", "data.micro_batch=4"]),
                       (4, ["parallel.tp=2", "parallel.zero_stage=3", "data.micro_batch=2"]),
-                      (4, ["parallel.tp=2", "parallel.zero_stage=1", "data.micro_batch=2",
-                           "precision.compute=F32"])]:
+                      (4, ["parallel.tp=2", "parallel.zero_stage=1", "data.micro_batch=2"]),
+                      (2, ["parallel.tp=2", "parallel.zero_stage=3", "data.micro_batch=4",
+                           "parallel.sequence_parallel=true"]),
+                      (4, ["parallel.tp=2", "parallel.zero_stage=0", "data.micro_batch=2",
+                           "parallel.sequence_parallel=true"]),
+                      (4, ["parallel.tp=2", "parallel.zero_stage=2", "data.micro_batch=2",
+                           "parallel.sequence_parallel=true"])]:
         lines, w, _ = env.run(np_, base_sets + sets)
         worst = max(rel(g["loss"], r["loss"]) for g, r in zip(lines, ref_lines))
         got = read_weights(w)
