@@ -175,8 +175,13 @@ highest peak measured on any rank. The total row compares the peak of the sum.</
     function Y(b) { return top + ph - b / ymax * ph; }
 
     // Axes and grid.
-    for (var k = 0; k <= 5; k++) {
-      var b = ymax * k / 5, y = Y(b);
+    // Byte ticks at a round step in the axis' unit (1, 2 or 5 x 10^k KiB, MiB, ...).
+    var unit = 1;
+    while (unit * 1024 <= ymax && unit < Math.pow(1024, 4)) unit *= 1024;
+    var rawB = ymax / unit / 5, pB = Math.pow(10, Math.floor(Math.log10(rawB))), mB = rawB / pB;
+    var stepB = (mB < 1.5 ? 1 : mB < 3.5 ? 2 : mB < 7.5 ? 5 : 10) * pB * unit;
+    for (var b = 0; b <= ymax; b += stepB) {
+      var y = Y(b);
       svgEl(svg, "line", { x1: left, x2: left + pw, y1: y, y2: y, stroke: "#eee" });
       svgEl(svg, "text", { x: left - 6, y: y + 4, "text-anchor": "end" }, fmtBytes(Math.round(b)));
     }

@@ -168,7 +168,7 @@ def html(exe, tmp, screenshot):
         failures.append("the page refers to the network")
     # Headless Chromium as root needs --no-sandbox; --disable-gpu avoids probing for one.
     base = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-            "--window-size=1200,900"]
+            "--window-size=1200,1250"]
     dom = subprocess.run(base + ["--dump-dom", "file://" + page], capture_output=True,
                          text=True, timeout=120)
     status = re.search(r'<div id="status">([^<]*)</div>', dom.stdout)
