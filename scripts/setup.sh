@@ -16,6 +16,7 @@ packages=(
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-numpy           # reference implementation for parity tests (/usr/bin/python3)
+  chromium                              # headless check + screenshot of the HTML memory report
   libopenblas0-openmp                   # Debian's torch links the generic BLAS; this gives the
                                         # PyTorch baseline in bench/ an optimised one (shardtrain
                                         # itself uses no BLAS: oneDNN)
