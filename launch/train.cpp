@@ -216,6 +216,7 @@ void train_loop(Run& run, const TrainArgs& args) {
       throw InternalError(str_cat("injected fault at step ", step, " (--inject-fault)"));
     }
     const int64_t comm_before = run.dp->bytes_sent();
+    const int64_t tp_comm_before = run.tp ? run.tp->bytes_sent() : 0;
     const double loss_scale = scaler.scale();
     const float grad_weight = float(loss_scale / double(tokens_per_step));
     run.alloc.set_phase("forward_backward");
@@ -246,6 +247,7 @@ void train_loop(Run& run, const TrainArgs& args) {
     }
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     const int64_t comm_bytes = run.dp->bytes_sent() - comm_before;
+    const int64_t tp_comm_bytes = run.tp ? run.tp->bytes_sent() - tp_comm_before : 0;
 
     const MemStats mem = run.alloc.stats();
     nlohmann::json live = nlohmann::json::object();
@@ -262,7 +264,8 @@ void train_loop(Run& run, const TrainArgs& args) {
                         {"step_ms", secs * 1e3},
                         {"mem_peak_bytes", mem.peak_total},
                         {"mem_live_bytes", live},
-                        {"comm_bytes", comm_bytes}};
+                        {"comm_bytes", comm_bytes},
+                        {"tp_comm_bytes", tp_comm_bytes}};
     const bool do_eval = run.val && (step % c.train().eval_every() == 0 || step == run.steps);
     if (do_eval) {
       run.alloc.set_phase("eval");
