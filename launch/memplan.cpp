@@ -64,10 +64,6 @@ void print_text(const nlohmann::json& j, const Config& c) {
                 (long long)row["max_micro_batch"].get<int64_t>(),
                 row["zero_stage"] == L["zero_stage"] && row["tp"] == L["tp"] ? "   <- config" : "");
   }
-  if (L["sequence_parallel"].get<bool>()) {
-    std::printf("\nsequence parallelism is a prediction only (training does not run it yet): "
-                "LayerNorm and residual activations split along T (parallel/memplan.cpp).\n");
-  }
 }
 
 }  // namespace

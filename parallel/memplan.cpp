@@ -38,7 +38,7 @@ models::GptDims plan_dims(const MemPlanInput& in) {
   m.set_d_model(int32_t(in.C));
   m.set_vocab_size(int32_t(in.V));
   m.set_seq_len(int32_t(in.Tmax));
-  return models::GptDims::from_config(m, in.tp);
+  return models::GptDims::from_config(m, in.tp, in.sequence_parallel && in.tp > 1);
 }
 
 std::vector<int64_t> unit_numels(const MemPlanInput& in) {
@@ -203,30 +203,36 @@ void replay_backward(EngineReplay& e, int L) {
 //
 // Tensor parallel (models::Gpt, Megatron-style; Korthikanti Table 2): qkv, atty, fch,
 // fch_gelu, the logsumexp and the logits are split by tp (heads / columns / vocabulary);
-// residual, ln*, res2 and the LayerNorm statistics are replicated. Sequence parallelism is not
-// built yet; its prediction is an assumption: those replicated regions split along T
-// (Korthikanti's (s b h / t)(34 + ...)). Workspace: the tp-split backward buffers (d_atty,
-// d_qkv, d_fch) are divided by tp; the residual-width ones (d_residual, d_ln, d_proj_out) keep
-// N rows.
+// residual, ln*, res2 and the LayerNorm statistics are replicated (N rows). With sequence
+// parallelism the residual stream, res2 and the LayerNorm statistics hold R = N / tp rows,
+// but the LayerNorm outputs ln1, ln2, lnf stay whole (N rows: the all-gathered input the
+// column-parallel GEMMs saved), so shardtrain keeps more than Korthikanti's (s b h / t) 34.
+// Workspace: the tp-split backward buffers (d_atty, d_qkv, d_fch) are divided by tp; d_ln and
+// d_proj_out keep N rows; d_residual has R rows; sequence parallelism adds three R-row
+// buffers (ln_local, proj_local, dln_local) and one N-row (dres_full).
 void plan_activations(const MemPlanInput& in, CategoryBytes& b) {
   const int64_t e = dtype_bytes(in.compute), t = in.tp, N = in.B * in.T, C = in.C;
-  const int64_t Nr = in.sequence_parallel ? (N + t - 1) / t : N;  // rows of replicated regions
+  const bool sp = in.sequence_parallel && t > 1;
+  const int64_t R = sp ? N / t : N;  // rows of the LayerNorm / residual regions
   const int64_t f32 = 4, i32 = 4;
-  int64_t acts = 2 * N * i32;                  // inputs, targets (B,T)
-  acts += (in.L + 1) * Nr * C * e;             // residual stream, L+1 of (N,C)
-  const int64_t per_layer = 3 * Nr * C * e     // ln1, res2, ln2 (N,C)
-                            + 2 * 2 * Nr * f32  // ln1/ln2 mean and rstd (N) fp32
+  int64_t acts = 2 * N * i32;                    // inputs, targets (B,T)
+  acts += (in.L + 1) * R * C * e;                // residual stream, L+1 of (R,C)
+  const int64_t per_layer = 2 * N * C * e        // ln1, ln2 (N,C)
+                            + R * C * e          // res2 (R,C)
+                            + 2 * 2 * R * f32    // ln1/ln2 mean and rstd (R) fp32
                             + N * (3 * C / t) * e + N * (C / t) * e  // qkv (N,3C), atty (N,C)
                             + in.B * (in.H / t) * in.T * f32         // lse (B,H,T) fp32
                             + 2 * N * (4 * C / t) * e;               // fch, fch_gelu (N,4C)
   acts += in.L * per_layer;
-  acts += Nr * C * e + 2 * Nr * f32;            // lnf (N,C), its mean and rstd
-  acts += N * (vocab_padded(in) / t) * e;       // logits (N,Vp)
-  acts += 2 * N * f32;                          // losses, loss_lse (N)
+  acts += N * C * e + 2 * R * f32;               // lnf (N,C), its mean and rstd (R)
+  acts += N * (vocab_padded(in) / t) * e;        // logits (N,Vp)
+  acts += 2 * N * f32;                           // losses, loss_lse (N)
   b[size_t(kActs)] = acts;
-  // Backward scratch: d_residual, d_ln, d_proj_out (N,C); d_atty (N,C), d_qkv (N,3C),
-  // d_fch (N,4C) — split by tp.
-  b[size_t(kWork)] = 3 * N * C * e + N * ((C + 3 * C + 4 * C) / t) * e;
+  // Backward scratch: d_residual (R,C); d_ln, d_proj_out (N,C); d_atty (N,C), d_qkv (N,3C),
+  // d_fch (N,4C) split by tp; sequence parallel: 3 x (R,C) + (N,C).
+  int64_t work = R * C * e + 2 * N * C * e + N * ((C + 3 * C + 4 * C) / t) * e;
+  if (sp) work += 3 * R * C * e + N * C * e;
+  b[size_t(kWork)] = work;
 }
 
 }  // namespace

@@ -16,8 +16,7 @@
 // candidate table (every ZeRO stage x tensor-parallel degree, with the largest micro-batch
 // that fits) costs a few thousand replays.
 //
-// Tensor parallelism uses the model's own tp layout and activation shapes; sequence
-// parallelism (not built in training yet) is an assumption, stated in memplan.cpp.
+// Tensor and sequence parallelism use the model's own tp layout and activation shapes.
 #pragma once
 
 #include <array>

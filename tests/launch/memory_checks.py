@@ -1,7 +1,8 @@
 """Memory planner vs measured memory, and the memory report's HTML page; each a ctest case.
 
   match  --np N   train a small GPT for 2 steps at ZeRO stages 0-3 in fp32 and bf16 (and bf16
-                  with tensor parallelism tp = 2) with --memory-report, and compare with `memplan --format json` for the same config
+                  with tensor parallelism tp = 2, without and with sequence parallelism) with
+                  --memory-report, and compare with `memplan --format json` for the same config
                   and world: model states (params, grads, master_params, optimizer_state) live
                   after the last step must equal memplan's steady bytes EXACTLY on every rank
                   (metrics line of rank 0 and every rank's report); every rank's peak
@@ -100,15 +101,15 @@ def rel(a, b):
 def match(exe, tmp, np):
     config = make_config(tmp)
     failures = []
-    for compute, tp in (("F32", 1), ("BF16", 1), ("BF16", 2)):
+    for compute, tp, sp in (("F32", 1, 0), ("BF16", 1, 0), ("BF16", 2, 0), ("BF16", 2, 1)):
         for stage in (0, 1, 2, 3):
             sets = [f"parallel.zero_stage={stage}", f"precision.compute={compute}",
-                    f"parallel.tp={tp}"]
+                    f"parallel.tp={tp}", f"parallel.sequence_parallel={'true' if sp else 'false'}"]
             plan = memplan(exe, config, np, sets)
             lines, report, _, _ = train_with_report(exe, config, tmp, np, sets,
-                                                    f"{compute}_tp{tp}_s{stage}")
+                                                    f"{compute}_tp{tp}_sp{sp}_s{stage}")
             steady, peak = plan["steady_bytes"], plan["rank_bytes"]
-            label = f"np={np} tp={tp} {compute} stage {stage}"
+            label = f"np={np} tp={tp}{' sp' if sp else ''} {compute} stage {stage}"
             # 1. Model states, exact: rank 0's metrics after the last step, and every rank's
             #    live bytes at the end of the run (the engine still holds them).
             live0 = lines[-1]["mem_live_bytes"]
