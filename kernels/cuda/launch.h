@@ -28,6 +28,14 @@
 #endif
 
 #define ST_DEVICE __device__ __forceinline__
+// Full unrolling of loops over register arrays (fragments, accumulators): a register array
+// indexed by a loop variable that is not unrolled lives in local memory (a stack frame in
+// ptxas -v). g++ needs no hint for correctness, so under emu it is empty.
+#if defined(__CUDACC__)
+#define ST_UNROLL _Pragma("unroll")
+#else
+#define ST_UNROLL
+#endif
 
 namespace shardtrain::kernels::ST_GPU_NS {
 

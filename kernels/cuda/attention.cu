@@ -1,0 +1,294 @@
+// attention.cu — causal flash-attention forward on tensor cores; one source for nvcc and
+// kernels/emu. Contract and layouts: kernels/attention.h (qkv (B,T,3,H,D), out (B,T,H,D), lse
+// (B,H,T) fp32, scale 1/sqrt(D)), compared against kernels/cpu/attention.cpp.
+//
+// Why it is shaped so (FlashAttention-2's forward, first version — no cp.async pipelining):
+//  - One block of 4 warps per (query tile of kBr = 64 rows, b*h). Each warp owns 16 query rows
+//    for the whole key loop, so the softmax statistics (running max m, sum l) and the output
+//    accumulator live in registers and never cross warps: no shared-memory reductions, and the
+//    only barriers are the two around each K/V tile load.
+//  - Q K^T and P V are mma.sync m16n8k16 (kernels/cuda/mma.h) with fp32 accumulators. The
+//    S = Q K^T accumulator fragment (16 x 64 per warp) has exactly the per-lane layout of the A
+//    operand of P V (C rows g / g+8, columns 2t..2t+1 of each 8-column tile = A's rows and its
+//    two 8-column halves), so P goes from registers to the next mma without shared memory.
+//  - P is rounded to the storage type to feed the tensor core (as every FlashAttention does);
+//    the row sum l is taken from the fp32 P. That rounding is the one error beyond fp32
+//    accumulation order, bounded in the test (tests/kernels/gpu_ops_cases.inc).
+//  - Online softmax in base 2: scores are scaled by log2(e)/sqrt(D) once, exp2f is one SFU
+//    instruction; lse is converted back to natural log on store. Each thread holds 2 rows x 16
+//    of the 64 scores; row max/sum need only the 4 lanes of a quad (shfl_xor 1, 2), and the sum
+//    is kept per lane and reduced once at the end (the rescale factor is uniform in a quad).
+//  - K/V tiles of kBc = 64 keys are staged in shared memory with rows padded by 8 elements
+//    (16 bytes): the fragment loads (32-bit pairs of Q/K rows, 16-bit V elements of 2 rows)
+//    then hit 32 distinct banks per warp. Query tiles are visited longest-first (the last query
+//    tile has the most key tiles), so the causal imbalance fills the tail of the grid.
+//  - Causal: key tiles past the query tile are never loaded; within the diagonal tile keys
+//    after the row get -inf, i.e. P = 0 exactly. Each row sees key j0 <= row of every tile it
+//    visits (tiles aligned, kBr == kBc), so the running max is finite after the first tile.
+//    Rows/keys past T are zero-filled in shared memory and never stored.
+#include <cmath>
+
+#include "kernels/attention.h"
+#include "kernels/cuda/launch.h"
+#include "kernels/cuda/mma.h"
+#include "runtime/dtype.h"
+
+namespace shardtrain::kernels::ST_GPU_NS {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kBr = 16 * kWarps;  // query rows per block: 16 (one mma M) per warp
+constexpr int kBc = 64;           // keys per tile; == kBr keeps every visited tile non-empty
+constexpr int kPad = 8;           // shared row padding in elements: 16 bytes, bank-conflict free
+static_assert(kBr == kBc, "the diagonal argument above needs aligned, equal tiles");
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Shared memory per block: Q tile, K tile, V tile, rows padded.
+template <class T, int D>
+constexpr size_t smem_bytes() {
+  return size_t(kBr + 2 * kBc) * (D + kPad) * sizeof(T);
+}
+
+// 16 bytes into shared memory (one STS.128 on the GPU; the index is 8-element aligned).
+template <class T>
+ST_DEVICE void store_shared_pack(const SharedSpan<T>& s, size_t i, const Pack<T>& v) {
+#if defined(__CUDACC__)
+  *reinterpret_cast<uint4*>(&s[i]) = *reinterpret_cast<const uint4*>(&v);
+#else
+  for (int e = 0; e < Pack<T>::kN; ++e) s[i + size_t(e)] = v.v[e];
+#endif
+}
+
+// Elements i, i+1 as one .b32 register (one LDS.32; i is even).
+template <class T>
+ST_DEVICE uint32_t load_shared_pair(const SharedSpan<T>& s, size_t i) {
+#if defined(__CUDACC__)
+  return *reinterpret_cast<const uint32_t*>(&s[i]);
+#else
+  return pack_half2<T>(T(s[i]), T(s[i + 1]));
+#endif
+}
+
+// Rows r0 .. r0+63 of one head (row t at src + t*stride, D contiguous elements) into shared
+// rows base + r*(D+kPad); rows >= T are zero. 16-byte packs when the source is aligned.
+template <class T, int D>
+ST_DEVICE void stage_tile(const SharedSpan<T>& s, size_t base, const T* src, long long stride,
+                          int r0, int Tn, bool aligned) {
+  constexpr int kPacks = D / 8;  // 8 elements of 2 bytes per pack
+  for (int idx = int(threadIdx.x); idx < kBr * kPacks; idx += kThreads) {
+    const int r = idx / kPacks, c = (idx % kPacks) * 8;
+    Pack<T> v;
+    if (r0 + r < Tn) {
+      const T* p = src + (long long)(r0 + r) * stride + c;
+      if (aligned) {
+        v = load_pack(p);
+      } else {
+        ST_UNROLL
+        for (int e = 0; e < 8; ++e) v.v[e] = p[e];
+      }
+    } else {
+      ST_UNROLL
+      for (int e = 0; e < 8; ++e) v.v[e].bits = 0;
+    }
+    store_shared_pack(s, base + size_t(r) * (D + kPad) + size_t(c), v);
+  }
+}
+
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads)
+    attention_forward_kernel(T* __restrict__ out, float* __restrict__ lse,
+                             const T* __restrict__ qkv, int Tn, int H, float scale_log2,
+                             bool aligned) {
+  constexpr int kLd = D + kPad;
+  ST_DYNAMIC_SHARED(T, smem);
+  const size_t sq = 0, sk = size_t(kBr) * kLd, sv = sk + size_t(kBc) * kLd;  // tile offsets
+  const int bh = int(blockIdx.x), b = bh / H, h = bh % H;
+  const int q0 = int(gridDim.y - 1 - blockIdx.y) * kBr;  // longest query tiles first
+  const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
+  const int g = lane >> 2, t = lane & 3;  // mma groupID, threadID_in_group
+  const long long stride = 3LL * H * D;   // qkv row (B,T,3,H,D): Q | K | V
+  const T* q_src = qkv + (long long)b * Tn * stride + (long long)h * D;
+  const T* k_src = q_src + (long long)H * D;
+  const T* v_src = k_src + (long long)H * D;
+  const int row_lo = q0 + 16 * warp + g, row_hi = row_lo + 8;  // this thread's two rows
+
+  // 1. Q tile -> shared -> this warp's A fragments (16 rows x D), kept in registers.
+  stage_tile<T, D>(smem, sq, q_src, stride, q0, Tn, aligned);
+  __syncthreads();
+  uint32_t qf[D / 16][4];
+  ST_UNROLL
+  for (int kc = 0; kc < D / 16; ++kc) {
+    ST_UNROLL
+    for (int r = 0; r < 4; ++r) {
+      const FragCoord p = mma_a_coord(lane, r, 0);
+      qf[kc][r] = load_shared_pair(smem, sq + size_t(16 * warp + p.row) * kLd + 16 * kc + p.col);
+    }
+  }
+
+  float o[D / 8][4];  // output accumulator, 16 rows x D per warp (C layout, 8-column tiles)
+  ST_UNROLL
+  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m_lo = -INFINITY, m_hi = -INFINITY;  // running max (base-2 scaled scores)
+  float l_lo = 0.0f, l_hi = 0.0f;            // running sum, this lane's columns only
+
+  // 2. Key tiles up to the one holding the block's last row.
+  const int q_end = q0 + kBr < Tn ? q0 + kBr : Tn;
+  for (int j0 = 0; j0 < q_end; j0 += kBc) {
+    // 2a. Stage K_j, V_j (the barrier before: every warp is done with the previous tile).
+    __syncthreads();
+    stage_tile<T, D>(smem, sk, k_src, stride, j0, Tn, aligned);
+    stage_tile<T, D>(smem, sv, v_src, stride, j0, Tn, aligned);
+    __syncthreads();
+
+    // 2b. S = Q K^T: B[k][n] = K[key n][d k], a contiguous pair of a K row.
+    float s[kBc / 8][4];
+    ST_UNROLL
+    for (int n = 0; n < kBc / 8; ++n) {
+      s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+      ST_UNROLL
+      for (int kc = 0; kc < D / 16; ++kc) {
+        uint32_t kf[2];
+        ST_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          const FragCoord p = mma_b_coord(lane, r, 0);
+          kf[r] = load_shared_pair(smem, sk + size_t(8 * n + p.col) * kLd + 16 * kc + p.row);
+        }
+        mma_m16n8k16<T>(s[n], qf[kc], kf, s[n]);
+      }
+    }
+
+    // 2c. Scale into base 2, mask keys after the row (P = 0 there), row max over the quad.
+    float mt_lo = -INFINITY, mt_hi = -INFINITY;
+    ST_UNROLL
+    for (int n = 0; n < kBc / 8; ++n) {
+      ST_UNROLL
+      for (int r = 0; r < 4; ++r) {
+        const int key = j0 + 8 * n + 2 * t + (r & 1);
+        const int row = r < 2 ? row_lo : row_hi;
+        s[n][r] = key <= row ? s[n][r] * scale_log2 : -INFINITY;
+      }
+      mt_lo = fmaxf(mt_lo, fmaxf(s[n][0], s[n][1]));
+      mt_hi = fmaxf(mt_hi, fmaxf(s[n][2], s[n][3]));
+    }
+    ST_UNROLL
+    for (int x = 1; x <= 2; x <<= 1) {
+      mt_lo = fmaxf(mt_lo, __shfl_xor_sync(kFullMask, mt_lo, x));
+      mt_hi = fmaxf(mt_hi, __shfl_xor_sync(kFullMask, mt_hi, x));
+    }
+
+    // 2d. Online softmax: rescale by 2^(m_old - m_new) (0 on the first tile), P = 2^(s - m).
+    const float mn_lo = fmaxf(m_lo, mt_lo), mn_hi = fmaxf(m_hi, mt_hi);
+    const float alpha_lo = exp2f(m_lo - mn_lo), alpha_hi = exp2f(m_hi - mn_hi);
+    m_lo = mn_lo;
+    m_hi = mn_hi;
+    float sum_lo = 0.0f, sum_hi = 0.0f;
+    ST_UNROLL
+    for (int n = 0; n < kBc / 8; ++n) {
+      s[n][0] = exp2f(s[n][0] - mn_lo);
+      s[n][1] = exp2f(s[n][1] - mn_lo);
+      s[n][2] = exp2f(s[n][2] - mn_hi);
+      s[n][3] = exp2f(s[n][3] - mn_hi);
+      sum_lo += s[n][0] + s[n][1];
+      sum_hi += s[n][2] + s[n][3];
+    }
+    l_lo = l_lo * alpha_lo + sum_lo;
+    l_hi = l_hi * alpha_hi + sum_hi;
+    ST_UNROLL
+    for (int n = 0; n < D / 8; ++n) {
+      o[n][0] *= alpha_lo;
+      o[n][1] *= alpha_lo;
+      o[n][2] *= alpha_hi;
+      o[n][3] *= alpha_hi;
+    }
+
+    // 2e. O += P V over 16-key chunks: P's A fragment is S tiles 2c, 2c+1 (C layout) rounded to
+    // T; B[k][n] = V[key k][d n], two elements of consecutive V rows.
+    ST_UNROLL
+    for (int c = 0; c < kBc / 16; ++c) {
+      const uint32_t pf[4] = {
+          pack_half2(from_float<T>(s[2 * c][0]), from_float<T>(s[2 * c][1])),
+          pack_half2(from_float<T>(s[2 * c][2]), from_float<T>(s[2 * c][3])),
+          pack_half2(from_float<T>(s[2 * c + 1][0]), from_float<T>(s[2 * c + 1][1])),
+          pack_half2(from_float<T>(s[2 * c + 1][2]), from_float<T>(s[2 * c + 1][3]))};
+      ST_UNROLL
+      for (int n = 0; n < D / 8; ++n) {
+        uint32_t vf[2];
+        ST_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          const FragCoord p = mma_b_coord(lane, r, 0);  // (p.row, p.col) and (p.row + 1, p.col)
+          const size_t i = sv + size_t(16 * c + p.row) * kLd + 8 * n + p.col;
+          vf[r] = pack_half2<T>(T(smem[i]), T(smem[i + kLd]));
+        }
+        mma_m16n8k16<T>(o[n], pf, vf, o[n]);
+      }
+    }
+  }
+
+  // 3. Normalise by the row sums (quad-reduced now) and store rows < T; lse in natural log.
+  ST_UNROLL
+  for (int x = 1; x <= 2; x <<= 1) {
+    l_lo += __shfl_xor_sync(kFullMask, l_lo, x);
+    l_hi += __shfl_xor_sync(kFullMask, l_hi, x);
+  }
+  const float inv_lo = 1.0f / l_lo, inv_hi = 1.0f / l_hi;
+  T* out_lo = out + ((long long)b * Tn + row_lo) * H * D + (long long)h * D;  // (D)
+  T* out_hi = out_lo + 8LL * H * D;
+  ST_UNROLL
+  for (int n = 0; n < D / 8; ++n) {
+    const int d = 8 * n + 2 * t;
+    if (row_lo < Tn) {
+      out_lo[d] = from_float<T>(o[n][0] * inv_lo);
+      out_lo[d + 1] = from_float<T>(o[n][1] * inv_lo);
+    }
+    if (row_hi < Tn) {
+      out_hi[d] = from_float<T>(o[n][2] * inv_hi);
+      out_hi[d + 1] = from_float<T>(o[n][3] * inv_hi);
+    }
+  }
+  if (t == 0) {
+    float* lse_bh = lse + (long long)bh * Tn;  // (T)
+    if (row_lo < Tn) lse_bh[row_lo] = (m_lo + log2f(l_lo)) * kLn2;
+    if (row_hi < Tn) lse_bh[row_hi] = (m_hi + log2f(l_hi)) * kLn2;
+  }
+}
+
+template <class T, int D>
+Status launch_forward(T* out, float* lse, const T* qkv, AttentionShape s, Stream stream) {
+  const unsigned q_tiles = unsigned((s.seq + kBr - 1) / kBr);
+  const float scale_log2 = kLog2e / std::sqrt(float(D));
+  return launch(attention_forward_kernel<T, D>, dim3(unsigned(s.batch * s.heads), q_tiles),
+                dim3(kThreads), smem_bytes<T, D>(), stream, out, lse, qkv, int(s.seq),
+                int(s.heads), scale_log2, is_aligned16(qkv));
+}
+
+// What the kernel does not cover (another head_dim, a grid past CUDA's limits), reported the
+// way each world reports a bad launch.
+Status unsupported(const char* what) {
+#if defined(__CUDACC__)
+  (void)what;
+  return cudaErrorInvalidValue;
+#else
+  emu::detail::fail(std::string("attention_forward: ") + what);
+#endif
+}
+
+}  // namespace
+
+template <class T>
+Status attention_forward(T* out, float* lse, const T* qkv, AttentionShape s, Stream stream) {
+  if (s.batch * s.heads == 0 || s.seq == 0) return kOk;
+  if (s.batch * s.heads > 0x7fffffffLL || (s.seq + kBr - 1) / kBr > 65535) {
+    return unsupported("grid too large");
+  }
+  if (s.head_dim == 64) return launch_forward<T, 64>(out, lse, qkv, s, stream);
+  if (s.head_dim == 128) return launch_forward<T, 128>(out, lse, qkv, s, stream);
+  return unsupported("head_dim must be 64 or 128");
+}
+
+template Status attention_forward<BFloat16>(BFloat16*, float*, const BFloat16*, AttentionShape,
+                                            Stream);
+template Status attention_forward<Half>(Half*, float*, const Half*, AttentionShape, Stream);
+
+}  // namespace shardtrain::kernels::ST_GPU_NS
