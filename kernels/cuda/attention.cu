@@ -20,8 +20,12 @@
 //    is kept per lane and reduced once at the end (the rescale factor is uniform in a quad).
 //  - K/V tiles of kBc = 64 keys are staged in shared memory with rows padded by 8 elements
 //    (16 bytes): the fragment loads (32-bit pairs of Q/K rows, 16-bit V elements of 2 rows)
-//    then hit 32 distinct banks per warp. Query tiles are visited longest-first (the last query
-//    tile has the most key tiles), so the causal imbalance fills the tail of the grid.
+//    then hit 32 distinct banks per warp.
+//  - Grid (query tiles, H, B), query tiles fastest and longest first: the T/64 blocks of one
+//    (b, h) are adjacent in launch order, run together and walk the key tiles in the same
+//    order, so K/V re-reads hit L2 and DRAM traffic stays near Q + K + V + out once; within a
+//    (b, h) the tiles with the most key tiles start first, so the causal imbalance fills the
+//    tail of the grid (FlashAttention-2's order).
 //  - Causal: key tiles past the query tile are never loaded; within the diagonal tile keys
 //    after the row get -inf, i.e. P = 0 exactly. Each row sees key j0 <= row of every tile it
 //    visits (tiles aligned, kBr == kBc), so the running max is finite after the first tile.
@@ -104,8 +108,8 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kLd = D + kPad;
   ST_DYNAMIC_SHARED(T, smem);
   const size_t sq = 0, sk = size_t(kBr) * kLd, sv = sk + size_t(kBc) * kLd;  // tile offsets
-  const int bh = int(blockIdx.x), b = bh / H, h = bh % H;
-  const int q0 = int(gridDim.y - 1 - blockIdx.y) * kBr;  // longest query tiles first
+  const int b = int(blockIdx.z), h = int(blockIdx.y), bh = b * H + h;
+  const int q0 = int(gridDim.x - 1 - blockIdx.x) * kBr;  // longest query tiles first
   const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
   const int g = lane >> 2, t = lane & 3;  // mma groupID, threadID_in_group
   const long long stride = 3LL * H * D;   // qkv row (B,T,3,H,D): Q | K | V
@@ -258,7 +262,8 @@ template <class T, int D>
 Status launch_forward(T* out, float* lse, const T* qkv, AttentionShape s, Stream stream) {
   const unsigned q_tiles = unsigned((s.seq + kBr - 1) / kBr);
   const float scale_log2 = kLog2e / std::sqrt(float(D));
-  return launch(attention_forward_kernel<T, D>, dim3(unsigned(s.batch * s.heads), q_tiles),
+  return launch(attention_forward_kernel<T, D>,
+                dim3(q_tiles, unsigned(s.heads), unsigned(s.batch)),
                 dim3(kThreads), smem_bytes<T, D>(), stream, out, lse, qkv, int(s.seq),
                 int(s.heads), scale_log2, is_aligned16(qkv));
 }
@@ -279,7 +284,7 @@ Status unsupported(const char* what) {
 template <class T>
 Status attention_forward(T* out, float* lse, const T* qkv, AttentionShape s, Stream stream) {
   if (s.batch * s.heads == 0 || s.seq == 0) return kOk;
-  if (s.batch * s.heads > 0x7fffffffLL || (s.seq + kBr - 1) / kBr > 65535) {
+  if (s.batch > 65535 || s.heads > 65535 || s.seq > 0x7fffffffLL) {
     return unsupported("grid too large");
   }
   if (s.head_dim == 64) return launch_forward<T, 64>(out, lse, qkv, s, stream);
