@@ -88,6 +88,9 @@ struct Run {
   Communicator* world = nullptr;
 };
 
+// No collective may follow a step that can fail on one rank alone (files, weights): a failing
+// rank goes straight to run_train's agreement reduction, and a peer waiting in another
+// collective would hang. The splits come before any file is touched.
 std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
   auto run = std::make_unique<Run>();
   Config& c = run->config;
@@ -148,10 +151,12 @@ std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
   const std::string ckpt =
       args.resume.empty() ? "" : parallel::resolve_checkpoint(args.resume, c.checkpoint().dir());
   if (!ckpt.empty()) {
+    const auto t0 = std::chrono::steady_clock::now();
     run->resumed = parallel::load_checkpoint(ckpt, *run->engine);
     run->has_resumed = true;
     run->train->set_position(run->resumed.data_position);
-    log_info("resumed from ", ckpt, " at step ", run->resumed.step);
+    log_info("resumed from ", ckpt, " at step ", run->resumed.step, " (loaded in ",
+             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), " s)");
   } else {
     if (!args.resume.empty()) log_info("--resume auto: no checkpoint yet, starting fresh");
     init_weights(*run->engine, c);

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -93,6 +94,22 @@ class PieceReader {
     const std::vector<float>& data = load(t, p);
     return data[size_t(uint64_t(g) - p.begin())];
   }
+  // Copies global elements [g, g + count) of tensor t into out, piece by piece.
+  void copy(const proto::CheckpointTensor& t, int64_t g, int64_t count, float* out) {
+    const auto& pieces = t.pieces();
+    auto it = std::upper_bound(pieces.begin(), pieces.end(), uint64_t(g),
+                               [](uint64_t v, const proto::CheckpointPiece& p) { return v < p.begin(); }) - 1;
+    while (count > 0) {
+      const std::vector<float>& data = load(t, *it);
+      const int64_t from = g - int64_t(it->begin());
+      const int64_t n = std::min(count, int64_t(it->end()) - g);
+      std::memcpy(out, data.data() + from, size_t(n) * sizeof(float));
+      out += n;
+      g += n;
+      count -= n;
+      ++it;
+    }
+  }
   void forget() { cache_.clear(); }
 
  private:
@@ -145,6 +162,7 @@ std::vector<std::string> all_gather_strings(Communicator& comm, const std::strin
 void save_checkpoint(const std::string& root, const Config& config, const TrainState& state,
                      ZeroEngine& engine, Communicator& world, int keep,
                      const std::string& layout_text, SaveFault fault) {
+  const auto t0 = std::chrono::steady_clock::now();
   const std::string name = step_dir_name(state.step);
   const std::string final_dir = root + "/" + name, tmp_dir = final_dir + ".tmp";
   const int rank = world.rank();
@@ -168,12 +186,12 @@ void save_checkpoint(const std::string& root, const Config& config, const TrainS
   const std::string path = tmp_dir + "/" + file;
   proto::CheckpointManifest mine;
   std::map<std::string, proto::CheckpointTensor*> tensors;
+  double written = 0;
   try {
     std::FILE* f = std::fopen(path.c_str(), "wb");
     if (f == nullptr) throw UserError(str_cat(path, ": cannot write"));
     uint64_t offset = 0;
     bool ok = true;
-    std::vector<float> buf;
     const auto runs = engine.owned_runs();
     for (size_t ri = 0; ri < runs.size(); ++ri) {
       const OwnedRun& run = runs[ri];
@@ -186,18 +204,18 @@ void save_checkpoint(const std::string& root, const Config& config, const TrainS
           slot->set_state(kStateNames[k]);
           for (int64_t d : p.hf_shape) slot->add_shape(d);
         }
+        const float* values = engine.state_data(run, StateKind(k));
         for_each_global_segment(p, run.begin, run.end, tp, tp_rank,
                                 [&](int64_t lo, int64_t hi, int64_t g) {
-          buf.resize(size_t(hi - lo));
-          for (int64_t i = lo; i < hi; ++i) buf[size_t(i - lo)] = engine.state_at(run, StateKind(k), i);
-          const size_t bytes = buf.size() * 4;
-          ok = ok && std::fwrite(buf.data(), 1, bytes, f) == bytes;
+          const float* seg = values + (lo - run.begin);
+          const size_t bytes = size_t(hi - lo) * 4;
+          ok = ok && std::fwrite(seg, 1, bytes, f) == bytes;
           auto* piece = slot->add_pieces();
           piece->set_file(file);
           piece->set_byte_offset(offset);
           piece->set_begin(uint64_t(g));
           piece->set_end(uint64_t(g + hi - lo));
-          piece->set_crc32c(crc32c(buf.data(), bytes));
+          piece->set_crc32c(crc32c(seg, bytes));
           offset += bytes;
         });
       }
@@ -210,6 +228,7 @@ void save_checkpoint(const std::string& root, const Config& config, const TrainS
     ok = std::fflush(f) == 0 && ::fsync(fileno(f)) == 0 && ok;
     ok = std::fclose(f) == 0 && ok;
     if (!ok) throw UserError(str_cat(path, ": write failed (disk full?)"));
+    written = double(offset);
   } catch (const UserError& e) {
     error = e.what();
   }
@@ -219,6 +238,7 @@ void save_checkpoint(const std::string& root, const Config& config, const TrainS
     throw UserError(error.empty() ? str_cat("checkpoint ", final_dir, ": another rank failed to write")
                                   : error);
   }
+  world.all_reduce_f64(&written, 1, false);
 
   // 3. Rank 0 merges the piece lists into the manifest and commits.
   std::string bytes;
@@ -279,9 +299,11 @@ void save_checkpoint(const std::string& root, const Config& config, const TrainS
     }
     std::sort(steps.begin(), steps.end());
     for (size_t i = 0; i + size_t(keep) < steps.size(); ++i) fs::remove_all(root + "/" + steps[i], ec);
-    log_info("saved checkpoint ", final_dir);
   }
   world.barrier();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  log_info("saved checkpoint ", final_dir, ": ", written / 1e9, " GB in ", secs, " s (",
+           written / 1e9 / secs, " GB/s)");
 }
 
 std::string resolve_checkpoint(const std::string& resume, const std::string& root) {
@@ -381,10 +403,12 @@ TrainState load_checkpoint(const std::string& dir, ZeroEngine& engine) {
   engine.load_state([&](StateKind kind, const models::ParamInfo& p, int64_t lo, int64_t hi, float* out) {
     const proto::CheckpointTensor& t = *reader.find(p.name, kStateNames[int(kind)]);
     const int64_t valid = shape_numel(p.hf_shape);
-    for (int64_t i = lo; i < hi; ++i) {
-      const int64_t g = p.global_index(i, tp, tp_rank);
-      out[i - lo] = g < valid ? reader.value(t, g) : 0.0f;
-    }
+    // Contiguous global segments are copied whole; vocabulary padding (past `valid`) is zero.
+    for_each_global_segment(p, lo, hi, tp, tp_rank, [&](int64_t l0, int64_t l1, int64_t g0) {
+      const int64_t n = std::clamp<int64_t>(valid - g0, 0, l1 - l0);
+      if (n > 0) reader.copy(t, g0, n, out + (l0 - lo));
+      std::fill(out + (l0 - lo) + n, out + (l1 - lo), 0.0f);
+    });
     reader.forget();
   });
   TrainState s;

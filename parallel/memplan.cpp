@@ -112,6 +112,8 @@ class EngineReplay {
     start_reduce(u);
     while (pending_.size() > 1) complete_oldest();
   }
+  // ZeroEngine::flush_reductions: at the start of every micro-step and at the end of the
+  // backward, deferred reductions are issued and every pending one completes.
   void finish_backward() {
     for (int u : deferred_) start_reduce(u);
     deferred_.clear();
@@ -310,11 +312,12 @@ MemPlan plan_memory(const MemPlanInput& in) {
 
   // 3. Transients: replay train step, evaluation forward, train step (the evaluation leaves
   //    stage 3's embeddings gathered into the next step). Two micro-steps stand for any
-  //    grad_accum > 1: what the first leaves pending meets the second, and no more.
+  //    grad_accum > 1 (each starts by completing the previous one's reductions).
   EngineReplay replay(in, padded, shard);
   const int L = int(in.L);
   for (int pass = 0; pass < 2; ++pass) {
     for (int64_t micro = 0; micro < std::min<int64_t>(in.grad_accum, 2); ++micro) {
+      replay.finish_backward();  // ZeroEngine::begin_micro_step flushes the previous one
       replay.begin_pass();
       replay_forward(replay, L);
       replay_backward(replay, L);

@@ -243,14 +243,21 @@ void ZeroEngine::begin_step() {
 }
 
 void ZeroEngine::begin_micro_step(bool last) {
+  // The previous micro-step's reductions must be done before this backward writes gradients
+  // again (stages 2-3 reuse nothing: each unit's full-size buffer is new per micro-step).
+  flush_reductions();
   last_micro_ = last;
   acquire_pos_ = 0;
 }
 
-void ZeroEngine::finish_backward() {
+void ZeroEngine::flush_reductions() {
   for (int unit : deferred_) start_reduce(unit);
   deferred_.clear();
   while (!pending_.empty()) complete_oldest_reduce();
+}
+
+void ZeroEngine::finish_backward() {
+  flush_reductions();
   if (dims_.sequence_parallel && tp_) {
     // Under sequence parallelism each tp rank's replicated parameters (LayerNorms, c_proj
     // biases, wpe) saw only its rows: sum them over the tp group, over the range the
@@ -396,12 +403,12 @@ std::vector<OwnedRun> owned_runs_of(const models::GptDims& dims,
   return runs;
 }
 
-float ZeroEngine::state_at(const OwnedRun& run, StateKind kind, int64_t local) const {
+const float* ZeroEngine::state_data(const OwnedRun& run, StateKind kind) const {
   const Unit& u = *units_[size_t(run.unit)];
-  const int64_t i = layout_[size_t(run.unit)].params[size_t(run.param)].offset + local;
+  const int64_t i = layout_[size_t(run.unit)].params[size_t(run.param)].offset + run.begin;
   const Tensor& t = kind == StateKind::kMaster ? u.master : kind == StateKind::kAdamM ? u.m : u.v;
   const int64_t base = t.numel() == u.padded ? 0 : u.own_begin;
-  return t.data<float>()[i - base];
+  return t.data<float>() + (i - base);
 }
 
 void ZeroEngine::load_state(const StateFill& fill) {

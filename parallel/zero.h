@@ -98,8 +98,9 @@ class ZeroEngine final : public models::ParamSource {
   std::vector<OwnedRun> owned_runs() const {
     return owned_runs_of(dims_, layout_, dp_.size(), dp_.rank(), tp_rank_);
   }
-  // fp32 state of an owned element, by the parameter's local index.
-  float state_at(const OwnedRun& run, StateKind kind, int64_t local) const;
+  // fp32 state of an owned run's elements, contiguous: element `local` of the run's parameter
+  // is at [local - run.begin].
+  const float* state_data(const OwnedRun& run, StateKind kind) const;
   // Replaces every state element this rank holds (master -> parameters too, and the moments)
   // with values from `fill(kind, param, lo, hi, out)`, local indices [lo, hi) of `param`.
   using StateFill = std::function<void(StateKind, const models::ParamInfo&, int64_t, int64_t, float*)>;
@@ -122,6 +123,7 @@ class ZeroEngine final : public models::ParamSource {
   void gather_wait(int unit);
   void complete_oldest_reduce();
   void start_reduce(int unit);
+  void flush_reductions();  // issue deferred reductions, then complete every pending one
   // Values of unit elements [begin, end) from `source` (seeded init or file) into out.
   template <class Fill>
   void fill_holdings(Fill fill);

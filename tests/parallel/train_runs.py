@@ -2,8 +2,9 @@
 small GPT and compares what the runs report (metrics JSON lines, exported weights, logs).
 
   dp_equivalence   np=2 / np=4 with micro-batch B equal np=1 with the whole batch, and np=1 with
-                   accumulation, to 1e-6 relative per step in fp32 (same tokens per step by the
-                   data contract; only the summation order of the reduction differs, ~1e-7).
+                   accumulation (also at ZeRO 2 and 3, with and without overlap), to 1e-6
+                   relative per step in fp32 (same tokens per step by the data contract; only
+                   the summation order of the reduction differs, ~1e-7).
   zero_bitwise     ZeRO stages 0-3 at a fixed np (and tp=2 at np=4): bitwise-identical losses
                    and exported weights.
   zero_memory      model-state bytes per rank = the ZeRO paper's formula for the dtypes, up to
@@ -89,7 +90,11 @@ def dp_equivalence(env):
     base, _, _ = env.run(1, ["data.micro_batch=8"])
     for np, sets in [(2, ["data.micro_batch=4"]), (4, ["data.micro_batch=2"]),
                      (1, ["data.micro_batch=4", "data.grad_accum=2"]),
-                     (2, ["data.micro_batch=2", "data.grad_accum=2"])]:
+                     (2, ["data.micro_batch=2", "data.grad_accum=2"]),
+                     (2, ["data.micro_batch=2", "data.grad_accum=2", "parallel.zero_stage=2"]),
+                     (2, ["data.micro_batch=2", "data.grad_accum=2", "parallel.zero_stage=3",
+                          "parallel.overlap=false"]),
+                     (4, ["data.micro_batch=1", "data.grad_accum=2", "parallel.zero_stage=3"])]:
         got, _, _ = env.run(np, sets)
         worst = max(rel(g["loss"], b["loss"]) for g, b in zip(got, base))
         print(f"np={np} {' '.join(sets)}: worst per-step loss rel diff vs np=1 B=8: {worst:.2e}")
