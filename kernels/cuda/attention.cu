@@ -33,6 +33,7 @@
 #include <cmath>
 
 #include "kernels/attention.h"
+#include "kernels/cuda/attention_tiles.h"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/mma.h"
 #include "runtime/dtype.h"
@@ -40,64 +41,12 @@
 namespace shardtrain::kernels::ST_GPU_NS {
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = 32 * kWarps;
-constexpr int kBr = 16 * kWarps;  // query rows per block: 16 (one mma M) per warp
-constexpr int kBc = 64;           // keys per tile; == kBr keeps every visited tile non-empty
-constexpr int kPad = 8;           // shared row padding in elements: 16 bytes, bank-conflict free
-static_assert(kBr == kBc, "the diagonal argument above needs aligned, equal tiles");
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
+using namespace attention_tiles;  // NOLINT: the shared tile geometry and staging
 
 // Shared memory per block: Q tile, K tile, V tile, rows padded.
 template <class T, int D>
 constexpr size_t smem_bytes() {
   return size_t(kBr + 2 * kBc) * (D + kPad) * sizeof(T);
-}
-
-// 16 bytes into shared memory (one STS.128 on the GPU; the index is 8-element aligned).
-template <class T>
-ST_DEVICE void store_shared_pack(const SharedSpan<T>& s, size_t i, const Pack<T>& v) {
-#if defined(__CUDACC__)
-  *reinterpret_cast<uint4*>(&s[i]) = *reinterpret_cast<const uint4*>(&v);
-#else
-  for (int e = 0; e < Pack<T>::kN; ++e) s[i + size_t(e)] = v.v[e];
-#endif
-}
-
-// Elements i, i+1 as one .b32 register (one LDS.32; i is even).
-template <class T>
-ST_DEVICE uint32_t load_shared_pair(const SharedSpan<T>& s, size_t i) {
-#if defined(__CUDACC__)
-  return *reinterpret_cast<const uint32_t*>(&s[i]);
-#else
-  return pack_half2<T>(T(s[i]), T(s[i + 1]));
-#endif
-}
-
-// Rows r0 .. r0+63 of one head (row t at src + t*stride, D contiguous elements) into shared
-// rows base + r*(D+kPad); rows >= T are zero. 16-byte packs when the source is aligned.
-template <class T, int D>
-ST_DEVICE void stage_tile(const SharedSpan<T>& s, size_t base, const T* src, long long stride,
-                          int r0, int Tn, bool aligned) {
-  constexpr int kPacks = D / 8;  // 8 elements of 2 bytes per pack
-  for (int idx = int(threadIdx.x); idx < kBr * kPacks; idx += kThreads) {
-    const int r = idx / kPacks, c = (idx % kPacks) * 8;
-    Pack<T> v;
-    if (r0 + r < Tn) {
-      const T* p = src + (long long)(r0 + r) * stride + c;
-      if (aligned) {
-        v = load_pack(p);
-      } else {
-        ST_UNROLL
-        for (int e = 0; e < 8; ++e) v.v[e] = p[e];
-      }
-    } else {
-      ST_UNROLL
-      for (int e = 0; e < 8; ++e) v.v[e].bits = 0;
-    }
-    store_shared_pack(s, base + size_t(r) * (D + kPad) + size_t(c), v);
-  }
 }
 
 template <class T, int D>
@@ -262,10 +211,9 @@ template <class T, int D>
 Status launch_forward(T* out, float* lse, const T* qkv, AttentionShape s, Stream stream) {
   const unsigned q_tiles = unsigned((s.seq + kBr - 1) / kBr);
   const float scale_log2 = kLog2e / std::sqrt(float(D));
-  return launch(attention_forward_kernel<T, D>,
-                dim3(q_tiles, unsigned(s.heads), unsigned(s.batch)),
-                dim3(kThreads), smem_bytes<T, D>(), stream, out, lse, qkv, int(s.seq),
-                int(s.heads), scale_log2, is_aligned16(qkv));
+  return launch(attention_forward_kernel<T, D>, dim3(q_tiles, unsigned(s.heads), unsigned(s.batch)),
+                dim3(kThreads), smem_bytes<T, D>(), stream, out, lse, qkv, int(s.seq), int(s.heads),
+                scale_log2, is_aligned16(qkv));
 }
 
 // What the kernel does not cover (another head_dim, a grid past CUDA's limits), reported the

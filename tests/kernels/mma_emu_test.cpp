@@ -71,8 +71,8 @@ TEST(MmaFragments, MatchesPtxTables) {
 template <class T>
 __global__ void mma_tiles_kernel(float* d, const T* a, const T* b, const float* c) {
   const int lane = int(threadIdx.x) % 32, w = int(threadIdx.x) / 32;
-  const T* aw = a + w * 256;    // (16,16)
-  const T* bw = b + w * 128;    // (16,8)
+  const T* aw = a + w * 256;      // (16,16)
+  const T* bw = b + w * 128;      // (16,8)
   const float* cw = c + w * 128;  // (16,8)
   uint32_t ar[4], br[2];
   float cr[4], dr[4];
@@ -100,8 +100,8 @@ double mma_rel_error(const std::vector<float>& af, const std::vector<float>& bf,
                      const std::vector<float>& c, int warps) {
   const auto a = testing::to_storage<T>(af), b = testing::to_storage<T>(bf);
   std::vector<float> d(size_t(warps) * 128, -1.0f);
-  launch(mma_tiles_kernel<T>, dim3(1), dim3(unsigned(32 * warps)), 0, nullptr, d.data(),
-         a.data(), b.data(), c.data());
+  launch(mma_tiles_kernel<T>, dim3(1), dim3(unsigned(32 * warps)), 0, nullptr, d.data(), a.data(),
+         b.data(), c.data());
   double worst = 0;
   for (int w = 0; w < warps; ++w) {
     for (int m = 0; m < 16; ++m) {
@@ -123,7 +123,8 @@ double mma_rel_error(const std::vector<float>& af, const std::vector<float>& bf,
 
 std::vector<float> small_ints(size_t n, int seed, int range) {
   std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i) v[i] = float(int((i * 2654435761u + unsigned(seed)) % unsigned(2 * range + 1)) - range);
+  for (size_t i = 0; i < n; ++i)
+    v[i] = float(int((i * 2654435761u + unsigned(seed)) % unsigned(2 * range + 1)) - range);
   return v;
 }
 
@@ -140,7 +141,8 @@ TEST(MmaEmu, ExactOnSmallIntegers) {
 // of sum |a b| + |c|.
 TEST(MmaEmu, RandomWithinFp32AccumulationError) {
   const int warps = 2;
-  const auto a = testing::random_vector(warps * 256, 11), b = testing::random_vector(warps * 128, 12, 3.0f);
+  const auto a = testing::random_vector(warps * 256, 11),
+             b = testing::random_vector(warps * 128, 12, 3.0f);
   const auto c = testing::random_vector(warps * 128, 13);
   const double tol = 17 * 6e-8;
   EXPECT_LE(mma_rel_error<BFloat16>(a, b, c, warps), tol);
