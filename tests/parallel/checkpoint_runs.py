@@ -1,7 +1,8 @@
 """Checkpoint checks under mpirun, each a ctest case (tests/parallel/train_runs.py drives runs).
 
   resume_exact   10 steps straight vs 5 + save + resume for 5, same layout (np=2, ZeRO-2; fp32
-                 and fp16 with its loss scaler): bitwise-identical losses for steps 6-10.
+                 and fp16 with its loss scaler): bitwise-identical losses for steps 6-10; a
+                 checkpoint that does not fit the config's shapes is refused.
   cross_layout   save at np=4 (tp=2, ZeRO-3) at step 5; resume at np=2 ZeRO-1 and at np=1
                  ZeRO-0, directly and after `reshard`: steps 6-10 equal the np=4 run's to 1e-5
                  relative in fp32 (only summation orders differ, ~1e-7); the resharded
@@ -41,6 +42,12 @@ def resume_exact(env, tmp):
               f"{[l['loss_scale'] for l in resumed]}")
         if not same or [l["step"] for l in resumed] != [6, 7, 8, 9, 10]:
             failures.append(f"{compute}: resumed run differs from the straight run")
+    # A checkpoint whose tensors disagree with the config is refused, naming file and tensor.
+    _, _, p = env.run(2, ["model.d_model=32", f"checkpoint.dir={root}_3"],
+                      ["--resume", os.path.join(root, "step_00000005")], check=False)
+    print("resume with another d_model:", p.returncode, p.stderr.strip().splitlines()[:1])
+    if p.returncode != 2 or "has shape" not in p.stderr or "manifest.pb" not in p.stderr:
+        failures.append("a checkpoint of another shape must be refused with exit 2")
     return failures
 
 
