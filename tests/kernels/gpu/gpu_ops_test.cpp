@@ -59,6 +59,7 @@ class DeviceVec {
 }  // namespace shardtrain::kernels
 
 #define ST_OPS cuda
+#define ST_CHECK_RERUN_BITS 1
 #define ST_CALL(expr)                                      \
   do {                                                     \
     ASSERT_EQ((expr), cudaSuccess);                        \
