@@ -15,9 +15,14 @@ import argparse
 import json
 import os
 import statistics
-import struct
 import subprocess
+import sys
 import tempfile
+
+import numpy
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "parity"))
+import gpt_reference as ref  # noqa: E402
 
 C, L, H, T, V = 256, 4, 4, 128, 4096
 
@@ -59,12 +64,7 @@ def main():
     grad_bytes = 4 * psi
     with tempfile.TemporaryDirectory() as tmp:
         shard = os.path.join(tmp, "t.bin")
-        import random
-        rng = random.Random(0)
-        toks = [rng.randrange(V) for _ in range(400000)]
-        with open(shard, "wb") as f:
-            h = b"STTOKENS" + struct.pack("<IIQQ", 1, 2, V, len(toks))
-            f.write(h + b"\0" * (64 - len(h)) + struct.pack(f"<{len(toks)}H", *toks))
+        ref.write_shard(shard, numpy.random.default_rng(0).integers(0, V, size=400000), V)
         with open(os.path.join(tmp, "c.pbtxt"), "w") as f:
             f.write(CONFIG.replace("{shard}", shard).replace("{steps}", str(a.steps)))
         print(f"GPT d={C} L={L} T={T} V={V}: {psi} parameters, fp32; micro-batch 4 per rank; "

@@ -15,9 +15,14 @@ import argparse
 import json
 import os
 import statistics
-import struct
 import subprocess
+import sys
 import tempfile
+
+import numpy
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "parity"))
+import gpt_reference as ref  # noqa: E402
 
 C, L, H, T, V, B = 256, 4, 4, 128, 4096, 8
 
@@ -50,13 +55,8 @@ def main():
     os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
     os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     with tempfile.TemporaryDirectory() as tmp:
-        import random
-        rng = random.Random(0)
-        toks = [rng.randrange(V) for _ in range(200000)]
         shard = os.path.join(tmp, "t.bin")
-        with open(shard, "wb") as f:
-            h = b"STTOKENS" + struct.pack("<IIQQ", 1, 2, V, len(toks))
-            f.write(h + b"\0" * (64 - len(h)) + struct.pack(f"<{len(toks)}H", *toks))
+        ref.write_shard(shard, numpy.random.default_rng(0).integers(0, V, size=200000), V)
         with open(os.path.join(tmp, "c.pbtxt"), "w") as f:
             f.write(CONFIG.replace("{shard}", shard).replace("{steps}", str(a.steps)))
         t1, _ = run(a.shardtrain, tmp, 1, [], a.warmup)

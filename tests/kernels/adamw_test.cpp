@@ -17,7 +17,7 @@ namespace {
 using shardtrain::testing::max_rel_error;
 using shardtrain::testing::random_vector;
 
-size_t usize(int64_t n) { return static_cast<size_t>(n); }
+using shardtrain::testing::usize;
 
 // Sizes around the kernel's 1024-element block and the vector widths.
 const int64_t kSizes[] = {1, 3, 17, 100, 1023, 1025, 3001};

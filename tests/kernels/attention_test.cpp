@@ -26,7 +26,7 @@ using shardtrain::testing::random_vector;
 using shardtrain::testing::to_f64;
 using shardtrain::testing::to_storage;
 
-size_t usize(int64_t n) { return static_cast<size_t>(n); }
+using shardtrain::testing::usize;
 
 int64_t qkv_numel(AttentionShape s) { return s.batch * s.seq * 3 * s.heads * s.head_dim; }
 int64_t out_numel(AttentionShape s) { return s.batch * s.seq * s.heads * s.head_dim; }
@@ -36,14 +36,7 @@ std::string describe(AttentionShape s) {
          " H=" + std::to_string(s.heads) + " D=" + std::to_string(s.head_dim);
 }
 
-// Half an ulp of the storage type relative to the largest output: bf16 keeps 8 significant
-// bits (2^-8), f16 11 (2^-11); fp32 storage adds no rounding beyond the arithmetic's own.
-template <class T>
-double rounding_of() {
-  if constexpr (std::is_same_v<T, BFloat16>) return 1.0 / 256;
-  if constexpr (std::is_same_v<T, Half>) return 1.0 / 2048;
-  return 0.0;
-}
+using shardtrain::testing::rounding_of;
 
 // ---- Naive double reference ------------------------------------------------------------------
 

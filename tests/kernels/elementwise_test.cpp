@@ -27,21 +27,14 @@ using shardtrain::testing::to_storage;
 // Sizes around the 1024-element block and the 8/16-wide vectors: tails of every length.
 const int64_t kSizes[] = {1, 3, 17, 100, 768, 1023, 1025, 3001};
 
-// Half an ulp of the storage type relative to the largest output: bf16 keeps 8 significant
-// bits (2^-8), f16 11 (2^-11); fp32 storage adds no rounding beyond the arithmetic's own.
-template <class T>
-double rounding_of() {
-  if constexpr (std::is_same_v<T, BFloat16>) return 1.0 / 256;
-  if constexpr (std::is_same_v<T, Half>) return 1.0 / 2048;
-  return 0.0;
-}
+using shardtrain::testing::rounding_of;
 
 double gelu_ref(double x) {
   const double k = std::sqrt(2.0 / M_PI);
   return 0.5 * x * (1.0 + std::tanh(k * (x + 0.044715 * x * x * x)));
 }
 
-size_t usize(int64_t n) { return static_cast<size_t>(n); }
+using shardtrain::testing::usize;
 uint32_t bits_of(float f) { return float_to_bits(f); }
 
 // ---- exp_f32 -------------------------------------------------------------------------------

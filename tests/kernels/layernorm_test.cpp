@@ -22,16 +22,9 @@ using shardtrain::testing::to_storage;
 
 constexpr float kEps = 1e-5f;  // GPT-2's LayerNorm eps
 
-size_t usize(int64_t n) { return static_cast<size_t>(n); }
+using shardtrain::testing::usize;
 
-// Half an ulp of the storage type relative to the largest output: bf16 keeps 8 significant
-// bits (2^-8), f16 11 (2^-11); fp32 storage adds no rounding beyond the arithmetic's own.
-template <class T>
-double rounding_of() {
-  if constexpr (std::is_same_v<T, BFloat16>) return 1.0 / 256;
-  if constexpr (std::is_same_v<T, Half>) return 1.0 / 2048;
-  return 0.0;
-}
+using shardtrain::testing::rounding_of;
 
 struct Ref {
   std::vector<double> out, mean, rstd;

@@ -1,7 +1,8 @@
-// mma_emu_test.cpp — the tensor-core fragment map and the emulated mma.sync m16n8k16
+// mma_emu_test.cpp — the tensor-core fragment map, the emulated mma.sync m16n8k16 and ldmatrix
 // (kernels/cuda/mma.h): the map is pinned against entries read off the PTX ISA tables ("Matrix
 // Fragments for mma.m16n8k16 with floating point type") and must cover each tile exactly once;
-// a warp-level mma run by kernels/emu must equal a naive matmul of the same tiles.
+// a warp-level mma run by kernels/emu must equal a naive matmul of the same tiles; ldmatrix
+// (plain and .trans) must deliver exactly the fragments that map assigns.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -160,6 +161,64 @@ TEST(MmaEmu, PartialWarpFaults) {
     ADD_FAILURE() << "expected an emu fault";
   } catch (const emu::Fault& e) {
     EXPECT_NE(std::string(e.what()).find("do not exist"), std::string::npos) << e.what();
+  }
+}
+
+// ---- ldmatrix -------------------------------------------------------------------------------
+
+// One warp loads, from a 16 x 16 tile X in shared memory (row-major, rows padded to 24
+// elements = 48 bytes so every row start is 16-byte aligned), with ldmatrix:
+//   a  — A operand (x4): lane l addresses row l % 16, column 8 (l / 16);
+//   bt — B operand of rows k = X rows, n = X columns 0..7 (x2.trans): lane l addresses row l % 16;
+//   bn — B operand with B[k][n] = X[n][k] for n = X rows 0..7 (x2): lane l addresses row l % 8,
+//        column 8 ((l / 8) % 2).
+// The registers must be exactly what the mma fragment map (PTX tables) assigns to that lane.
+__global__ void ldmatrix_kernel(uint32_t* out, const BFloat16* x, int misalign) {
+  constexpr int kLd = 24;
+  ST_SHARED(BFloat16, s, 16 * kLd);
+  const int lane = int(threadIdx.x);
+  for (int i = lane; i < 16 * 16; i += 32) s[size_t(i / 16 * kLd + i % 16)] = x[i];
+  __syncwarp();
+  uint32_t a[4], bt[2], bn[2];
+  ldmatrix<4, false>(a, &s[size_t((lane % 16) * kLd + 8 * (lane / 16) + misalign)]);
+  ldmatrix<2, true>(bt, &s[size_t((lane % 16) * kLd)]);
+  ldmatrix<2, false>(bn, &s[size_t((lane % 8) * kLd + 8 * ((lane / 8) % 2))]);
+  for (int r = 0; r < 4; ++r) out[lane * 8 + r] = a[r];
+  for (int r = 0; r < 2; ++r) out[lane * 8 + 4 + r] = bt[r];
+  for (int r = 0; r < 2; ++r) out[lane * 8 + 6 + r] = bn[r];
+}
+
+TEST(LdmatrixEmu, LoadsTheMmaFragmentLayout) {
+  std::vector<BFloat16> x(256);
+  for (int i = 0; i < 256; ++i) x[size_t(i)].bits = uint16_t(i * 37 + 5);  // distinct patterns
+  std::vector<uint32_t> out(32 * 8);
+  launch(ldmatrix_kernel, dim3(1), dim3(32), 0, nullptr, out.data(), x.data(), 0);
+  auto el = [&](int row, int col) { return uint32_t(x[size_t(row * 16 + col)].bits); };
+  for (int lane = 0; lane < 32; ++lane) {
+    for (int r = 0; r < 4; ++r) {
+      const FragCoord p0 = mma_a_coord(lane, r, 0), p1 = mma_a_coord(lane, r, 1);
+      EXPECT_EQ(out[size_t(lane * 8 + r)], el(p0.row, p0.col) | el(p1.row, p1.col) << 16)
+          << "A lane " << lane << " reg " << r;
+    }
+    for (int r = 0; r < 2; ++r) {
+      const FragCoord p0 = mma_b_coord(lane, r, 0), p1 = mma_b_coord(lane, r, 1);
+      // B[k][n] = X[k][n] (trans load) and B[k][n] = X[n][k] (plain load).
+      EXPECT_EQ(out[size_t(lane * 8 + 4 + r)], el(p0.row, p0.col) | el(p1.row, p1.col) << 16)
+          << "B (trans) lane " << lane << " reg " << r;
+      EXPECT_EQ(out[size_t(lane * 8 + 6 + r)], el(p0.col, p0.row) | el(p1.col, p1.row) << 16)
+          << "B (rows) lane " << lane << " reg " << r;
+    }
+  }
+}
+
+TEST(LdmatrixEmu, MisalignedRowFaults) {
+  std::vector<BFloat16> x(256);
+  std::vector<uint32_t> out(32 * 8);
+  try {
+    launch(ldmatrix_kernel, dim3(1), dim3(32), 0, nullptr, out.data(), x.data(), 1);
+    ADD_FAILURE() << "expected an emu fault";
+  } catch (const emu::Fault& e) {
+    EXPECT_NE(std::string(e.what()).find("16-byte aligned"), std::string::npos) << e.what();
   }
 }
 

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "runtime/dtype.h"
@@ -41,6 +42,17 @@ std::vector<double> to_f64(const std::vector<T>& v) {
   std::vector<double> out(v.size());
   for (size_t i = 0; i < v.size(); ++i) out[i] = double(to_float(v[i]));
   return out;
+}
+
+inline size_t usize(int64_t n) { return static_cast<size_t>(n); }
+
+// Half an ulp of the storage type relative to the largest output: bf16 keeps 8 significant
+// bits (2^-8), f16 11 (2^-11); fp32 storage adds no rounding beyond the arithmetic's own.
+template <class T>
+double rounding_of() {
+  if constexpr (std::is_same_v<T, BFloat16>) return 1.0 / 256;
+  if constexpr (std::is_same_v<T, Half>) return 1.0 / 2048;
+  return 0.0;
 }
 
 // max |got - want| / max(|want|_inf, floor): a relative error against the reference's scale,

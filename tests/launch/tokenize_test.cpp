@@ -14,43 +14,18 @@
 #include "models/data.h"
 #include "models/tokenizer.h"
 #include "runtime/error.h"
+#include "tests/test_util.h"
 
 namespace shardtrain::launch {
 namespace {
 
+using shardtrain::testing::TempDir;
+using shardtrain::testing::error_of;
+using shardtrain::testing::write_bytes;
+using shardtrain::testing::read_bytes;
+
 namespace fs = std::filesystem;
 using models::BpeTokenizer;
-
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/shardtrain_tokenize_test_XXXXXX";
-    path_ = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary) << bytes;
-}
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 std::vector<int32_t> shard_tokens(const std::string& path, int64_t expected_vocab) {
   auto shard = models::TokenShard::open(path);

@@ -10,47 +10,22 @@
 #include "models/data.h"
 #include "runtime/error.h"
 #include "runtime/safetensors.h"
+#include "tests/test_util.h"
 
 namespace shardtrain::models {
 namespace {
 
+using shardtrain::testing::TempDir;
+using shardtrain::testing::error_of;
+using shardtrain::testing::write_bytes;
+using shardtrain::testing::read_bytes;
+
 namespace fs = std::filesystem;
-
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/shardtrain_test_XXXXXX";
-    path_ = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
 
 std::vector<int32_t> iota_tokens(int n, int vocab) {
   std::vector<int32_t> t(static_cast<size_t>(n));
   for (int i = 0; i < n; ++i) t[size_t(i)] = i % vocab;
   return t;
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary) << bytes;
-}
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
 TEST(TokenShard, RoundTripBothWidths) {

@@ -15,44 +15,18 @@
 #include <unordered_map>
 
 #include "runtime/error.h"
+#include "tests/test_util.h"
 
 namespace shardtrain::models {
 namespace {
 
+using shardtrain::testing::TempDir;
+using shardtrain::testing::error_of;
+using shardtrain::testing::write_bytes;
+using shardtrain::testing::read_bytes;
+
 namespace fs = std::filesystem;
 using Merge = BpeTokenizer::Merge;
-
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/shardtrain_tok_test_XXXXXX";
-    path_ = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary) << bytes;
-}
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 // The reference encoder, written as GPT-2's bpe(): per pre-token, find the lowest-rank
 // adjacent pair, merge all its occurrences left to right, repeat. O(n^2), obviously right.

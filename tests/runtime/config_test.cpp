@@ -6,9 +6,12 @@
 
 #include "runtime/config.h"
 #include "runtime/error.h"
+#include "tests/test_util.h"
 
 namespace shardtrain {
 namespace {
+
+using shardtrain::testing::error_of;
 
 const char* kValid = R"pb(
   model { n_layer: 2 n_head: 4 d_model: 64 vocab_size: 256 seq_len: 32 }
@@ -18,15 +21,6 @@ const char* kValid = R"pb(
   data { train: "a.bin" train: "b.bin" micro_batch: 2 }
   train { steps: 5 }
 )pb";
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
 
 TEST(Config, ParsesTextAndDefaults) {
   Config c = parse_config_text(kValid, "valid.pbtxt");
