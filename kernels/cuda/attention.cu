@@ -70,14 +70,12 @@ __global__ void __launch_bounds__(kThreads)
   // 1. Q tile -> shared -> this warp's A fragments (16 rows x D), kept in registers.
   stage_tile<T, D>(smem, sq, q_src, stride, q0, Tn, aligned);
   __syncthreads();
+  // ldmatrix.x4: lane l addresses row l % 16, column 8 (l / 16) of the 16 x 16 chunk.
   uint32_t qf[D / 16][4];
   ST_UNROLL
   for (int kc = 0; kc < D / 16; ++kc) {
-    ST_UNROLL
-    for (int r = 0; r < 4; ++r) {
-      const FragCoord p = mma_a_coord(lane, r, 0);
-      qf[kc][r] = load_shared_pair(smem, sq + size_t(16 * warp + p.row) * kLd + 16 * kc + p.col);
-    }
+    ldmatrix<4, false>(qf[kc],
+                       &smem[sq + size_t(16 * warp + lane % 16) * kLd + 16 * kc + 8 * (lane / 16)]);
   }
 
   float o[D / 8][4];  // output accumulator, 16 rows x D per warp (C layout, 8-column tiles)
@@ -95,20 +93,20 @@ __global__ void __launch_bounds__(kThreads)
     stage_tile<T, D>(smem, sv, v_src, stride, j0, Tn, aligned);
     __syncthreads();
 
-    // 2b. S = Q K^T: B[k][n] = K[key n][d k], a contiguous pair of a K row.
+    // 2b. S = Q K^T: B[k][n] = K[key n][d k], i.e. K rows as stored: one ldmatrix.x4 gives the
+    // B registers of two 16-deep chunks (lane l: key 8n + l % 8, columns 32 kc2 + 8 (l / 8)).
     float s[kBc / 8][4];
     ST_UNROLL
     for (int n = 0; n < kBc / 8; ++n) {
       s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
       ST_UNROLL
-      for (int kc = 0; kc < D / 16; ++kc) {
-        uint32_t kf[2];
-        ST_UNROLL
-        for (int r = 0; r < 2; ++r) {
-          const FragCoord p = mma_b_coord(lane, r, 0);
-          kf[r] = load_shared_pair(smem, sk + size_t(8 * n + p.col) * kLd + 16 * kc + p.row);
-        }
-        mma_m16n8k16<T>(s[n], qf[kc], kf, s[n]);
+      for (int kc2 = 0; kc2 < D / 32; ++kc2) {
+        uint32_t kf[4];
+        ldmatrix<4, false>(kf,
+                           &smem[sk + size_t(8 * n + lane % 8) * kLd + 32 * kc2 + 8 * (lane / 8)]);
+        const uint32_t k0[2] = {kf[0], kf[1]}, k1[2] = {kf[2], kf[3]};
+        mma_m16n8k16<T>(s[n], qf[2 * kc2], k0, s[n]);
+        mma_m16n8k16<T>(s[n], qf[2 * kc2 + 1], k1, s[n]);
       }
     }
 
@@ -157,7 +155,8 @@ __global__ void __launch_bounds__(kThreads)
     }
 
     // 2e. O += P V over 16-key chunks: P's A fragment is S tiles 2c, 2c+1 (C layout) rounded to
-    // T; B[k][n] = V[key k][d n], two elements of consecutive V rows.
+    // T; B[k][n] = V[key k][d n] is V stored k-major: ldmatrix.x4.trans gives the B registers of
+    // two 8-column d tiles (lane l: key 16c + l % 16, columns 8 (n + l / 16)).
     ST_UNROLL
     for (int c = 0; c < kBc / 16; ++c) {
       const uint32_t pf[4] = {
@@ -166,15 +165,12 @@ __global__ void __launch_bounds__(kThreads)
           pack_half2(from_float<T>(s[2 * c + 1][0]), from_float<T>(s[2 * c + 1][1])),
           pack_half2(from_float<T>(s[2 * c + 1][2]), from_float<T>(s[2 * c + 1][3]))};
       ST_UNROLL
-      for (int n = 0; n < D / 8; ++n) {
-        uint32_t vf[2];
-        ST_UNROLL
-        for (int r = 0; r < 2; ++r) {
-          const FragCoord p = mma_b_coord(lane, r, 0);  // (p.row, p.col) and (p.row + 1, p.col)
-          const size_t i = sv + size_t(16 * c + p.row) * kLd + 8 * n + p.col;
-          vf[r] = pack_half2<T>(T(smem[i]), T(smem[i + kLd]));
-        }
-        mma_m16n8k16<T>(o[n], pf, vf, o[n]);
+      for (int n = 0; n < D / 8; n += 2) {
+        uint32_t vf[4];
+        ldmatrix<4, true>(vf, &smem[sv + size_t(16 * c + lane % 16) * kLd + 8 * (n + lane / 16)]);
+        const uint32_t v0[2] = {vf[0], vf[1]}, v1[2] = {vf[2], vf[3]};
+        mma_m16n8k16<T>(o[n], pf, v0, o[n]);
+        mma_m16n8k16<T>(o[n + 1], pf, v1, o[n + 1]);
       }
     }
   }

@@ -1,5 +1,6 @@
 // mma.h — the warp-level tensor-core product D = A B + C, m16n8k16, 16-bit inputs, fp32
-// accumulators: one instruction on the GPU, the same contract under kernels/emu.
+// accumulators, and ldmatrix (shared memory -> fragments): one instruction each on the GPU, the
+// same contract under kernels/emu.
 //
 // Why a wrapper and a map: `mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32`
 // spreads the 16x16 A, 16x8 B and 16x8 C/D tiles over the 32 lanes of a warp in a fixed
@@ -28,6 +29,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "kernels/cuda/launch.h"
@@ -112,7 +114,85 @@ void warp_mma(void* const* lane_data, unsigned /*mask*/) {
   }
 }
 
+// ldmatrix: one lane's row address and its destination registers.
+struct LdLane {
+  const unsigned char* row;  // 16 bytes of shared memory
+  uint32_t* r;               // kN registers
+};
+
+// Runs once per warp-wide ldmatrix. Lane l's address is row l % 8 of matrix l / 8 (only lanes
+// below 8 kN are read); every lane receives, per matrix i, row g = lane / 4, columns 2t, 2t + 1
+// (t = lane % 4) — or with kTrans the transposed matrix's, i.e. rows 2t, 2t + 1 of column g.
+template <int kN, bool kTrans>
+void warp_ldmatrix(void* const* lane_data, unsigned /*mask*/) {
+  uint16_t m[kN][8][8];
+  for (int l = 0; l < 8 * kN; ++l) {
+    const LdLane& x = *static_cast<const LdLane*>(lane_data[l]);
+    if (reinterpret_cast<uintptr_t>(x.row) % 16 != 0) {
+      emu::detail::fail("ldmatrix: row address not 16-byte aligned");
+    }
+    emu::detail::shared_access(x.row, 16, false, false);
+    std::memcpy(m[l / 8][l % 8], x.row, 16);
+  }
+  for (int l = 0; l < 32; ++l) {
+    const LdLane& x = *static_cast<const LdLane*>(lane_data[l]);
+    const int g = l >> 2, t = l & 3;
+    for (int i = 0; i < kN; ++i) {
+      const uint16_t lo = kTrans ? m[i][2 * t][g] : m[i][g][2 * t];
+      const uint16_t hi = kTrans ? m[i][2 * t + 1][g] : m[i][g][2 * t + 1];
+      x.r[i] = uint32_t(lo) | (uint32_t(hi) << 16);
+    }
+  }
+}
+
 }  // namespace mma_emu
+#endif
+
+// ldmatrix.sync.aligned.m8n8.{x1,x2,x4}{,.trans}.shared.b16: kN 8x8 matrices of 16-bit elements
+// from shared memory into the mma fragment layout (PTX ISA, "ldmatrix"). Lane l passes the
+// address of row l % 8 of matrix l / 8 (16 contiguous bytes, 16-byte aligned; lanes >= 8 kN
+// pass any valid address); r[i] gets matrix i's element (g, 2t..2t+1) — the layout of an A
+// register or a non-transposed B register — or with kTrans element (2t..2t+1, g), which loads
+// a B operand stored k-major (B[k][n] rows) directly. Every lane of the warp must call it.
+#if defined(__CUDACC__)
+template <int kN, bool kTrans, class T>
+ST_DEVICE void ldmatrix(uint32_t (&r)[kN], const T* row) {
+  static_assert(kN == 1 || kN == 2 || kN == 4, "ldmatrix: x1, x2 or x4");
+  const unsigned a = unsigned(__cvta_generic_to_shared(row));
+  if constexpr (kN == 4 && kTrans) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+  } else if constexpr (kN == 4) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+  } else if constexpr (kN == 2 && kTrans) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(a));
+  } else if constexpr (kN == 2) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(a));
+  } else if constexpr (kTrans) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n"
+                 : "=r"(r[0])
+                 : "r"(a));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(a));
+  }
+}
+#else
+template <int kN, bool kTrans, class T>
+void ldmatrix(uint32_t (&r)[kN], emu::SharedPtr<T> row) {
+  static_assert(kN == 1 || kN == 2 || kN == 4, "ldmatrix: x1, x2 or x4");
+  static_assert(sizeof(T) == 2, "ldmatrix: 16-bit elements");
+  mma_emu::LdLane lane{reinterpret_cast<const unsigned char*>(row.raw()), r};
+  emu::detail::warp_collective(emu::detail::WarpOp::kWide, kFullMask,
+                               reinterpret_cast<uint64_t>(&lane), 0, 32,
+                               &mma_emu::warp_ldmatrix<kN, kTrans>);
+}
 #endif
 
 // D = A B + C for the warp's 16x8 tile; every lane of the warp must call it (converged).
