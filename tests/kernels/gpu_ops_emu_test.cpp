@@ -29,3 +29,23 @@ class DeviceVec {
 #define ST_CALL(expr) EXPECT_EQ((expr), emu::Status::kOk)
 #define ST_SKIP_WITHOUT_DEVICE (void)0
 #include "tests/kernels/gpu_ops_cases.inc"
+
+namespace shardtrain::kernels {
+namespace {
+
+// Shapes the tensor-core attention does not cover are refused, not silently mis-computed (on a
+// GPU: cudaErrorInvalidValue; under the emulator: a Fault naming the reason).
+TEST(AttentionEmu, UnsupportedHeadDimIsRefused) {
+  const AttentionShape s{1, 4, 1, 32};
+  std::vector<BFloat16> qkv(size_t(4 * 3 * 32)), out(size_t(4 * 32)), dqkv(qkv.size());
+  std::vector<float> lse(4), ws(4);
+  EXPECT_THROW(cuda_emu::attention_forward<BFloat16>(out.data(), lse.data(), qkv.data(), s, nullptr),
+               emu::Fault);
+  EXPECT_THROW(cuda_emu::attention_backward<BFloat16>(dqkv.data(), out.data(), qkv.data(),
+                                                      out.data(), lse.data(), ws.data(), s,
+                                                      nullptr),
+               emu::Fault);
+}
+
+}  // namespace
+}  // namespace shardtrain::kernels
