@@ -104,9 +104,9 @@ std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
     prepare_memory_report_dir(args.memory_report);
   }
   run->alloc.set_record_timeline(!args.no_memory_timeline);
-  if (c.train().device() != "cpu") {
-    throw UserError(str_cat("train.device '", c.train().device(),
-                            "' is not built yet (issue [cuda]); use cpu"));
+  if (c.train().device() == "cuda") {
+    throw UserError("train.device 'cuda': training on GPUs is not built yet (issue [cuda]); "
+                    "'cuda-emu' runs the CUDA kernels' source on the CPU, 'cpu' the CPU backend");
   }
   if (c.precision().grad_accum_dtype() != proto::F32) {
     throw UserError("precision.grad_accum_dtype: only F32 gradient accumulation is built so far");
@@ -184,7 +184,9 @@ template <class S>
 void train_loop(Run& run, const TrainArgs& args) {
   const Config& c = run.config;
   parallel::ZeroEngine& engine = *run.engine;
-  models::Gpt<S> model(run.dims, run.B, run.T, run.alloc, run.tp.get());
+  const models::Backend backend =
+      c.train().device() == "cuda-emu" ? models::Backend::kCudaEmu : models::Backend::kCpu;
+  models::Gpt<S> model(run.dims, run.B, run.T, run.alloc, run.tp.get(), backend);
   int64_t num_params = 0;
   for (const auto& u : engine.layout()) num_params += u.numel;
   log_info("model: ", run.dims.L, " layers, ", run.dims.H, " heads, width ", run.dims.C,

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/attention.h"
@@ -10,6 +11,7 @@
 #include "kernels/elementwise.h"
 #include "kernels/embedding.h"
 #include "kernels/gemm.h"
+#include "kernels/emu/ops.h"
 #include "kernels/layernorm.h"
 #include "runtime/error.h"
 
@@ -175,8 +177,8 @@ const P* Gpt<S>::param(const void* unit_base, int unit, int index) const {
 
 template <class S>
 Gpt<S>::Gpt(const GptDims& dims, int64_t B, int64_t T, TrackingAllocator& alloc,
-            Communicator* tp)
-    : dims_(dims), B_(B), T_(T), tp_(tp), layout_(gpt_layout(dims)) {
+            Communicator* tp, Backend backend)
+    : dims_(dims), B_(B), T_(T), tp_(tp), layout_(gpt_layout(dims)), backend_(backend) {
   ST_CHECK(T <= dims.Tmax, "sequence length ", T, " exceeds the model's ", dims.Tmax);
   ST_CHECK(dims.tp == 1 || (tp != nullptr && tp->size() == dims.tp), "tp group of size ",
            dims.tp, " required");
@@ -229,12 +231,70 @@ Gpt<S>::Gpt(const GptDims& dims, int64_t B, int64_t T, TrackingAllocator& alloc,
   dqkv_ = work({N, 3 * C / t}, "d_qkv");
   dfch_ = work({N, 4 * C / t}, "d_fch");
   dscratch_ = work({N, C}, "d_proj_out");
+  if (backend_ == Backend::kCudaEmu) {
+    const int64_t D = C / dims.H;
+    emu_attention_ = dtype_of<S>() != DType::kF32 && (D == 64 || D == 128);
+    emu_ln_work_ = Tensor::empty({k::cuda_emu::layernorm_backward_workspace_numel({R, C})},
+                                 DType::kF32, alloc, MemCategory::kWorkspace, "emu_ln_work");
+    emu_attn_work_ = Tensor::empty(
+        {k::cuda_emu::attention_backward_workspace_numel({B, Hl, T, D})}, DType::kF32, alloc,
+        MemCategory::kWorkspace, "emu_attn_work");
+  }
   if (sp_) {
     ln_local_ = work({R, C}, "sp_ln_local");
     proj_local_ = work({R, C}, "sp_proj_local");
     dln_local_ = work({R, C}, "sp_dln_local");
     dres_full_ = work({N, C}, "sp_dres_full");
   }
+}
+
+template <class S>
+void Gpt<S>::layernorm_forward(S* out, float* mean, float* rstd, const S* x, const S* w,
+                               const S* b) {
+  const k::RowsShape s{rows_, dims_.C};
+  if (backend_ == Backend::kCudaEmu) {
+    k::cuda_emu::layernorm_forward<S>(out, mean, rstd, x, w, b, s, kLayerNormEps, nullptr);
+  } else {
+    k::layernorm_forward<S>(out, mean, rstd, x, w, b, s, kLayerNormEps);
+  }
+}
+
+template <class S>
+void Gpt<S>::layernorm_backward(S* dx, float* dw, float* db, const S* dout, const S* x,
+                                const S* w, const float* mean, const float* rstd) {
+  const k::RowsShape s{rows_, dims_.C};
+  if (backend_ == Backend::kCudaEmu) {
+    k::cuda_emu::layernorm_backward<S>(dx, dw, db, dout, x, w, mean, rstd,
+                                       emu_ln_work_.data<float>(), s, nullptr);
+  } else {
+    k::layernorm_backward<S>(dx, dw, db, dout, x, w, mean, rstd, s);
+  }
+}
+
+template <class S>
+void Gpt<S>::attention_forward(S* out, float* lse, const S* qkv) {
+  const k::AttentionShape s{B_, T_, dims_.H / dims_.tp, dims_.C / dims_.H};
+  if constexpr (!std::is_same_v<S, float>) {  // the CUDA attention is bf16/f16 only
+    if (emu_attention_) {
+      k::cuda_emu::attention_forward<S>(out, lse, qkv, s, nullptr);
+      return;
+    }
+  }
+  k::attention_forward<S>(out, lse, qkv, s);
+}
+
+template <class S>
+void Gpt<S>::attention_backward(S* dqkv, const S* dout, const S* qkv, const S* out,
+                                const float* lse) {
+  const k::AttentionShape s{B_, T_, dims_.H / dims_.tp, dims_.C / dims_.H};
+  if constexpr (!std::is_same_v<S, float>) {
+    if (emu_attention_) {
+      k::cuda_emu::attention_backward<S>(dqkv, dout, qkv, out, lse,
+                                         emu_attn_work_.data<float>(), s, nullptr);
+      return;
+    }
+  }
+  k::attention_backward<S>(dqkv, dout, qkv, out, lse, s);
 }
 
 template <class S>
@@ -266,7 +326,11 @@ void Gpt<S>::embed(const void* emb, const int32_t* inputs) {
   const S* wpe = param<S>(emb, 0, 1);
   S* out = residual_[0].template data<S>();
   if (dims_.tp == 1) {
-    k::embedding_forward<S>(out, inputs, wte, wpe, {B, T, C});
+    if (backend_ == Backend::kCudaEmu) {
+      k::cuda_emu::embedding_forward<S>(out, inputs, wte, wpe, {B, T, C}, nullptr);
+    } else {
+      k::embedding_forward<S>(out, inputs, wte, wpe, {B, T, C});
+    }
     return;
   }
   const int64_t rows = dims_.Vp / dims_.tp;
@@ -294,7 +358,11 @@ template <class S>
 void Gpt<S>::embed_backward(float* dwte, float* dwpe, const S* dres, const int32_t* inputs) {
   const int64_t B = B_, T = T_, C = dims_.C;
   if (dims_.tp == 1) {
-    k::embedding_backward<S>(dwte, dwpe, dres, inputs, {B, T, C});
+    if (backend_ == Backend::kCudaEmu) {
+      k::cuda_emu::embedding_backward<S>(dwte, dwpe, dres, inputs, {B, T, C}, nullptr);
+    } else {
+      k::embedding_backward<S>(dwte, dwpe, dres, inputs, {B, T, C});
+    }
     return;
   }
   // wte: every row's gradient (all-gathered under sequence parallelism) for the tokens this
@@ -389,10 +457,9 @@ void Gpt<S>::vocab_parallel_dlogits(const int32_t* targets, float grad_weight) {
 
 template <class S>
 double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* targets) {
-  const int64_t B = B_, T = T_, C = dims_.C, N = B * T, L = dims_.L, t = dims_.tp;
-  const int64_t Hl = dims_.H / t, D = C / dims_.H, Vl = dims_.Vp / t, R = rows_;
+  const int64_t N = B_ * T_, C = dims_.C, L = dims_.L, t = dims_.tp;
+  const int64_t Vl = dims_.Vp / t, R = rows_;
   const bool split = t > 1;
-  const k::RowsShape local_rows{R, C};
   std::memcpy(inputs_.raw(), inputs, size_t(N) * sizeof(int32_t));
   if (targets) std::memcpy(targets_.raw(), targets, size_t(N) * sizeof(int32_t));
 
@@ -413,8 +480,8 @@ double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* ta
     const S* x = residual_[size_t(l)].data<S>();
     auto layer_norm = [&](const S* in, Tensor& full, Tensor& mean, Tensor& rstd, int wi, int bi) {
       S* out = sp_ ? ln_local_.data<S>() : full.data<S>();
-      k::layernorm_forward<S>(out, mean.data<float>(), rstd.data<float>(), in,
-                              param<S>(w, u, wi), param<S>(w, u, bi), local_rows, kLayerNormEps);
+      layernorm_forward(out, mean.data<float>(), rstd.data<float>(), in, param<S>(w, u, wi),
+                        param<S>(w, u, bi));
       gather_rows(out, full.data<S>());
     };
     auto row_parallel_out = [&](const S* in, int64_t K, int wi, int bi) -> const S* {
@@ -435,8 +502,7 @@ double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* ta
     layer_norm(x, b.ln1, b.ln1_mean, b.ln1_rstd, kLn1W, kLn1B);
     linear<S>(b.qkv.data<S>(), b.ln1.data<S>(), param<S>(w, u, kAttnW), param<S>(w, u, kAttnB),
               N, C, 3 * C / t);
-    k::attention_forward<S>(b.atty.data<S>(), b.lse.data<float>(), b.qkv.data<S>(),
-                            {B, T, Hl, D});
+    attention_forward(b.atty.data<S>(), b.lse.data<float>(), b.qkv.data<S>());
     const S* attn_out = row_parallel_out(b.atty.data<S>(), C / t, kAttnProjW, kAttnProjB);
     k::residual_add<S>(b.res2.data<S>(), x, attn_out, R * C);
     layer_norm(b.res2.data<S>(), b.ln2, b.ln2_mean, b.ln2_rstd, kLn2W, kLn2B);
@@ -455,9 +521,8 @@ double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* ta
   const void* wf = ps.params(uf);
   {
     S* out = sp_ ? ln_local_.data<S>() : lnf_.data<S>();
-    k::layernorm_forward<S>(out, lnf_mean_.data<float>(), lnf_rstd_.data<float>(),
-                            residual_[size_t(L)].data<S>(), param<S>(wf, uf, 0),
-                            param<S>(wf, uf, 1), local_rows, kLayerNormEps);
+    layernorm_forward(out, lnf_mean_.data<float>(), lnf_rstd_.data<float>(),
+                      residual_[size_t(L)].data<S>(), param<S>(wf, uf, 0), param<S>(wf, uf, 1));
     gather_rows(out, lnf_.data<S>());
   }
   ps.release(uf);
@@ -474,8 +539,13 @@ double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* ta
 
   // 4. Loss: per-token cross-entropy over the real vocabulary, summed in a fixed order.
   if (split) return vocab_parallel_loss(targets);
-  k::cross_entropy_forward<S>(losses_.data<float>(), loss_lse_.data<float>(), logits_.data<S>(),
-                              targets, {N, Vl}, dims_.V);
+  if (backend_ == Backend::kCudaEmu) {
+    k::cuda_emu::cross_entropy_forward<S>(losses_.data<float>(), loss_lse_.data<float>(),
+                                          logits_.data<S>(), targets, {N, Vl}, dims_.V, nullptr);
+  } else {
+    k::cross_entropy_forward<S>(losses_.data<float>(), loss_lse_.data<float>(),
+                                logits_.data<S>(), targets, {N, Vl}, dims_.V);
+  }
   double sum = 0.0;
   const float* losses = losses_.data<float>();
   for (int64_t i = 0; i < N; ++i) sum += losses[i];
@@ -484,9 +554,8 @@ double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* ta
 
 template <class S>
 void Gpt<S>::backward(ParamSource& ps, float grad_weight) {
-  const int64_t B = B_, T = T_, C = dims_.C, N = B * T, L = dims_.L, t = dims_.tp;
-  const int64_t Hl = dims_.H / t, D = C / dims_.H, Vl = dims_.Vp / t, R = rows_;
-  const k::RowsShape local_rows{R, C};
+  const int64_t N = B_ * T_, C = dims_.C, L = dims_.L, t = dims_.tp;
+  const int64_t Vl = dims_.Vp / t, R = rows_;
   const int32_t* targets = targets_.data<int32_t>();
   const int32_t* inputs = inputs_.data<int32_t>();
   S* dres = dres_.data<S>();                                   // (R,C): this rank's rows
@@ -499,6 +568,9 @@ void Gpt<S>::backward(ParamSource& ps, float grad_weight) {
   S* dlogits = logits_.data<S>();
   if (t > 1) {
     vocab_parallel_dlogits(targets, grad_weight);
+  } else if (backend_ == Backend::kCudaEmu) {
+    k::cuda_emu::cross_entropy_backward<S>(dlogits, dlogits, loss_lse_.data<float>(), targets,
+                                           grad_weight, {N, Vl}, dims_.V, nullptr);
   } else {
     k::cross_entropy_backward<S>(dlogits, dlogits, loss_lse_.data<float>(), targets, grad_weight,
                                  {N, Vl}, dims_.V);
@@ -521,10 +593,10 @@ void Gpt<S>::backward(ParamSource& ps, float grad_weight) {
   {
     std::memset(dres, 0, size_t(R * C) * sizeof(S));
     float* g = ps.grads(uf);
-    k::layernorm_backward<S>(dres, g + layout_[size_t(uf)].params[0].offset,
-                             g + layout_[size_t(uf)].params[1].offset, dln_local,
-                             residual_[size_t(L)].data<S>(), param<S>(ps.params(uf), uf, 0),
-                             lnf_mean_.data<float>(), lnf_rstd_.data<float>(), local_rows);
+    layernorm_backward(dres, g + layout_[size_t(uf)].params[0].offset,
+                       g + layout_[size_t(uf)].params[1].offset, dln_local,
+                       residual_[size_t(L)].data<S>(), param<S>(ps.params(uf), uf, 0),
+                       lnf_mean_.data<float>(), lnf_rstd_.data<float>());
   }
   ps.release(uf);
   ps.grads_done(uf);
@@ -550,9 +622,8 @@ void Gpt<S>::backward(ParamSource& ps, float grad_weight) {
     k::bias_backward<S>(grad(kFcB), dfch, N, 4 * C / t);
     linear_dinput<S>(dln, dfch, param<S>(w, u, kFcW), N, C, 4 * C / t);
     scatter_rows(dln, dln_local);
-    k::layernorm_backward<S>(dres, grad(kLn2W), grad(kLn2B), dln_local, b.res2.data<S>(),
-                             param<S>(w, u, kLn2W), b.ln2_mean.data<float>(),
-                             b.ln2_rstd.data<float>(), local_rows);
+    layernorm_backward(dres, grad(kLn2W), grad(kLn2B), dln_local, b.res2.data<S>(),
+                       param<S>(w, u, kLn2W), b.ln2_mean.data<float>(), b.ln2_rstd.data<float>());
 
     // Attention: res2 = x + c_proj(attn(c_attn(ln1(x)))).
     gather_rows(dres, dres_full);
@@ -561,15 +632,13 @@ void Gpt<S>::backward(ParamSource& ps, float grad_weight) {
     S* datty = datty_.data<S>();
     linear_dinput<S>(datty, dres_full, param<S>(w, u, kAttnProjW), N, C / t, C);
     S* dqkv = dqkv_.data<S>();
-    k::attention_backward<S>(dqkv, datty, b.qkv.data<S>(), b.atty.data<S>(), b.lse.data<float>(),
-                             {B, T, Hl, D});
+    attention_backward(dqkv, datty, b.qkv.data<S>(), b.atty.data<S>(), b.lse.data<float>());
     linear_dweight<S>(grad(kAttnW), b.ln1.data<S>(), dqkv, N, C, 3 * C / t);
     k::bias_backward<S>(grad(kAttnB), dqkv, N, 3 * C / t);
     linear_dinput<S>(dln, dqkv, param<S>(w, u, kAttnW), N, C, 3 * C / t);
     scatter_rows(dln, dln_local);
-    k::layernorm_backward<S>(dres, grad(kLn1W), grad(kLn1B), dln_local,
-                             residual_[size_t(l)].data<S>(), param<S>(w, u, kLn1W),
-                             b.ln1_mean.data<float>(), b.ln1_rstd.data<float>(), local_rows);
+    layernorm_backward(dres, grad(kLn1W), grad(kLn1B), dln_local, residual_[size_t(l)].data<S>(),
+                       param<S>(w, u, kLn1W), b.ln1_mean.data<float>(), b.ln1_rstd.data<float>());
     ps.release(u);
     ps.grads_done(u);
   }

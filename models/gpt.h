@@ -108,13 +108,20 @@ struct BlockActivations {
   Tensor ln1, ln1_mean, ln1_rstd, qkv, atty, lse, res2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu;
 };
 
+// Which implementation runs the model's kernels. kCudaEmu runs the CUDA kernels' own source
+// (kernels/cuda, through kernels/emu) on the CPU for the ops that have CUDA kernels
+// (LayerNorm, attention for bf16/f16 with head_dim 64 or 128, cross-entropy, embedding);
+// GEMMs, the elementwise ops and the optimizer stay on the CPU backend, as the emulator routes
+// GEMMs to it anyway.
+enum class Backend { kCpu, kCudaEmu };
+
 template <class S>
 class Gpt {
  public:
   // Activations are sized for micro-batch B and sequence length T (<= Tmax) once, here.
   // `tp` is the tensor-parallel group (null when dims.tp == 1).
   Gpt(const GptDims& dims, int64_t B, int64_t T, TrackingAllocator& alloc,
-      Communicator* tp = nullptr);
+      Communicator* tp = nullptr, Backend backend = Backend::kCpu);
 
   int num_units() const { return int(dims_.L) + 2; }
   const GptDims& dims() const { return dims_; }
@@ -144,6 +151,12 @@ class Gpt {
   void embed_backward(float* dwte, float* dwpe, const S* dres, const int32_t* inputs);
   double vocab_parallel_loss(const int32_t* targets);
   void vocab_parallel_dlogits(const int32_t* targets, float grad_weight);
+  // Kernel calls that have a CUDA implementation: the CPU backend or the emulated CUDA one.
+  void layernorm_forward(S* out, float* mean, float* rstd, const S* x, const S* w, const S* b);
+  void layernorm_backward(S* dx, float* dw, float* db, const S* dout, const S* x, const S* w,
+                          const float* mean, const float* rstd);
+  void attention_forward(S* out, float* lse, const S* qkv);
+  void attention_backward(S* dqkv, const S* dout, const S* qkv, const S* out, const float* lse);
 
   GptDims dims_;
   int64_t B_, T_;
@@ -162,6 +175,9 @@ class Gpt {
   // (local LayerNorm output, reduce-scattered projections and input gradients).
   Tensor dres_, dln_, datty_, dqkv_, dfch_, dscratch_;
   Tensor ln_local_, proj_local_, dln_local_, dres_full_;
+  Backend backend_ = Backend::kCpu;
+  bool emu_attention_ = false;            // the emulated CUDA attention supports this shape
+  Tensor emu_ln_work_, emu_attn_work_;    // workspaces of the emulated CUDA backward kernels
 };
 
 }  // namespace shardtrain::models
