@@ -313,21 +313,16 @@ struct Run {
 
 template <class T>
 Run<T> run_with_threads(int threads, AttentionShape s) {
-  const int saved = omp_get_max_threads();
-  omp_set_num_threads(threads);
-  auto qkv = make_qkv<T>(s, 500);
-  auto g = to_storage<T>(random_vector(out_numel(s), 501));
-  Run<T> r{run_forward(qkv, s), {}};
-  r.dqkv = run_backward(qkv, r.fwd, g, s);
-  omp_set_num_threads(saved);
-  return r;
+  return shardtrain::testing::with_threads(threads, [&] {
+    auto qkv = make_qkv<T>(s, 500);
+    auto g = to_storage<T>(random_vector(out_numel(s), 501));
+    Run<T> r{run_forward(qkv, s), {}};
+    r.dqkv = run_backward(qkv, r.fwd, g, s);
+    return r;
+  });
 }
 
-template <class V>
-bool same_bits(const V& a, const V& b) {
-  return a.size() == b.size() &&
-         std::memcmp(a.data(), b.data(), a.size() * sizeof(typename V::value_type)) == 0;
-}
+using shardtrain::testing::same_bits;
 
 template <class T>
 void check_thread_independence() {

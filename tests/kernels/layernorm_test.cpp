@@ -161,27 +161,22 @@ struct Run {
 
 template <class T>
 Run<T> run_with_threads(int threads, int64_t rows, int64_t C) {
-  int saved = omp_get_max_threads();
-  omp_set_num_threads(threads);
-  Inputs in = make_inputs(rows, C, 300);
-  auto x = to_storage<T>(in.x), w = to_storage<T>(in.w), b = to_storage<T>(in.b);
-  auto g = to_storage<T>(random_vector(rows * C, 301));
-  Run<T> r{std::vector<T>(usize(rows * C)),     to_storage<T>(random_vector(rows * C, 302)),
-           std::vector<float>(usize(rows)),     std::vector<float>(usize(rows)),
-           std::vector<float>(usize(C), 0.25f), std::vector<float>(usize(C), -0.5f)};
-  layernorm_forward(r.out.data(), r.mean.data(), r.rstd.data(), x.data(), w.data(), b.data(),
-                    {rows, C}, kEps);
-  layernorm_backward(r.dx.data(), r.dw.data(), r.db.data(), g.data(), x.data(), w.data(),
-                     r.mean.data(), r.rstd.data(), {rows, C});
-  omp_set_num_threads(saved);
-  return r;
+  return shardtrain::testing::with_threads(threads, [&] {
+    Inputs in = make_inputs(rows, C, 300);
+    auto x = to_storage<T>(in.x), w = to_storage<T>(in.w), b = to_storage<T>(in.b);
+    auto g = to_storage<T>(random_vector(rows * C, 301));
+    Run<T> r{std::vector<T>(usize(rows * C)),     to_storage<T>(random_vector(rows * C, 302)),
+             std::vector<float>(usize(rows)),     std::vector<float>(usize(rows)),
+             std::vector<float>(usize(C), 0.25f), std::vector<float>(usize(C), -0.5f)};
+    layernorm_forward(r.out.data(), r.mean.data(), r.rstd.data(), x.data(), w.data(), b.data(),
+                      {rows, C}, kEps);
+    layernorm_backward(r.dx.data(), r.dw.data(), r.db.data(), g.data(), x.data(), w.data(),
+                       r.mean.data(), r.rstd.data(), {rows, C});
+    return r;
+  });
 }
 
-template <class V>
-bool same_bits(const V& a, const V& b) {
-  return a.size() == b.size() &&
-         std::memcmp(a.data(), b.data(), a.size() * sizeof(typename V::value_type)) == 0;
-}
+using shardtrain::testing::same_bits;
 
 template <class T>
 void check_thread_independence() {

@@ -4,7 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <omp.h>
+
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <functional>
 #include <random>
@@ -53,6 +56,23 @@ double rounding_of() {
   if constexpr (std::is_same_v<T, BFloat16>) return 1.0 / 256;
   if constexpr (std::is_same_v<T, Half>) return 1.0 / 2048;
   return 0.0;
+}
+
+// Bitwise equality of two vectors of trivially copyable values.
+template <class V>
+bool same_bits(const V& a, const V& b) {
+  return a.size() == b.size() &&
+         std::memcmp(a.data(), b.data(), a.size() * sizeof(typename V::value_type)) == 0;
+}
+
+// f() run with `threads` OpenMP threads, the previous setting restored after.
+template <class F>
+auto with_threads(int threads, F f) {
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(threads);
+  auto result = f();
+  omp_set_num_threads(saved);
+  return result;
 }
 
 // max |got - want| / max(|want|_inf, floor): a relative error against the reference's scale,
