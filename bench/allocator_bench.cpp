@@ -56,8 +56,9 @@ int main() {
   const int events = 200000, rounds = 20;
   const double off = ns_per_event(false, events, rounds);
   const double on = ns_per_event(true, events, rounds);
-  std::printf("{\"ns_per_event_timeline_off\": %.2f, \"ns_per_event_timeline_on\": %.2f, "
-              "\"ns_per_event_timeline_cost\": %.2f}\n",
-              off, on, on - off);
+  std::printf(
+      "{\"ns_per_event_timeline_off\": %.2f, \"ns_per_event_timeline_on\": %.2f, "
+      "\"ns_per_event_timeline_cost\": %.2f}\n",
+      off, on, on - off);
   return 0;
 }

@@ -27,7 +27,7 @@ struct AdamWParams {
 
 // `compute_param` may be null; otherwise compute_param[i] = (T) param[i] after the update.
 template <class T>
-void adamw_update(float* param, const float* grad, float* m, float* v, T* compute_param,
-                  int64_t n, const AdamWParams& p, float grad_scale);
+void adamw_update(float* param, const float* grad, float* m, float* v, T* compute_param, int64_t n,
+                  const AdamWParams& p, float grad_scale);
 
 }  // namespace shardtrain::kernels

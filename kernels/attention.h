@@ -31,11 +31,11 @@ void attention_forward(T* out,        // (B,T,H,D)
 
 // dqkv (B,T,3,H,D) is overwritten with the gradients of Q, K and V.
 template <class T>
-void attention_backward(T* dqkv,             // (B,T,3,H,D)
-                        const T* dout,       // (B,T,H,D)
-                        const T* qkv,        // (B,T,3,H,D)
-                        const T* out,        // (B,T,H,D)
-                        const float* lse,    // (B,H,T)
+void attention_backward(T* dqkv,           // (B,T,3,H,D)
+                        const T* dout,     // (B,T,H,D)
+                        const T* qkv,      // (B,T,3,H,D)
+                        const T* out,      // (B,T,H,D)
+                        const float* lse,  // (B,H,T)
                         AttentionShape s);
 
 }  // namespace shardtrain::kernels

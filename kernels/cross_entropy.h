@@ -20,19 +20,19 @@ struct LogitsShape {
 // losses[i] = logsumexp(logits[i]) - logits[i][target[i]] (0 if ignored); lse[i] saved.
 // `valid_vocab` <= V: columns at or past it are padding and excluded from the softmax.
 template <class T>
-void cross_entropy_forward(float* losses,          // (N)
-                           float* lse,             // (N)
-                           const T* logits,        // (N,V)
-                           const int32_t* targets, // (N)
+void cross_entropy_forward(float* losses,           // (N)
+                           float* lse,              // (N)
+                           const T* logits,         // (N,V)
+                           const int32_t* targets,  // (N)
                            LogitsShape s, int64_t valid_vocab);
 
 // dlogits = (softmax(logits) - onehot(target)) * grad_weight, 0 for ignored rows and padding
 // columns. dlogits may alias logits (the usual case: the logits buffer is reused in place).
 template <class T>
-void cross_entropy_backward(T* dlogits,             // (N,V)
-                            const T* logits,        // (N,V)
-                            const float* lse,       // (N)
-                            const int32_t* targets, // (N)
+void cross_entropy_backward(T* dlogits,              // (N,V)
+                            const T* logits,         // (N,V)
+                            const float* lse,        // (N)
+                            const int32_t* targets,  // (N)
                             float grad_weight, LogitsShape s, int64_t valid_vocab);
 
 }  // namespace shardtrain::kernels

@@ -34,7 +34,6 @@ struct GemmDesc {
   int64_t stride_a = 0, stride_b = 0, stride_c = 0;
 };
 
-void gemm(const GemmDesc& desc, const void* a, const void* b, void* c,
-          const void* bias = nullptr);
+void gemm(const GemmDesc& desc, const void* a, const void* b, void* c, const void* bias = nullptr);
 
 }  // namespace shardtrain::kernels

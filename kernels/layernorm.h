@@ -16,12 +16,12 @@ struct RowsShape {
 
 // out = (x - mean) * rstd * weight + bias, with rstd = 1/sqrt(var + eps) (biased variance).
 template <class T>
-void layernorm_forward(T* out,          // (N,C)
-                       float* mean,     // (N)
-                       float* rstd,     // (N)
-                       const T* x,      // (N,C)
-                       const T* weight, // (C)
-                       const T* bias,   // (C)
+void layernorm_forward(T* out,           // (N,C)
+                       float* mean,      // (N)
+                       float* rstd,      // (N)
+                       const T* x,       // (N,C)
+                       const T* weight,  // (C)
+                       const T* bias,    // (C)
                        RowsShape s, float eps);
 
 // dx += dLN/dx . dout (accumulates: in a pre-LN block dx already holds the residual gradient);

@@ -3,7 +3,6 @@
 //   0 success, 2 `shardtrain: error: <message>` for anything the user can fix (flags, config,
 //   files), 1 for internal failures.
 #include <CLI/CLI.hpp>
-
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -29,7 +28,8 @@ int main(int argc, char** argv) {
   app.add_flag("--log-all-ranks", log_all_ranks, "every rank logs (default: rank 0 only)");
 
   TrainArgs train;
-  CLI::App* train_cmd = app.add_subcommand("train", "train a GPT (run under mpirun for many ranks)");
+  CLI::App* train_cmd =
+      app.add_subcommand("train", "train a GPT (run under mpirun for many ranks)");
   train_cmd->add_option("--config", train.config, "config file (protobuf text format)")->required();
   train_cmd->add_option("--set", train.sets, "override a field: path.to.field=value (repeatable)");
   train_cmd->add_option("--resume", train.resume, "auto | checkpoint directory");
@@ -47,7 +47,8 @@ int main(int argc, char** argv) {
   launch::MemplanArgs plan;
   CLI::App* memplan_cmd = app.add_subcommand(
       "memplan", "predict bytes per rank by category, and which layouts fit a device");
-  memplan_cmd->add_option("--config", plan.config, "config file (protobuf text format)")->required();
+  memplan_cmd->add_option("--config", plan.config, "config file (protobuf text format)")
+      ->required();
   memplan_cmd->add_option("--world", plan.world, "number of ranks")->required();
   memplan_cmd->add_option("--set", plan.sets, "override a field: path.to.field=value (repeatable)");
   memplan_cmd->add_option("--device-memory", plan.device_memory,
@@ -55,8 +56,8 @@ int main(int argc, char** argv) {
   memplan_cmd->add_option("--format", plan.format, "text (default) | json");
 
   ExportArgs exp;
-  CLI::App* export_cmd = app.add_subcommand(
-      "export", "write weights as safetensors in Hugging Face GPT-2 layout");
+  CLI::App* export_cmd =
+      app.add_subcommand("export", "write weights as safetensors in Hugging Face GPT-2 layout");
   export_cmd->add_option("--in", exp.in, "checkpoint directory");
   export_cmd->add_option("--config", exp.config, "or: export this config's initial weights");
   export_cmd->add_option("--set", exp.sets, "override a config field (with --config)");
@@ -87,9 +88,11 @@ int main(int argc, char** argv) {
   launch::ReshardArgs rsh;
   CLI::App* reshard_cmd = app.add_subcommand("reshard", "rewrite a checkpoint for another layout");
   reshard_cmd->add_option("--in", rsh.in, "checkpoint directory")->required();
-  reshard_cmd->add_option("--out", rsh.out, "new checkpoint directory (must not exist)")->required();
+  reshard_cmd->add_option("--out", rsh.out, "new checkpoint directory (must not exist)")
+      ->required();
   reshard_cmd->add_option("--world", rsh.world, "ranks of the new layout")->required();
-  reshard_cmd->add_option("--set", rsh.sets, "new layout fields: parallel.tp=T parallel.zero_stage=S");
+  reshard_cmd->add_option("--set", rsh.sets,
+                          "new layout fields: parallel.tp=T parallel.zero_stage=S");
   reshard_cmd->add_option("--buffer-mb", rsh.buffer_mb, "streaming buffer (default 64)");
 
   std::string inspect_dir;

@@ -192,7 +192,8 @@ void write_memory_report(const std::string& dir, const TrackingAllocator& alloc,
     compare(name, report["predicted"]["rank_bytes"][name].get<int64_t>(), measured);
   }
   int64_t measured_total = 0;
-  for (const auto& r : ranks) measured_total = std::max(measured_total, r["peak_total"].get<int64_t>());
+  for (const auto& r : ranks)
+    measured_total = std::max(measured_total, r["peak_total"].get<int64_t>());
   compare("total", report["predicted"]["rank_bytes"]["total"].get<int64_t>(), measured_total);
   report["comparison"] = cmp;
 
@@ -202,7 +203,7 @@ void write_memory_report(const std::string& dir, const TrackingAllocator& alloc,
   write_file(base / "memory_report.html", memory_report_html(report));
 
   const char* short_names[kNumMemCategories] = {"params", "master", "grads", "optim",
-                                                "activ", "comm", "work"};
+                                                "activ",  "comm",   "work"};
   std::string table = str_cat("memory report: ", (base / "memory_report.json").string(), ", ",
                               (base / "memory_report.html").string(),
                               "\npeak bytes by category (each category's own peak) and the peak "

@@ -30,15 +30,15 @@ const char* proto_dtype_name(proto::DType d) {
 void print_text(const nlohmann::json& j, const Config& c) {
   const auto& L = j["layout"];
   std::printf("model: %d layers, %d heads, width %d, vocab %d, context %d: %lld parameters\n",
-              c.model().n_layer(), c.model().n_head(), c.model().d_model(),
-              c.model().vocab_size(), c.model().seq_len(),
-              (long long)j["num_params"].get<int64_t>());
-  std::printf("layout: %d ranks = dp %d x tp %d, ZeRO stage %d, %s compute, %s gradients, "
-              "micro-batch %d x %d tokens%s\n\n",
-              L["world"].get<int>(), L["dp"].get<int>(), L["tp"].get<int>(),
-              L["zero_stage"].get<int>(), L["compute"].get<std::string>().c_str(),
-              L["grad_dtype"].get<std::string>().c_str(), L["micro_batch"].get<int>(),
-              L["seq_len"].get<int>(), L["sequence_parallel"].get<bool>() ? ", sequence parallel" : "");
+              c.model().n_layer(), c.model().n_head(), c.model().d_model(), c.model().vocab_size(),
+              c.model().seq_len(), (long long)j["num_params"].get<int64_t>());
+  std::printf(
+      "layout: %d ranks = dp %d x tp %d, ZeRO stage %d, %s compute, %s gradients, "
+      "micro-batch %d x %d tokens%s\n\n",
+      L["world"].get<int>(), L["dp"].get<int>(), L["tp"].get<int>(), L["zero_stage"].get<int>(),
+      L["compute"].get<std::string>().c_str(), L["grad_dtype"].get<std::string>().c_str(),
+      L["micro_batch"].get<int>(), L["seq_len"].get<int>(),
+      L["sequence_parallel"].get<bool>() ? ", sequence parallel" : "");
   std::printf("bytes per rank      %14s %14s %14s\n", "peak", "steady", "at total peak");
   for (int cat = 0; cat < kNumMemCategories; ++cat) {
     const char* name = mem_category_name(MemCategory(cat));
@@ -58,8 +58,8 @@ void print_text(const nlohmann::json& j, const Config& c) {
               L["micro_batch"].get<int>(), format_bytes(device).c_str());
   std::printf("  %5s %4s %14s %5s %16s\n", "stage", "tp", "peak/rank", "fits", "max micro-batch");
   for (const auto& row : j["candidates"]) {
-    std::printf("  %5d %4d %14s %5s %16lld%s\n", row["zero_stage"].get<int>(),
-                row["tp"].get<int>(), format_bytes(row["total"].get<int64_t>()).c_str(),
+    std::printf("  %5d %4d %14s %5s %16lld%s\n", row["zero_stage"].get<int>(), row["tp"].get<int>(),
+                format_bytes(row["total"].get<int64_t>()).c_str(),
                 row["fits"].get<bool>() ? "yes" : "no",
                 (long long)row["max_micro_batch"].get<int64_t>(),
                 row["zero_stage"] == L["zero_stage"] && row["tp"] == L["tp"] ? "   <- config" : "");

@@ -41,7 +41,8 @@ proto::ModelConfig model_config_of(const std::string& path, const std::vector<st
     auto shape = [&](const std::string& name) -> const Shape& {
       auto t = file.tensors.find(name);
       if (t == file.tensors.end()) t = file.tensors.find("transformer." + name);
-      if (t == file.tensors.end()) throw UserError(str_cat(path, ": tensor '", name, "' is missing"));
+      if (t == file.tensors.end())
+        throw UserError(str_cat(path, ": tensor '", name, "' is missing"));
       return t->second.shape;
     };
     auto* m = config.mutable_model();
@@ -57,8 +58,9 @@ proto::ModelConfig model_config_of(const std::string& path, const std::vector<st
     bool heads_given = false;
     for (const auto& s : sets) heads_given |= s.rfind("model.n_head=", 0) == 0;
     if (!heads_given) {
-      throw UserError(str_cat(path, ": no shardtrain metadata; give the head count with "
-                                    "--set model.n_head=H"));
+      throw UserError(str_cat(path,
+                              ": no shardtrain metadata; give the head count with "
+                              "--set model.n_head=H"));
     }
   }
   apply_overrides(config, sets);
@@ -103,8 +105,8 @@ int run_sample(const SampleArgs& args) {
     const float* logits = model.logits() + (len - 1) * dims.Vp;
     ranked.clear();
     for (int32_t v = 0; v < tokenizer.vocab_size(); ++v) ranked.push_back({logits[v], v});
-    const size_t k = args.top_k > 0 ? std::min<size_t>(size_t(args.top_k), ranked.size())
-                                    : ranked.size();
+    const size_t k =
+        args.top_k > 0 ? std::min<size_t>(size_t(args.top_k), ranked.size()) : ranked.size();
     std::partial_sort(ranked.begin(), ranked.begin() + long(k), ranked.end(),
                       [](auto& a, auto& b) { return a.first > b.first; });
     std::vector<double> p(k);

@@ -8,8 +8,8 @@
 namespace shardtrain::launch {
 
 struct SampleArgs {
-  std::string ckpt;       // a .safetensors file written by train --export-final or export
-  std::string tokenizer;  // the tokenizer file the training data was encoded with
+  std::string ckpt;               // a .safetensors file written by train --export-final or export
+  std::string tokenizer;          // the tokenizer file the training data was encoded with
   std::vector<std::string> sets;  // model fields for files without shardtrain metadata
   std::string prompt;
   int tokens = 200;

@@ -42,9 +42,12 @@ using Clock = std::chrono::steady_clock;
 
 DType compute_dtype(const Config& c) {
   switch (c.precision().compute()) {
-    case proto::BF16: return DType::kBF16;
-    case proto::F16: return DType::kF16;
-    default: return DType::kF32;
+    case proto::BF16:
+      return DType::kBF16;
+    case proto::F16:
+      return DType::kF16;
+    default:
+      return DType::kF32;
   }
 }
 
@@ -105,16 +108,18 @@ std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
   }
   run->alloc.set_record_timeline(!args.no_memory_timeline);
   if (c.train().device() == "cuda") {
-    throw UserError("train.device 'cuda': training on GPUs is not built yet (issue [cuda]); "
-                    "'cuda-emu' runs the CUDA kernels' source on the CPU, 'cpu' the CPU backend");
+    throw UserError(
+        "train.device 'cuda': training on GPUs is not built yet (issue [cuda]); "
+        "'cuda-emu' runs the CUDA kernels' source on the CPU, 'cpu' the CPU backend");
   }
   if (c.precision().grad_accum_dtype() != proto::F32) {
     throw UserError("precision.grad_accum_dtype: only F32 gradient accumulation is built so far");
   }
 
-  const int threads = c.train().threads() > 0
-                          ? c.train().threads()
-                          : std::max(1, int(std::thread::hardware_concurrency()) / mpi.local_size());
+  const int threads =
+      c.train().threads() > 0
+          ? c.train().threads()
+          : std::max(1, int(std::thread::hardware_concurrency()) / mpi.local_size());
   omp_set_num_threads(threads);
 
   const auto& d = c.data();
@@ -145,9 +150,9 @@ std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
   run->engine = std::make_unique<parallel::ZeroEngine>(run->dims, zero_options(c), *run->dp,
                                                        run->tp.get(), run->alloc);
   run->world = &mpi.world();
-  run->layout_text = str_cat("world ", mpi.world_size(), " = dp ", dp, " x tp ", tp, ", ZeRO ",
-                             c.parallel().zero_stage(), ", ",
-                             proto::DType_Name(c.precision().compute()));
+  run->layout_text =
+      str_cat("world ", mpi.world_size(), " = dp ", dp, " x tp ", tp, ", ZeRO ",
+              c.parallel().zero_stage(), ", ", proto::DType_Name(c.precision().compute()));
   const std::string ckpt =
       args.resume.empty() ? "" : parallel::resolve_checkpoint(args.resume, c.checkpoint().dir());
   if (!ckpt.empty()) {
@@ -189,10 +194,9 @@ void train_loop(Run& run, const TrainArgs& args) {
   models::Gpt<S> model(run.dims, run.B, run.T, run.alloc, run.tp.get(), backend);
   int64_t num_params = 0;
   for (const auto& u : engine.layout()) num_params += u.numel;
-  log_info("model: ", run.dims.L, " layers, ", run.dims.H, " heads, width ", run.dims.C,
-           ", vocab ", run.dims.V, ", context ", run.dims.Tmax, ": ", num_params,
-           " parameters; ", dtype_name(dtype_of<S>()), " compute; ", run.train_tokens,
-           " training tokens");
+  log_info("model: ", run.dims.L, " layers, ", run.dims.H, " heads, width ", run.dims.C, ", vocab ",
+           run.dims.V, ", context ", run.dims.Tmax, ": ", num_params, " parameters; ",
+           dtype_name(dtype_of<S>()), " compute; ", run.train_tokens, " training tokens");
 
   parallel::LossScaler scaler(c.precision().loss_scale(), dtype_of<S>() == DType::kF16);
   if (run.has_resumed && run.resumed.scaler.has_scale()) {
@@ -336,9 +340,15 @@ int run_train(const TrainArgs& args, LogLevel level, bool log_all_ranks) {
   // 2. Training: a failure on one rank ends the job.
   try {
     switch (compute_dtype(run->config)) {
-      case DType::kBF16: train_loop<BFloat16>(*run, args); break;
-      case DType::kF16: train_loop<Half>(*run, args); break;
-      default: train_loop<float>(*run, args); break;
+      case DType::kBF16:
+        train_loop<BFloat16>(*run, args);
+        break;
+      case DType::kF16:
+        train_loop<Half>(*run, args);
+        break;
+      default:
+        train_loop<float>(*run, args);
+        break;
     }
     // 3. Memory report: collective, after the model's buffers are gone (peaks are kept).
     if (!args.memory_report.empty()) {
@@ -346,8 +356,8 @@ int run_train(const TrainArgs& args, LogLevel level, bool log_all_ranks) {
     }
   } catch (const std::exception& e) {
     const bool user = dynamic_cast<const UserError*>(&e) != nullptr;
-    std::fprintf(stderr, "shardtrain: %s[rank %d] %s\n", user ? "error: " : "internal error: ",
-                 mpi.world_rank(), e.what());
+    std::fprintf(stderr, "shardtrain: %s[rank %d] %s\n",
+                 user ? "error: " : "internal error: ", mpi.world_rank(), e.what());
     std::fflush(stderr);
     MpiRuntime::abort(user ? 2 : 1);
   }
@@ -369,8 +379,8 @@ int run_export(const ExportArgs& args) {
   MpiRuntime mpi(nullptr, nullptr);
   auto self = mpi.world().split(mpi.world_rank(), 0);  // a group of one
   TrackingAllocator alloc;
-  parallel::ZeroEngine engine(models::GptDims::from_config(config.model()),
-                              {0, DType::kF32, 25}, *self, nullptr, alloc);
+  parallel::ZeroEngine engine(models::GptDims::from_config(config.model()), {0, DType::kF32, 25},
+                              *self, nullptr, alloc);
   if (!args.in.empty()) {
     parallel::load_checkpoint(args.in, engine);
   } else {

@@ -69,8 +69,7 @@ std::shared_ptr<TokenShard> TokenShard::open(const std::string& path) {
     throw UserError(str_cat(path, ": vocab size ", vocab, " does not fit 2-byte tokens"));
   }
   const uint64_t payload = uint64_t(size - kTokenHeaderBytes);
-  if (count > payload / uint64_t(s->token_bytes_) ||
-      count * uint64_t(s->token_bytes_) != payload) {
+  if (count > payload / uint64_t(s->token_bytes_) || count * uint64_t(s->token_bytes_) != payload) {
     throw UserError(str_cat(path, ": header says ", count, " tokens of ", s->token_bytes_,
                             " bytes but the file holds ", payload, " bytes (truncated?)"));
   }
@@ -100,8 +99,10 @@ void write_token_shard(const std::string& path, const std::vector<int32_t>& toke
   unsigned char* p = buf.data() + kTokenHeaderBytes;
   for (int32_t t : tokens) {
     ST_CHECK(t >= 0 && t < vocab_size, "token ", t, " outside the vocabulary");
-    if (width == 2) put_le<uint16_t>(p, uint16_t(t));
-    else put_le<uint32_t>(p, uint32_t(t));
+    if (width == 2)
+      put_le<uint16_t>(p, uint16_t(t));
+    else
+      put_le<uint32_t>(p, uint32_t(t));
     p += width;
   }
   const std::string tmp = path + ".tmp";
@@ -160,16 +161,20 @@ void TokenStream::window(int64_t index, int64_t T, int32_t* out) const {
     int64_t tok = shards_[s]->token(pos - starts_[s]);
     if (tok >= model_vocab_) {
       throw UserError(str_cat(shards_[s]->path(), ": token ", tok, " at position ",
-                              pos - starts_[s], " is outside the model vocabulary (",
-                              model_vocab_, ")"));
+                              pos - starts_[s], " is outside the model vocabulary (", model_vocab_,
+                              ")"));
     }
     out[i] = int32_t(tok);
   }
 }
 
-DataLoader::DataLoader(std::shared_ptr<const TokenStream> stream, int64_t B, int64_t T,
-                       int dp_rank, int dp_size)
-    : stream_(std::move(stream)), B_(B), T_(T), dp_rank_(dp_rank), dp_size_(dp_size),
+DataLoader::DataLoader(std::shared_ptr<const TokenStream> stream, int64_t B, int64_t T, int dp_rank,
+                       int dp_size)
+    : stream_(std::move(stream)),
+      B_(B),
+      T_(T),
+      dp_rank_(dp_rank),
+      dp_size_(dp_size),
       window_(size_t(T + 1)) {
   if (stream_->num_windows(T) == 0) {
     throw UserError(str_cat("data: the token stream has ", stream_->num_tokens(),

@@ -10,8 +10,8 @@
 #include "kernels/cross_entropy.h"
 #include "kernels/elementwise.h"
 #include "kernels/embedding.h"
-#include "kernels/gemm.h"
 #include "kernels/emu/ops.h"
+#include "kernels/gemm.h"
 #include "kernels/layernorm.h"
 #include "runtime/error.h"
 
@@ -24,8 +24,19 @@ constexpr float kLayerNormEps = 1e-5f;  // GPT-2 (REFERENCE.md)
 
 // Parameter indices inside a block unit, in Hugging Face order.
 enum BlockParam {
-  kLn1W, kLn1B, kAttnW, kAttnB, kAttnProjW, kAttnProjB,
-  kLn2W, kLn2B, kFcW, kFcB, kMlpProjW, kMlpProjB, kNumBlockParams
+  kLn1W,
+  kLn1B,
+  kAttnW,
+  kAttnB,
+  kAttnProjW,
+  kAttnProjB,
+  kLn2W,
+  kLn2B,
+  kFcW,
+  kFcB,
+  kMlpProjW,
+  kMlpProjB,
+  kNumBlockParams
 };
 
 // Row-major GEMM helpers with the model's three patterns. T is the compute dtype.
@@ -69,12 +80,12 @@ const P* Gpt<S>::param(const void* unit_base, int unit, int index) const {
 }
 
 template <class S>
-Gpt<S>::Gpt(const GptDims& dims, int64_t B, int64_t T, TrackingAllocator& alloc,
-            Communicator* tp, Backend backend)
+Gpt<S>::Gpt(const GptDims& dims, int64_t B, int64_t T, TrackingAllocator& alloc, Communicator* tp,
+            Backend backend)
     : dims_(dims), B_(B), T_(T), tp_(tp), layout_(gpt_layout(dims)), backend_(backend) {
   ST_CHECK(T <= dims.Tmax, "sequence length ", T, " exceeds the model's ", dims.Tmax);
-  ST_CHECK(dims.tp == 1 || (tp != nullptr && tp->size() == dims.tp), "tp group of size ",
-           dims.tp, " required");
+  ST_CHECK(dims.tp == 1 || (tp != nullptr && tp->size() == dims.tp), "tp group of size ", dims.tp,
+           " required");
   tp_rank_ = tp ? tp->rank() : 0;
   vocab_begin_ = int64_t(tp_rank_) * (dims.Vp / dims.tp);
   const DType dt = dtype_of<S>();
@@ -93,7 +104,8 @@ Gpt<S>::Gpt(const GptDims& dims, int64_t B, int64_t T, TrackingAllocator& alloc,
     return Tensor::empty(s, dt, alloc, MemCategory::kWorkspace, tag);
   };
   inputs_ = Tensor::empty({B, T}, DType::kI32, alloc, MemCategory::kActivations, "inputs");
-  for (int64_t l = 0; l <= dims.L; ++l) residual_.push_back(act({R, C}, dt, str_cat("residual.", l)));
+  for (int64_t l = 0; l <= dims.L; ++l)
+    residual_.push_back(act({R, C}, dt, str_cat("residual.", l)));
   for (int64_t l = 0; l < dims.L; ++l) {
     const std::string p = str_cat("h.", l, ".");
     BlockActivations b;
@@ -129,9 +141,8 @@ Gpt<S>::Gpt(const GptDims& dims, int64_t B, int64_t T, TrackingAllocator& alloc,
     emu_attention_ = dtype_of<S>() != DType::kF32 && (D == 64 || D == 128);
     emu_ln_work_ = Tensor::empty({k::cuda_emu::layernorm_backward_workspace_numel({R, C})},
                                  DType::kF32, alloc, MemCategory::kWorkspace, "emu_ln_work");
-    emu_attn_work_ = Tensor::empty(
-        {k::cuda_emu::attention_backward_workspace_numel({B, Hl, T, D})}, DType::kF32, alloc,
-        MemCategory::kWorkspace, "emu_attn_work");
+    emu_attn_work_ = Tensor::empty({k::cuda_emu::attention_backward_workspace_numel({B, Hl, T, D})},
+                                   DType::kF32, alloc, MemCategory::kWorkspace, "emu_attn_work");
   }
   if (sp_) {
     ln_local_ = work({R, C}, "sp_ln_local");
@@ -153,8 +164,8 @@ void Gpt<S>::layernorm_forward(S* out, float* mean, float* rstd, const S* x, con
 }
 
 template <class S>
-void Gpt<S>::layernorm_backward(S* dx, float* dw, float* db, const S* dout, const S* x,
-                                const S* w, const float* mean, const float* rstd) {
+void Gpt<S>::layernorm_backward(S* dx, float* dw, float* db, const S* dout, const S* x, const S* w,
+                                const float* mean, const float* rstd) {
   const k::RowsShape s{rows_, dims_.C};
   if (backend_ == Backend::kCudaEmu) {
     k::cuda_emu::layernorm_backward<S>(dx, dw, db, dout, x, w, mean, rstd,
@@ -182,8 +193,8 @@ void Gpt<S>::attention_backward(S* dqkv, const S* dout, const S* qkv, const S* o
   const k::AttentionShape s{B_, T_, dims_.H / dims_.tp, dims_.C / dims_.H};
   if constexpr (!std::is_same_v<S, float>) {
     if (emu_attention_) {
-      k::cuda_emu::attention_backward<S>(dqkv, dout, qkv, out, lse,
-                                         emu_attn_work_.data<float>(), s, nullptr);
+      k::cuda_emu::attention_backward<S>(dqkv, dout, qkv, out, lse, emu_attn_work_.data<float>(), s,
+                                         nullptr);
       return;
     }
   }
@@ -393,8 +404,8 @@ double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* ta
       return out;
     };
     layer_norm(x, b.ln1, b.ln1_mean, b.ln1_rstd, kLn1W, kLn1B);
-    linear<S>(b.qkv.data<S>(), b.ln1.data<S>(), param<S>(w, u, kAttnW), param<S>(w, u, kAttnB),
-              N, C, 3 * C / t);
+    linear<S>(b.qkv.data<S>(), b.ln1.data<S>(), param<S>(w, u, kAttnW), param<S>(w, u, kAttnB), N,
+              C, 3 * C / t);
     attention_forward(b.atty.data<S>(), b.lse.data<float>(), b.qkv.data<S>());
     const S* attn_out = row_parallel_out(b.atty.data<S>(), C / t, kAttnProjW, kAttnProjB);
     k::residual_add<S>(b.res2.data<S>(), x, attn_out, R * C);
@@ -436,8 +447,8 @@ double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* ta
     k::cuda_emu::cross_entropy_forward<S>(losses_.data<float>(), loss_lse_.data<float>(),
                                           logits_.data<S>(), targets, {N, Vl}, dims_.V, nullptr);
   } else {
-    k::cross_entropy_forward<S>(losses_.data<float>(), loss_lse_.data<float>(),
-                                logits_.data<S>(), targets, {N, Vl}, dims_.V);
+    k::cross_entropy_forward<S>(losses_.data<float>(), loss_lse_.data<float>(), logits_.data<S>(),
+                                targets, {N, Vl}, dims_.V);
   }
   double sum = 0.0;
   const float* losses = losses_.data<float>();
@@ -451,10 +462,10 @@ void Gpt<S>::backward(ParamSource& ps, float grad_weight) {
   const int64_t Vl = dims_.Vp / t, R = rows_;
   const int32_t* targets = targets_.data<int32_t>();
   const int32_t* inputs = inputs_.data<int32_t>();
-  S* dres = dres_.data<S>();                                   // (R,C): this rank's rows
-  S* dres_full = sp_ ? dres_full_.data<S>() : dres;            // (N,C)
-  S* dln = dln_.data<S>();                                     // (N,C): partial under tp
-  S* dln_local = sp_ ? dln_local_.data<S>() : dln;             // (R,C)
+  S* dres = dres_.data<S>();                         // (R,C): this rank's rows
+  S* dres_full = sp_ ? dres_full_.data<S>() : dres;  // (N,C)
+  S* dln = dln_.data<S>();                           // (N,C): partial under tp
+  S* dln_local = sp_ ? dln_local_.data<S>() : dln;   // (R,C)
 
   // 1. Loss and head: dlogits in place, then dlnf = dlogits @ wte (partial sums under tp:
   //    all-reduced, or reduce-scattered to this rank's rows), dwte += dlogits^T @ lnf.
@@ -538,8 +549,7 @@ void Gpt<S>::backward(ParamSource& ps, float grad_weight) {
 
   // 4. Embeddings (their wte gradient already holds the head's share).
   float* g0 = ps.grads(0);
-  embed_backward(g0 + layout_[0].params[0].offset, g0 + layout_[0].params[1].offset, dres,
-                 inputs);
+  embed_backward(g0 + layout_[0].params[0].offset, g0 + layout_[0].params[1].offset, dres, inputs);
   ps.grads_done(0);
 }
 

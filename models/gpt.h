@@ -39,12 +39,12 @@
 namespace shardtrain::models {
 
 struct GptDims {
-  int64_t L;     // layers
-  int64_t H;     // heads
-  int64_t C;     // width
-  int64_t V;     // vocabulary
-  int64_t Vp;    // vocabulary padded to a multiple of 64 x tp (rows past V are zero, unused)
-  int64_t Tmax;  // context length (rows of wpe)
+  int64_t L;       // layers
+  int64_t H;       // heads
+  int64_t C;       // width
+  int64_t V;       // vocabulary
+  int64_t Vp;      // vocabulary padded to a multiple of 64 x tp (rows past V are zero, unused)
+  int64_t Tmax;    // context length (rows of wpe)
   int64_t tp = 1;  // tensor-parallel ranks the layers are split over
   // Sequence parallelism (Korthikanti et al. 2022): with tp > 1, LayerNorm and residual
   // regions hold only 1/tp of the rows; the all-reduces become all-gather + reduce-scatter.
@@ -88,18 +88,18 @@ std::vector<UnitLayout> gpt_layout(const GptDims& dims);
 // Seeded GPT-2 initialisation: the value of global element g of a parameter depends only on
 // (seed, name, g), so a rank can initialise any slice of any layout (tp and ZeRO) and get
 // exactly the values of the unsplit model. Fills this rank's local elements [begin, end).
-void init_param(const ParamInfo& p, const GptDims& dims, uint64_t seed, int64_t begin,
-                int64_t end, int tp_rank, float* out);
+void init_param(const ParamInfo& p, const GptDims& dims, uint64_t seed, int64_t begin, int64_t end,
+                int tp_rank, float* out);
 
 // Where the model gets parameters and puts gradients (plain storage, or the ZeRO engine).
 class ParamSource {
  public:
   virtual ~ParamSource() = default;
-  virtual void acquire(int unit) = 0;            // before the unit computes (ZeRO-3: gather)
-  virtual const void* params(int unit) = 0;      // compute dtype, valid between acquire/release
-  virtual float* grads(int unit) = 0;            // fp32, accumulated into (+=)
-  virtual void release(int unit) = 0;            // the unit is done for this pass
-  virtual void grads_done(int unit) = 0;         // the unit's backward finished
+  virtual void acquire(int unit) = 0;        // before the unit computes (ZeRO-3: gather)
+  virtual const void* params(int unit) = 0;  // compute dtype, valid between acquire/release
+  virtual float* grads(int unit) = 0;        // fp32, accumulated into (+=)
+  virtual void release(int unit) = 0;        // the unit is done for this pass
+  virtual void grads_done(int unit) = 0;     // the unit's backward finished
 };
 
 // What one block saves for its backward. Shapes for N = B*T rows: ln*, atty, res2 (N,C);
@@ -176,8 +176,8 @@ class Gpt {
   Tensor dres_, dln_, datty_, dqkv_, dfch_, dscratch_;
   Tensor ln_local_, proj_local_, dln_local_, dres_full_;
   Backend backend_ = Backend::kCpu;
-  bool emu_attention_ = false;            // the emulated CUDA attention supports this shape
-  Tensor emu_ln_work_, emu_attn_work_;    // workspaces of the emulated CUDA backward kernels
+  bool emu_attention_ = false;          // the emulated CUDA attention supports this shape
+  Tensor emu_ln_work_, emu_attn_work_;  // workspaces of the emulated CUDA backward kernels
 };
 
 }  // namespace shardtrain::models

@@ -61,7 +61,8 @@ std::vector<UnitLayout> gpt_layout(const GptDims& g) {
     const std::string p = str_cat("h.", l, ".");
     add(u, p + "ln_1.weight", {C}, {C}, false, ParamInit::kOne);
     add(u, p + "ln_1.bias", {C}, {C}, false, ParamInit::kZero);
-    add(u, p + "attn.c_attn.weight", {C, 3 * C / t}, {C, 3 * C}, true, ParamInit::kNormal, kCols, 3);
+    add(u, p + "attn.c_attn.weight", {C, 3 * C / t}, {C, 3 * C}, true, ParamInit::kNormal, kCols,
+        3);
     add(u, p + "attn.c_attn.bias", {3 * C / t}, {3 * C}, false, ParamInit::kZero, kCols, 3);
     add(u, p + "attn.c_proj.weight", {C / t, C}, {C, C}, true, ParamInit::kResidualNormal, kRows);
     add(u, p + "attn.c_proj.bias", {C}, {C}, false, ParamInit::kZero);
@@ -83,8 +84,10 @@ std::vector<UnitLayout> gpt_layout(const GptDims& g) {
 
 int64_t ParamInfo::global_index(int64_t local, int tp, int tp_rank) const {
   switch (split) {
-    case TpSplit::kReplicated: return local;
-    case TpSplit::kRows: return int64_t(tp_rank) * numel() + local;  // a contiguous row block
+    case TpSplit::kReplicated:
+      return local;
+    case TpSplit::kRows:
+      return int64_t(tp_rank) * numel() + local;  // a contiguous row block
     case TpSplit::kColumns: {
       const int64_t cols = shape.back(), row = local / cols, col = local % cols;
       const int64_t part = cols / parts, block = col / part, within = col % part;
@@ -95,18 +98,21 @@ int64_t ParamInfo::global_index(int64_t local, int tp, int tp_rank) const {
   return local;
 }
 
-void init_param(const ParamInfo& p, const GptDims& dims, uint64_t seed, int64_t begin,
-                int64_t end, int tp_rank, float* out) {
+void init_param(const ParamInfo& p, const GptDims& dims, uint64_t seed, int64_t begin, int64_t end,
+                int tp_rank, float* out) {
   const uint64_t key = splitmix64(seed ^ fnv1a(p.name));
-  const double stddev = p.init == ParamInit::kResidualNormal
-                            ? kInitStd / std::sqrt(2.0 * double(dims.L))
-                            : kInitStd;
+  const double stddev =
+      p.init == ParamInit::kResidualNormal ? kInitStd / std::sqrt(2.0 * double(dims.L)) : kInitStd;
   const int64_t valid = shape_numel(p.hf_shape);  // wte's padding rows stay zero
   for (int64_t i = begin; i < end; ++i) {
     float v = 0.0f;
     switch (p.init) {
-      case ParamInit::kZero: v = 0.0f; break;
-      case ParamInit::kOne: v = 1.0f; break;
+      case ParamInit::kZero:
+        v = 0.0f;
+        break;
+      case ParamInit::kOne:
+        v = 1.0f;
+        break;
       case ParamInit::kNormal:
       case ParamInit::kResidualNormal: {
         const uint64_t g = uint64_t(p.global_index(i, int(dims.tp), tp_rank));

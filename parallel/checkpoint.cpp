@@ -88,8 +88,9 @@ class PieceReader {
   // Value of global element g of tensor t; pieces are read whole once and checked.
   float value(const proto::CheckpointTensor& t, int64_t g) {
     const auto& pieces = t.pieces();
-    auto it = std::upper_bound(pieces.begin(), pieces.end(), uint64_t(g),
-                               [](uint64_t v, const proto::CheckpointPiece& p) { return v < p.begin(); });
+    auto it =
+        std::upper_bound(pieces.begin(), pieces.end(), uint64_t(g),
+                         [](uint64_t v, const proto::CheckpointPiece& p) { return v < p.begin(); });
     const proto::CheckpointPiece& p = *(it - 1);  // coverage was checked: it exists
     const std::vector<float>& data = load(t, p);
     return data[size_t(uint64_t(g) - p.begin())];
@@ -97,8 +98,10 @@ class PieceReader {
   // Copies global elements [g, g + count) of tensor t into out, piece by piece.
   void copy(const proto::CheckpointTensor& t, int64_t g, int64_t count, float* out) {
     const auto& pieces = t.pieces();
-    auto it = std::upper_bound(pieces.begin(), pieces.end(), uint64_t(g),
-                               [](uint64_t v, const proto::CheckpointPiece& p) { return v < p.begin(); }) - 1;
+    auto it = std::upper_bound(
+                  pieces.begin(), pieces.end(), uint64_t(g),
+                  [](uint64_t v, const proto::CheckpointPiece& p) { return v < p.begin(); }) -
+              1;
     while (count > 0) {
       const std::vector<float>& data = load(t, *it);
       const int64_t from = g - int64_t(it->begin());
@@ -113,7 +116,8 @@ class PieceReader {
   void forget() { cache_.clear(); }
 
  private:
-  const std::vector<float>& load(const proto::CheckpointTensor& t, const proto::CheckpointPiece& p) {
+  const std::vector<float>& load(const proto::CheckpointTensor& t,
+                                 const proto::CheckpointPiece& p) {
     auto key = &p;
     auto it = cache_.find(key);
     if (it != cache_.end()) return it->second;
@@ -122,8 +126,8 @@ class PieceReader {
     std::ifstream in(path, std::ios::binary);
     in.seekg(std::streamoff(p.byte_offset()));
     if (!in || !in.read(reinterpret_cast<char*>(data.data()), std::streamsize(data.size() * 4))) {
-      throw UserError(str_cat(path, ": cannot read piece of tensor '", t.name(), "' (", t.state(),
-                              ")"));
+      throw UserError(
+          str_cat(path, ": cannot read piece of tensor '", t.name(), "' (", t.state(), ")"));
     }
     if (crc32c(data.data(), data.size() * 4) != p.crc32c()) {
       throw UserError(str_cat(path, ": checksum mismatch in tensor '", t.name(), "' (", t.state(),
@@ -174,7 +178,8 @@ void save_checkpoint(const std::string& root, const Config& config, const TrainS
     std::error_code ec;
     fs::create_directories(root, ec);
     fs::remove_all(tmp_dir, ec);
-    if (!fs::create_directory(tmp_dir, ec)) error = str_cat(tmp_dir, ": cannot create (", ec.message(), ")");
+    if (!fs::create_directory(tmp_dir, ec))
+      error = str_cat(tmp_dir, ": cannot create (", ec.message(), ")");
   }
   double failed = error.empty() ? 0 : 1;
   world.all_reduce_f64(&failed, 1, true);
@@ -207,17 +212,17 @@ void save_checkpoint(const std::string& root, const Config& config, const TrainS
         const float* values = engine.state_data(run, StateKind(k));
         for_each_global_segment(p, run.begin, run.end, tp, tp_rank,
                                 [&](int64_t lo, int64_t hi, int64_t g) {
-          const float* seg = values + (lo - run.begin);
-          const size_t bytes = size_t(hi - lo) * 4;
-          ok = ok && std::fwrite(seg, 1, bytes, f) == bytes;
-          auto* piece = slot->add_pieces();
-          piece->set_file(file);
-          piece->set_byte_offset(offset);
-          piece->set_begin(uint64_t(g));
-          piece->set_end(uint64_t(g + hi - lo));
-          piece->set_crc32c(crc32c(seg, bytes));
-          offset += bytes;
-        });
+                                  const float* seg = values + (lo - run.begin);
+                                  const size_t bytes = size_t(hi - lo) * 4;
+                                  ok = ok && std::fwrite(seg, 1, bytes, f) == bytes;
+                                  auto* piece = slot->add_pieces();
+                                  piece->set_file(file);
+                                  piece->set_byte_offset(offset);
+                                  piece->set_begin(uint64_t(g));
+                                  piece->set_end(uint64_t(g + hi - lo));
+                                  piece->set_crc32c(crc32c(seg, bytes));
+                                  offset += bytes;
+                                });
       }
       if (rank == fault.rank && ri == runs.size() / 2) {
         std::fflush(f);
@@ -235,8 +240,9 @@ void save_checkpoint(const std::string& root, const Config& config, const TrainS
   failed = error.empty() ? 0 : 1;
   world.all_reduce_f64(&failed, 1, true);
   if (failed != 0) {
-    throw UserError(error.empty() ? str_cat("checkpoint ", final_dir, ": another rank failed to write")
-                                  : error);
+    throw UserError(error.empty()
+                        ? str_cat("checkpoint ", final_dir, ": another rank failed to write")
+                        : error);
   }
   world.all_reduce_f64(&written, 1, false);
 
@@ -298,7 +304,8 @@ void save_checkpoint(const std::string& root, const Config& config, const TrainS
       }
     }
     std::sort(steps.begin(), steps.end());
-    for (size_t i = 0; i + size_t(keep) < steps.size(); ++i) fs::remove_all(root + "/" + steps[i], ec);
+    for (size_t i = 0; i + size_t(keep) < steps.size(); ++i)
+      fs::remove_all(root + "/" + steps[i], ec);
   }
   world.barrier();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -308,7 +315,8 @@ void save_checkpoint(const std::string& root, const Config& config, const TrainS
 
 std::string resolve_checkpoint(const std::string& resume, const std::string& root) {
   if (resume != "auto") {
-    if (!fs::is_directory(resume)) throw UserError(str_cat("--resume ", resume, ": no such checkpoint directory"));
+    if (!fs::is_directory(resume))
+      throw UserError(str_cat("--resume ", resume, ": no such checkpoint directory"));
     return resume;
   }
   if (root.empty()) throw UserError("--resume auto needs checkpoint.dir in the config");
@@ -352,7 +360,8 @@ proto::CheckpointManifest read_manifest(const std::string& dir) {
         throw bad(p.begin() < next ? str_cat("pieces overlap at element ", p.begin())
                                    : str_cat("elements ", next, "-", p.begin(), " are missing"));
       }
-      if (p.end() <= p.begin() || p.end() > numel) throw bad(str_cat("piece ends past the tensor (", p.end(), " > ", numel, ")"));
+      if (p.end() <= p.begin() || p.end() > numel)
+        throw bad(str_cat("piece ends past the tensor (", p.end(), " > ", numel, ")"));
       const std::string& f = p.file();
       if (f.empty() || f.find('/') != std::string::npos || f == "." || f == "..") {
         throw bad(str_cat("piece file '", f, "' is not a plain file name"));
@@ -361,7 +370,8 @@ proto::CheckpointManifest read_manifest(const std::string& dir) {
       if (it == file_sizes.end()) {
         std::error_code ec;
         const uint64_t size = fs::file_size(dir + "/" + f, ec);
-        if (ec) throw UserError(str_cat(dir, "/", f, ": missing (needed by tensor '", t.name(), "')"));
+        if (ec)
+          throw UserError(str_cat(dir, "/", f, ": missing (needed by tensor '", t.name(), "')"));
         it = file_sizes.emplace(f, size).first;
       }
       const uint64_t bytes = (p.end() - p.begin()) * 4;
@@ -382,7 +392,8 @@ TrainState load_checkpoint(const std::string& dir, ZeroEngine& engine) {
   const auto& saved = m.config().model();
   const models::GptDims& d = engine.dims();
   if (saved.n_head() != d.H) {
-    throw UserError(str_cat(path, ": saved with model.n_head ", saved.n_head(), ", the config has ", d.H));
+    throw UserError(
+        str_cat(path, ": saved with model.n_head ", saved.n_head(), ", the config has ", d.H));
   }
   PieceReader reader(dir, m);
   // Every tensor the model needs, with the shape the config gives it.
@@ -390,7 +401,8 @@ TrainState load_checkpoint(const std::string& dir, ZeroEngine& engine) {
     for (const auto& p : unit.params) {
       for (const char* state : kStateNames) {
         const proto::CheckpointTensor* t = reader.find(p.name, state);
-        if (t == nullptr) throw UserError(str_cat(path, ": tensor '", p.name, "' (", state, ") is missing"));
+        if (t == nullptr)
+          throw UserError(str_cat(path, ": tensor '", p.name, "' (", state, ") is missing"));
         Shape shape(t->shape().begin(), t->shape().end());
         if (shape != p.hf_shape) {
           throw UserError(str_cat(path, ": tensor '", p.name, "' has shape ", shape_str(shape),
@@ -400,17 +412,18 @@ TrainState load_checkpoint(const std::string& dir, ZeroEngine& engine) {
     }
   }
   const int tp = int(d.tp), tp_rank = engine.tp_rank();
-  engine.load_state([&](StateKind kind, const models::ParamInfo& p, int64_t lo, int64_t hi, float* out) {
-    const proto::CheckpointTensor& t = *reader.find(p.name, kStateNames[int(kind)]);
-    const int64_t valid = shape_numel(p.hf_shape);
-    // Contiguous global segments are copied whole; vocabulary padding (past `valid`) is zero.
-    for_each_global_segment(p, lo, hi, tp, tp_rank, [&](int64_t l0, int64_t l1, int64_t g0) {
-      const int64_t n = std::clamp<int64_t>(valid - g0, 0, l1 - l0);
-      if (n > 0) reader.copy(t, g0, n, out + (l0 - lo));
-      std::fill(out + (l0 - lo) + n, out + (l1 - lo), 0.0f);
-    });
-    reader.forget();
-  });
+  engine.load_state(
+      [&](StateKind kind, const models::ParamInfo& p, int64_t lo, int64_t hi, float* out) {
+        const proto::CheckpointTensor& t = *reader.find(p.name, kStateNames[int(kind)]);
+        const int64_t valid = shape_numel(p.hf_shape);
+        // Contiguous global segments are copied whole; vocabulary padding (past `valid`) is zero.
+        for_each_global_segment(p, lo, hi, tp, tp_rank, [&](int64_t l0, int64_t l1, int64_t g0) {
+          const int64_t n = std::clamp<int64_t>(valid - g0, 0, l1 - l0);
+          if (n > 0) reader.copy(t, g0, n, out + (l0 - lo));
+          std::fill(out + (l0 - lo) + n, out + (l1 - lo), 0.0f);
+        });
+        reader.forget();
+      });
   TrainState s;
   s.step = m.step();
   s.data_position = m.data_position();
@@ -491,8 +504,8 @@ void reshard_checkpoint(const std::string& in, const std::string& out, const Con
   m.clear_tensors();
   *m.mutable_config()->mutable_parallel() = config.parallel();
   m.set_saved_layout(str_cat("world ", world, " = dp ", dp, " x tp ", tp, ", ZeRO ",
-                             config.parallel().zero_stage(), " (resharded from: ",
-                             src.saved_layout(), ")"));
+                             config.parallel().zero_stage(),
+                             " (resharded from: ", src.saved_layout(), ")"));
   std::map<std::string, proto::CheckpointTensor*> tensors;
   for (int rank = 0; rank < world; ++rank) {
     char file[32];
@@ -505,7 +518,8 @@ void reshard_checkpoint(const std::string& in, const std::string& out, const Con
       const models::ParamInfo& p = layout[size_t(run.unit)].params[size_t(run.param)];
       for (const char* state : kStateNames) {
         auto it = by_key.find(tensor_key(p.name, state));
-        if (it == by_key.end()) throw UserError(str_cat(in, ": tensor '", p.name, "' (", state, ") is missing"));
+        if (it == by_key.end())
+          throw UserError(str_cat(in, ": tensor '", p.name, "' (", state, ") is missing"));
         const proto::CheckpointTensor& t = *it->second;
         if (Shape(t.shape().begin(), t.shape().end()) != p.hf_shape) {
           throw UserError(str_cat(in, ": tensor '", p.name, "' does not match the config's shape ",
@@ -518,33 +532,35 @@ void reshard_checkpoint(const std::string& in, const std::string& out, const Con
           slot->set_state(state);
           *slot->mutable_shape() = t.shape();
         }
-        for_each_global_segment(p, run.begin, run.end, tp, rank % tp,
-                                [&](int64_t lo, int64_t hi, int64_t g0) {
-          const uint64_t begin = uint64_t(g0), end = uint64_t(g0 + hi - lo);
-          uint32_t crc = 0;
-          // Copy [begin, end) from the source pieces that overlap it, a buffer at a time.
-          auto sp = std::upper_bound(t.pieces().begin(), t.pieces().end(), begin,
-                                     [](uint64_t v, const auto& x) { return v < x.begin(); }) - 1;
-          for (uint64_t at = begin; at < end;) {
-            if (at >= sp->end()) ++sp;
-            const uint64_t n = std::min({uint64_t(chunk), end - at, sp->end() - at});
-            std::ifstream src_file(in + "/" + sp->file(), std::ios::binary);
-            src_file.seekg(std::streamoff(sp->byte_offset() + (at - sp->begin()) * 4));
-            if (!src_file.read(reinterpret_cast<char*>(buf.data()), std::streamsize(n * 4))) {
-              throw UserError(str_cat(in, "/", sp->file(), ": cannot read tensor '", p.name, "'"));
-            }
-            crc = crc32c(buf.data(), n * 4, crc);
-            ok = ok && std::fwrite(buf.data(), 4, n, f) == n;
-            at += n;
-          }
-          auto* piece = slot->add_pieces();
-          piece->set_file(file);
-          piece->set_byte_offset(offset);
-          piece->set_begin(begin);
-          piece->set_end(end);
-          piece->set_crc32c(crc);
-          offset += (end - begin) * 4;
-        });
+        for_each_global_segment(
+            p, run.begin, run.end, tp, rank % tp, [&](int64_t lo, int64_t hi, int64_t g0) {
+              const uint64_t begin = uint64_t(g0), end = uint64_t(g0 + hi - lo);
+              uint32_t crc = 0;
+              // Copy [begin, end) from the source pieces that overlap it, a buffer at a time.
+              auto sp = std::upper_bound(t.pieces().begin(), t.pieces().end(), begin,
+                                         [](uint64_t v, const auto& x) { return v < x.begin(); }) -
+                        1;
+              for (uint64_t at = begin; at < end;) {
+                if (at >= sp->end()) ++sp;
+                const uint64_t n = std::min({uint64_t(chunk), end - at, sp->end() - at});
+                std::ifstream src_file(in + "/" + sp->file(), std::ios::binary);
+                src_file.seekg(std::streamoff(sp->byte_offset() + (at - sp->begin()) * 4));
+                if (!src_file.read(reinterpret_cast<char*>(buf.data()), std::streamsize(n * 4))) {
+                  throw UserError(
+                      str_cat(in, "/", sp->file(), ": cannot read tensor '", p.name, "'"));
+                }
+                crc = crc32c(buf.data(), n * 4, crc);
+                ok = ok && std::fwrite(buf.data(), 4, n, f) == n;
+                at += n;
+              }
+              auto* piece = slot->add_pieces();
+              piece->set_file(file);
+              piece->set_byte_offset(offset);
+              piece->set_begin(begin);
+              piece->set_end(end);
+              piece->set_crc32c(crc);
+              offset += (end - begin) * 4;
+            });
       }
     }
     ok = std::fflush(f) == 0 && ::fsync(fileno(f)) == 0 && ok;

@@ -70,7 +70,10 @@ class EngineReplay {
  public:
   EngineReplay(const MemPlanInput& in, const std::vector<int64_t>& padded,
                const std::vector<int64_t>& shard)
-      : in_(in), padded_(padded), shard_(shard), gathered_(padded.size(), false),
+      : in_(in),
+        padded_(padded),
+        shard_(shard),
+        gathered_(padded.size(), false),
         work_(padded.size(), false) {
     const int L = int(in.L);
     order_.push_back(0);
@@ -217,18 +220,18 @@ void plan_activations(const MemPlanInput& in, CategoryBytes& b) {
   const bool sp = in.sequence_parallel && t > 1;
   const int64_t R = sp ? N / t : N;  // rows of the LayerNorm / residual regions
   const int64_t f32 = 4, i32 = 4;
-  int64_t acts = 2 * N * i32;                    // inputs, targets (B,T)
-  acts += (in.L + 1) * R * C * e;                // residual stream, L+1 of (R,C)
-  const int64_t per_layer = 2 * N * C * e        // ln1, ln2 (N,C)
-                            + R * C * e          // res2 (R,C)
-                            + 2 * 2 * R * f32    // ln1/ln2 mean and rstd (R) fp32
+  int64_t acts = 2 * N * i32;                  // inputs, targets (B,T)
+  acts += (in.L + 1) * R * C * e;              // residual stream, L+1 of (R,C)
+  const int64_t per_layer = 2 * N * C * e      // ln1, ln2 (N,C)
+                            + R * C * e        // res2 (R,C)
+                            + 2 * 2 * R * f32  // ln1/ln2 mean and rstd (R) fp32
                             + N * (3 * C / t) * e + N * (C / t) * e  // qkv (N,3C), atty (N,C)
                             + in.B * (in.H / t) * in.T * f32         // lse (B,H,T) fp32
                             + 2 * N * (4 * C / t) * e;               // fch, fch_gelu (N,4C)
   acts += in.L * per_layer;
-  acts += N * C * e + 2 * R * f32;               // lnf (N,C), its mean and rstd (R)
-  acts += N * (vocab_padded(in) / t) * e;        // logits (N,Vp)
-  acts += 2 * N * f32;                           // losses, loss_lse (N)
+  acts += N * C * e + 2 * R * f32;         // lnf (N,C), its mean and rstd (R)
+  acts += N * (vocab_padded(in) / t) * e;  // logits (N,Vp)
+  acts += 2 * N * f32;                     // losses, loss_lse (N)
   b[size_t(kActs)] = acts;
   // Backward scratch: d_residual (R,C); d_ln, d_proj_out (N,C); d_atty (N,C), d_qkv (N,3C),
   // d_fch (N,4C) split by tp; sequence parallel: 3 x (R,C) + (N,C).
@@ -266,8 +269,8 @@ MemPlanInput MemPlanInput::from_config(const proto::Config& c, int world) {
 }
 
 MemPlan plan_memory(const MemPlanInput& in) {
-  ST_CHECK(in.world >= 1 && in.tp >= 1 && in.world % in.tp == 0, "layout world ", in.world,
-           " tp ", in.tp);
+  ST_CHECK(in.world >= 1 && in.tp >= 1 && in.world % in.tp == 0, "layout world ", in.world, " tp ",
+           in.tp);
   ST_CHECK(in.zero_stage >= 0 && in.zero_stage <= 3, "ZeRO stage ", in.zero_stage);
   MemPlan plan;
   const int64_t dp = in.world / in.tp;
@@ -387,11 +390,16 @@ double zero_paper_bytes(double psi, int64_t nd, int stage, double param_bytes, d
                         double k_bytes) {
   const double n = double(nd);
   switch (stage) {
-    case 0: return (param_bytes + grad_bytes + k_bytes) * psi;
-    case 1: return (param_bytes + grad_bytes) * psi + k_bytes * psi / n;
-    case 2: return param_bytes * psi + (grad_bytes + k_bytes) * psi / n;
-    case 3: return (param_bytes + grad_bytes + k_bytes) * psi / n;
-    default: ST_CHECK(false, "ZeRO stage ", stage);
+    case 0:
+      return (param_bytes + grad_bytes + k_bytes) * psi;
+    case 1:
+      return (param_bytes + grad_bytes) * psi + k_bytes * psi / n;
+    case 2:
+      return param_bytes * psi + (grad_bytes + k_bytes) * psi / n;
+    case 3:
+      return (param_bytes + grad_bytes + k_bytes) * psi / n;
+    default:
+      ST_CHECK(false, "ZeRO stage ", stage);
   }
   return 0;
 }
@@ -408,9 +416,9 @@ int64_t parse_byte_size(const std::string& text, const std::string& flag) {
   for (char& ch : unit) ch = char(std::tolower(static_cast<unsigned char>(ch)));
   double scale = 0;
   const std::pair<const char*, double> units[] = {
-      {"", 1},        {"b", 1},         {"k", 1e3},        {"kb", 1e3},       {"m", 1e6},
-      {"mb", 1e6},    {"g", 1e9},       {"gb", 1e9},       {"t", 1e12},       {"tb", 1e12},
-      {"kib", 0x1p10}, {"mib", 0x1p20}, {"gib", 0x1p30},   {"tib", 0x1p40}};
+      {"", 1},         {"b", 1},        {"k", 1e3},      {"kb", 1e3},    {"m", 1e6},
+      {"mb", 1e6},     {"g", 1e9},      {"gb", 1e9},     {"t", 1e12},    {"tb", 1e12},
+      {"kib", 0x1p10}, {"mib", 0x1p20}, {"gib", 0x1p30}, {"tib", 0x1p40}};
   for (const auto& [name, s] : units) {
     if (unit == name) scale = s;
   }

@@ -64,8 +64,8 @@ MemPlan plan_memory(const MemPlanInput& in);
 // One row of the comparison table: a layout with the configured micro-batch.
 struct MemCandidate {
   int zero_stage = 0, tp = 1;
-  int64_t total = 0;  // predicted peak bytes per rank at the configured micro-batch
-  bool fits = false;  // total <= device memory
+  int64_t total = 0;            // predicted peak bytes per rank at the configured micro-batch
+  bool fits = false;            // total <= device memory
   int64_t max_micro_batch = 0;  // largest B whose peak fits (0: not even B = 1)
 };
 

@@ -16,13 +16,13 @@ namespace shardtrain::parallel {
 struct ZeroEngine::Unit {
   int64_t numel = 0, padded = 0, shard = 0;  // n, P, S
   int64_t own_begin = 0;                     // r * S
-  Tensor params;        // compute dtype: full P (stages 0-2) or the shard S (stage 3)
-  Tensor gathered;      // stage 3: full P while acquired
+  Tensor params;    // compute dtype: full P (stages 0-2) or the shard S (stage 3)
+  Tensor gathered;  // stage 3: full P while acquired
   std::unique_ptr<Work> gather_work;
-  Tensor master;        // fp32: full P (stage 0) or shard S; for fp32 compute, params' memory
-  Tensor m, v;          // fp32, like master
-  Tensor grads;         // fp32: full P (stages 0-1) or shard S (stages 2-3), accumulated
-  Tensor work_grads;    // stages 2-3: full P fp32 for this micro-step's backward
+  Tensor master;      // fp32: full P (stage 0) or shard S; for fp32 compute, params' memory
+  Tensor m, v;        // fp32, like master
+  Tensor grads;       // fp32: full P (stages 0-1) or shard S (stages 2-3), accumulated
+  Tensor work_grads;  // stages 2-3: full P fp32 for this micro-step's backward
   bool grads_reduced = false;
 };
 
@@ -41,10 +41,18 @@ void cast_out(void* dst, const float* src, int64_t n) {
 
 void cast_from_f32(DType t, void* dst, const float* src, int64_t n) {
   switch (t) {
-    case DType::kF32: std::memcpy(dst, src, size_t(n) * 4); break;
-    case DType::kBF16: cast_out<BFloat16>(dst, src, n); break;
-    case DType::kF16: cast_out<Half>(dst, src, n); break;
-    case DType::kI32: ST_CHECK(false, "integer parameters"); break;
+    case DType::kF32:
+      std::memcpy(dst, src, size_t(n) * 4);
+      break;
+    case DType::kBF16:
+      cast_out<BFloat16>(dst, src, n);
+      break;
+    case DType::kF16:
+      cast_out<Half>(dst, src, n);
+      break;
+    case DType::kI32:
+      ST_CHECK(false, "integer parameters");
+      break;
   }
 }
 
@@ -87,11 +95,12 @@ ZeroEngine::ZeroEngine(const models::GptDims& dims, const ZeroOptions& options, 
     };
     u->params = make(stage == 3 ? shard : full, options.compute, MemCategory::kParams, "params");
     if (f32) {
-      u->master = stage == 0 ? u->params
+      u->master = stage == 0   ? u->params
                   : stage == 3 ? u->params
                                : u->params.view(u->own_begin, {shard});
     } else {
-      u->master = make(stage == 0 ? full : shard, DType::kF32, MemCategory::kMasterParams, "master");
+      u->master =
+          make(stage == 0 ? full : shard, DType::kF32, MemCategory::kMasterParams, "master");
     }
     const int64_t opt_count = stage == 0 ? full : shard;
     u->m = make(opt_count, DType::kF32, MemCategory::kOptimizerState, "adam_m");
@@ -133,8 +142,8 @@ void ZeroEngine::gather_start(int unit) {
   // Pieces of every rank's chunk; only the last work needs waiting (FIFO execution).
   for (int64_t off = 0; off < u.shard; off += piece_) {
     const int64_t count = std::min(piece_, u.shard - off);
-    u.gather_work = dp_.all_gather_async(src + off * esz, dst + off * esz, count,
-                                         options_.compute, u.shard);
+    u.gather_work =
+        dp_.all_gather_async(src + off * esz, dst + off * esz, count, options_.compute, u.shard);
   }
 }
 
@@ -302,8 +311,8 @@ void ZeroEngine::cast_master_to_params(Unit& u, int64_t begin, int64_t count) {
   // begin: unit coordinate of master element 0's range start.
   if (options_.compute == DType::kF32) return;  // master is the parameter memory
   const int64_t params_base = options_.stage == 3 ? u.own_begin : 0;
-  char* dst = static_cast<char*>(u.params.raw()) +
-              (begin - params_base) * dtype_bytes(options_.compute);
+  char* dst =
+      static_cast<char*>(u.params.raw()) + (begin - params_base) * dtype_bytes(options_.compute);
   cast_from_f32(options_.compute, dst, u.master.data<float>(), count);
 }
 
@@ -333,11 +342,16 @@ void ZeroEngine::adamw_step(const proto::OptimizerConfig& o, double lr, int64_t 
     // Walk the parameters overlapping [begin, begin + count), each with its decay flag;
     // padding past the last parameter has zero gradient and state, and is left alone.
     for (const auto& p : layout_[ui].params) {
-      const int64_t lo = std::max(begin, p.offset), hi = std::min(begin + count, p.offset + p.numel());
+      const int64_t lo = std::max(begin, p.offset),
+                    hi = std::min(begin + count, p.offset + p.numel());
       if (lo >= hi) continue;
       const int64_t i = lo - begin;
-      kernels::AdamWParams ap{float(lr), float(o.beta1()), float(o.beta2()), float(o.eps()),
-                              p.decay ? float(o.weight_decay()) : 0.0f, step};
+      kernels::AdamWParams ap{float(lr),
+                              float(o.beta1()),
+                              float(o.beta2()),
+                              float(o.eps()),
+                              p.decay ? float(o.weight_decay()) : 0.0f,
+                              step};
       kernels::adamw_update<float>(master + i, grad + i, m + i, v + i, nullptr, hi - lo, ap,
                                    grad_scale);
     }
@@ -369,7 +383,8 @@ void ZeroEngine::fill_holdings(Fill fill) {
     const int64_t count = options_.stage == 3 ? u.shard : u.padded;
     std::vector<float> values(size_t(count), 0.0f);
     for (const auto& p : layout_[ui].params) {
-      const int64_t lo = std::max(begin, p.offset), hi = std::min(begin + count, p.offset + p.numel());
+      const int64_t lo = std::max(begin, p.offset),
+                    hi = std::min(begin + count, p.offset + p.numel());
       if (lo < hi) fill(p, lo - p.offset, hi - p.offset, values.data() + (lo - begin));
     }
     cast_from_f32(options_.compute, u.params.raw(), values.data(), count);
@@ -423,7 +438,8 @@ void ZeroEngine::load_state(const StateFill& fill) {
       float* dst = (kind == StateKind::kAdamM ? u.m : u.v).data<float>();
       std::memset(dst, 0, size_t(count) * sizeof(float));
       for (const auto& p : layout_[ui].params) {
-        const int64_t lo = std::max(begin, p.offset), hi = std::min(begin + count, p.offset + p.numel());
+        const int64_t lo = std::max(begin, p.offset),
+                      hi = std::min(begin + count, p.offset + p.numel());
         if (lo < hi) fill(kind, p, lo - p.offset, hi - p.offset, dst + (lo - begin));
       }
     }
@@ -475,10 +491,17 @@ void ZeroEngine::load_hf(const std::string& path) {
       float v = 0.0f;
       if (g < valid) {
         switch (t.dtype) {
-          case DType::kF32: std::memcpy(&v, t.bytes.data() + g * 4, 4); break;
-          case DType::kBF16: v = bf16_to_float(reinterpret_cast<const BFloat16*>(t.bytes.data())[g]); break;
-          case DType::kF16: v = f16_to_float(reinterpret_cast<const Half*>(t.bytes.data())[g]); break;
-          case DType::kI32: break;
+          case DType::kF32:
+            std::memcpy(&v, t.bytes.data() + g * 4, 4);
+            break;
+          case DType::kBF16:
+            v = bf16_to_float(reinterpret_cast<const BFloat16*>(t.bytes.data())[g]);
+            break;
+          case DType::kF16:
+            v = f16_to_float(reinterpret_cast<const Half*>(t.bytes.data())[g]);
+            break;
+          case DType::kI32:
+            break;
         }
       }
       out[i - lo] = v;

@@ -103,7 +103,8 @@ class ZeroEngine final : public models::ParamSource {
   const float* state_data(const OwnedRun& run, StateKind kind) const;
   // Replaces every state element this rank holds (master -> parameters too, and the moments)
   // with values from `fill(kind, param, lo, hi, out)`, local indices [lo, hi) of `param`.
-  using StateFill = std::function<void(StateKind, const models::ParamInfo&, int64_t, int64_t, float*)>;
+  using StateFill =
+      std::function<void(StateKind, const models::ParamInfo&, int64_t, int64_t, float*)>;
   void load_state(const StateFill& fill);
   int tp_rank() const { return tp_rank_; }
   const models::GptDims& dims() const { return dims_; }

@@ -32,14 +32,22 @@ class HostRawAllocator final : public RawAllocator {
 
 const char* mem_category_name(MemCategory c) {
   switch (c) {
-    case MemCategory::kParams: return "params";
-    case MemCategory::kMasterParams: return "master_params";
-    case MemCategory::kGrads: return "grads";
-    case MemCategory::kOptimizerState: return "optimizer_state";
-    case MemCategory::kActivations: return "activations";
-    case MemCategory::kCommBuffers: return "comm_buffers";
-    case MemCategory::kWorkspace: return "workspace";
-    case MemCategory::kCount: break;
+    case MemCategory::kParams:
+      return "params";
+    case MemCategory::kMasterParams:
+      return "master_params";
+    case MemCategory::kGrads:
+      return "grads";
+    case MemCategory::kOptimizerState:
+      return "optimizer_state";
+    case MemCategory::kActivations:
+      return "activations";
+    case MemCategory::kCommBuffers:
+      return "comm_buffers";
+    case MemCategory::kWorkspace:
+      return "workspace";
+    case MemCategory::kCount:
+      break;
   }
   return "unknown";
 }
@@ -88,7 +96,8 @@ void TrackingAllocator::record(MemEventKind kind, int64_t delta, MemCategory cat
     stats_.peak_total = stats_.live_total;
     stats_.at_peak = stats_.live;
   }
-  if (record_timeline_) timeline_.push_back({now_ns() - t0_ns_, delta, kind, category, tag, phase_});
+  if (record_timeline_)
+    timeline_.push_back({now_ns() - t0_ns_, delta, kind, category, tag, phase_});
 }
 
 std::shared_ptr<Storage> TrackingAllocator::allocate(int64_t bytes, MemCategory category,

@@ -24,13 +24,13 @@ namespace shardtrain {
 
 // The categories of ARCHITECTURE.md's memory report, in report order.
 enum class MemCategory : uint8_t {
-  kParams = 0,       // compute-dtype parameters (full, or the ZeRO-3 shard + gathered units)
-  kMasterParams,     // fp32 master copy of the owned shard
-  kGrads,            // gradients (full buffer, or the owned shard for ZeRO-2/3)
-  kOptimizerState,   // AdamW moments
-  kActivations,      // saved for backward
-  kCommBuffers,      // reduction buckets, gather buffers
-  kWorkspace,        // scratch that dies within an op
+  kParams = 0,      // compute-dtype parameters (full, or the ZeRO-3 shard + gathered units)
+  kMasterParams,    // fp32 master copy of the owned shard
+  kGrads,           // gradients (full buffer, or the owned shard for ZeRO-2/3)
+  kOptimizerState,  // AdamW moments
+  kActivations,     // saved for backward
+  kCommBuffers,     // reduction buckets, gather buffers
+  kWorkspace,       // scratch that dies within an op
   kCount
 };
 constexpr int kNumMemCategories = static_cast<int>(MemCategory::kCount);
@@ -55,8 +55,8 @@ struct MemEvent {
   int64_t delta_bytes;  // +bytes for kAlloc, -bytes for kFree, 0 for kPhase
   MemEventKind kind;
   MemCategory category;  // meaningless for kPhase
-  uint16_t tag;    // index into tags()
-  uint16_t phase;  // index into phases(): the phase in force when the event happened
+  uint16_t tag;          // index into tags()
+  uint16_t phase;        // index into phases(): the phase in force when the event happened
 };
 
 struct MemStats {
@@ -118,8 +118,8 @@ class TrackingAllocator {
  private:
   friend class Storage;
   void release(void* data, int64_t bytes, MemCategory category, uint16_t tag);
-  uint16_t intern(std::vector<std::string>& names,
-                  std::unordered_map<std::string, uint16_t>& ids, std::string_view name);
+  uint16_t intern(std::vector<std::string>& names, std::unordered_map<std::string, uint16_t>& ids,
+                  std::string_view name);
   void record(MemEventKind kind, int64_t delta, MemCategory category, uint16_t tag);
 
   RawAllocator& raw_;

@@ -57,7 +57,9 @@ class Communicator {
   virtual int64_t bytes_sent() const = 0;
 
   // Blocking forms.
-  void all_reduce(void* buf, int64_t count, DType dtype) { all_reduce_async(buf, count, dtype)->wait(); }
+  void all_reduce(void* buf, int64_t count, DType dtype) {
+    all_reduce_async(buf, count, dtype)->wait();
+  }
   void reduce_scatter(const void* send, void* recv, int64_t count, DType dtype,
                       int64_t stride = 0) {
     reduce_scatter_async(send, recv, count, dtype, stride)->wait();

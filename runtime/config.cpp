@@ -187,7 +187,9 @@ Config parse_config_text(std::string_view text, std::string_view source) {
   return config;
 }
 
-Config load_config_file(const std::string& path) { return parse_config_text(read_file(path), path); }
+Config load_config_file(const std::string& path) {
+  return parse_config_text(read_file(path), path);
+}
 
 void apply_override(Config& config, std::string_view assignment) {
   size_t eq = assignment.find('=');
@@ -202,8 +204,8 @@ void apply_override(Config& config, std::string_view assignment) {
   size_t start = 0;
   while (true) {
     size_t dot = path.find('.', start);
-    std::string name = path.substr(start, dot == std::string::npos ? std::string::npos
-                                                                    : dot - start);
+    std::string name =
+        path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
     const pb::Descriptor* d = msg->GetDescriptor();
     const pb::FieldDescriptor* field = d->FindFieldByName(name);
     std::string here = walked.empty() ? name : walked + "." + name;
@@ -262,7 +264,8 @@ void validate_config(const Config& c, int world_size, ValidateFor purpose) {
           "needs parallel.tp > 1");
   require(!p.sequence_parallel() || (int64_t(c.data().micro_batch()) * m.seq_len()) % p.tp() == 0,
           "parallel.sequence_parallel",
-          str_cat("needs data.micro_batch x model.seq_len (", int64_t(c.data().micro_batch()) * m.seq_len(),
+          str_cat("needs data.micro_batch x model.seq_len (",
+                  int64_t(c.data().micro_batch()) * m.seq_len(),
                   " rows) divisible by parallel.tp (", p.tp(), ")"));
   if (world_size > 0) {
     require(world_size % p.tp() == 0, "parallel.tp",
@@ -333,16 +336,35 @@ std::string config_to_text(const Config& config) {
       } else if (!r->HasField(*msg, f)) {
         // Setting a field to its own default marks it present, so the printer shows it.
         switch (f->cpp_type()) {
-          case pb::FieldDescriptor::CPPTYPE_INT32: r->SetInt32(msg, f, r->GetInt32(*msg, f)); break;
-          case pb::FieldDescriptor::CPPTYPE_INT64: r->SetInt64(msg, f, r->GetInt64(*msg, f)); break;
-          case pb::FieldDescriptor::CPPTYPE_UINT32: r->SetUInt32(msg, f, r->GetUInt32(*msg, f)); break;
-          case pb::FieldDescriptor::CPPTYPE_UINT64: r->SetUInt64(msg, f, r->GetUInt64(*msg, f)); break;
-          case pb::FieldDescriptor::CPPTYPE_DOUBLE: r->SetDouble(msg, f, r->GetDouble(*msg, f)); break;
-          case pb::FieldDescriptor::CPPTYPE_FLOAT: r->SetFloat(msg, f, r->GetFloat(*msg, f)); break;
-          case pb::FieldDescriptor::CPPTYPE_BOOL: r->SetBool(msg, f, r->GetBool(*msg, f)); break;
-          case pb::FieldDescriptor::CPPTYPE_ENUM: r->SetEnum(msg, f, r->GetEnum(*msg, f)); break;
-          case pb::FieldDescriptor::CPPTYPE_STRING: r->SetString(msg, f, r->GetString(*msg, f)); break;
-          case pb::FieldDescriptor::CPPTYPE_MESSAGE: break;
+          case pb::FieldDescriptor::CPPTYPE_INT32:
+            r->SetInt32(msg, f, r->GetInt32(*msg, f));
+            break;
+          case pb::FieldDescriptor::CPPTYPE_INT64:
+            r->SetInt64(msg, f, r->GetInt64(*msg, f));
+            break;
+          case pb::FieldDescriptor::CPPTYPE_UINT32:
+            r->SetUInt32(msg, f, r->GetUInt32(*msg, f));
+            break;
+          case pb::FieldDescriptor::CPPTYPE_UINT64:
+            r->SetUInt64(msg, f, r->GetUInt64(*msg, f));
+            break;
+          case pb::FieldDescriptor::CPPTYPE_DOUBLE:
+            r->SetDouble(msg, f, r->GetDouble(*msg, f));
+            break;
+          case pb::FieldDescriptor::CPPTYPE_FLOAT:
+            r->SetFloat(msg, f, r->GetFloat(*msg, f));
+            break;
+          case pb::FieldDescriptor::CPPTYPE_BOOL:
+            r->SetBool(msg, f, r->GetBool(*msg, f));
+            break;
+          case pb::FieldDescriptor::CPPTYPE_ENUM:
+            r->SetEnum(msg, f, r->GetEnum(*msg, f));
+            break;
+          case pb::FieldDescriptor::CPPTYPE_STRING:
+            r->SetString(msg, f, r->GetString(*msg, f));
+            break;
+          case pb::FieldDescriptor::CPPTYPE_MESSAGE:
+            break;
         }
       }
     }

@@ -24,10 +24,14 @@ enum class DType : uint8_t { kF32 = 0, kBF16 = 1, kF16 = 2, kI32 = 3 };
 constexpr int64_t dtype_bytes(DType t) { return t == DType::kF32 || t == DType::kI32 ? 4 : 2; }
 constexpr const char* dtype_name(DType t) {
   switch (t) {
-    case DType::kF32: return "f32";
-    case DType::kBF16: return "bf16";
-    case DType::kF16: return "f16";
-    case DType::kI32: return "i32";
+    case DType::kF32:
+      return "f32";
+    case DType::kBF16:
+      return "bf16";
+    case DType::kF16:
+      return "f16";
+    case DType::kI32:
+      return "i32";
   }
   return "?";
 }
@@ -105,7 +109,7 @@ ST_HOST_DEVICE Half float_to_f16(float f) {
   if (a >= 0x477ff000u) return Half{uint16_t(sign | 0x7c00u)};
   if (a < 0x38800000u) {  // below 2^-14: f16 subnormal (or zero), in units of 2^-24
     if (a <= 0x33000000u) return Half{sign};  // <= 2^-25 (the tie goes to even: zero)
-    uint32_t exp = a >> 23;                    // 102 .. 112
+    uint32_t exp = a >> 23;                   // 102 .. 112
     uint32_t man = (a & 0x7fffffu) | 0x800000u;
     uint32_t shift = 126u - exp;  // value * 2^24 = man * 2^(exp - 126)
     uint32_t r = man >> shift;

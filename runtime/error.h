@@ -50,18 +50,19 @@ std::string str_cat(const Args&... args) {
   } while (0)
 
 // User-caused condition: throws UserError with the given message.
-#define ST_USER_CHECK(cond, ...)                                           \
-  do {                                                                     \
+#define ST_USER_CHECK(cond, ...)                                                    \
+  do {                                                                              \
     if (!(cond)) throw ::shardtrain::UserError(::shardtrain::str_cat(__VA_ARGS__)); \
   } while (0)
 
 // Library status check, generic over the status type through a Traits struct:
-//   struct Traits { static constexpr const char* kName; static bool ok(S); static std::string describe(S); };
-#define ST_CHECK_STATUS(Traits, expr)                                                      \
-  do {                                                                                     \
-    auto st_status_ = (expr);                                                              \
-    if (!Traits::ok(st_status_)) {                                                         \
+//   struct Traits { static constexpr const char* kName; static bool ok(S); static std::string
+//   describe(S); };
+#define ST_CHECK_STATUS(Traits, expr)                                                       \
+  do {                                                                                      \
+    auto st_status_ = (expr);                                                               \
+    if (!Traits::ok(st_status_)) {                                                          \
       ::shardtrain::throw_check_failure(Traits::kName, #expr, Traits::describe(st_status_), \
-                                        __FILE__, __LINE__);                               \
-    }                                                                                      \
+                                        __FILE__, __LINE__);                                \
+    }                                                                                       \
   } while (0)

@@ -134,10 +134,13 @@ void wait_requests(MPI_Request* reqs, int n) {
 
 MPI_Datatype wire_type(DType t) {
   switch (t) {
-    case DType::kF32: return MPI_FLOAT;
-    case DType::kI32: return MPI_INT32_T;
+    case DType::kF32:
+      return MPI_FLOAT;
+    case DType::kI32:
+      return MPI_INT32_T;
     case DType::kBF16:
-    case DType::kF16: return MPI_UINT16_T;  // bit patterns; arithmetic is ours
+    case DType::kF16:
+      return MPI_UINT16_T;  // bit patterns; arithmetic is ours
   }
   return MPI_BYTE;
 }
@@ -156,7 +159,8 @@ void add_into(void* out, const void* a, const void* b, int64_t n, DType t) {
       auto* o = static_cast<BFloat16*>(out);
       auto* x = static_cast<const BFloat16*>(a);
       auto* y = static_cast<const BFloat16*>(b);
-      for (int64_t i = 0; i < n; ++i) o[i] = float_to_bf16(bf16_to_float(x[i]) + bf16_to_float(y[i]));
+      for (int64_t i = 0; i < n; ++i)
+        o[i] = float_to_bf16(bf16_to_float(x[i]) + bf16_to_float(y[i]));
       break;
     }
     case DType::kF16: {
@@ -201,8 +205,8 @@ class MpiCommunicator final : public Communicator {
         [=, this] { ring_reduce_scatter(send, recv, count, dtype, stride ? stride : count); });
   }
 
-  std::unique_ptr<Work> all_gather_async(const void* send, void* recv, int64_t count,
-                                         DType dtype, int64_t stride) override {
+  std::unique_ptr<Work> all_gather_async(const void* send, void* recv, int64_t count, DType dtype,
+                                         int64_t stride) override {
     return engine_->submit(
         [=, this] { ring_all_gather(send, recv, count, dtype, stride ? stride : count); });
   }
@@ -226,8 +230,7 @@ class MpiCommunicator final : public Communicator {
     });
   }
 
-  std::unique_ptr<Work> broadcast_async(void* buf, int64_t count, DType dtype,
-                                        int root) override {
+  std::unique_ptr<Work> broadcast_async(void* buf, int64_t count, DType dtype, int root) override {
     return engine_->submit([=, this] {
       // A chain from the root around the ring: each rank receives once and forwards once.
       const int pos = (rank_ - root + size_) % size_;
@@ -252,29 +255,33 @@ class MpiCommunicator final : public Communicator {
   }
 
   void all_reduce_f64(double* values, int64_t count, bool max) override {
-    engine_->submit([=, this] {
-      // Gather everything, then reduce locally in rank order: the same order on every rank.
-      std::vector<double> all(size_t(count * size_));
-      MPI_CHECK(MPI_Allgather(values, int(count), MPI_DOUBLE, all.data(), int(count), MPI_DOUBLE,
-                              comm_));
-      bytes_sent_ += count * 8 * (size_ - 1);
-      for (int64_t i = 0; i < count; ++i) {
-        double acc = all[size_t(i)];
-        for (int r = 1; r < size_; ++r) {
-          double v = all[size_t(r * count + i)];
-          acc = max ? (v > acc ? v : acc) : acc + v;
-        }
-        values[i] = acc;
-      }
-    })->wait();
+    engine_
+        ->submit([=, this] {
+          // Gather everything, then reduce locally in rank order: the same order on every rank.
+          std::vector<double> all(size_t(count * size_));
+          MPI_CHECK(MPI_Allgather(values, int(count), MPI_DOUBLE, all.data(), int(count),
+                                  MPI_DOUBLE, comm_));
+          bytes_sent_ += count * 8 * (size_ - 1);
+          for (int64_t i = 0; i < count; ++i) {
+            double acc = all[size_t(i)];
+            for (int r = 1; r < size_; ++r) {
+              double v = all[size_t(r * count + i)];
+              acc = max ? (v > acc ? v : acc) : acc + v;
+            }
+            values[i] = acc;
+          }
+        })
+        ->wait();
   }
 
   std::unique_ptr<Communicator> split(int color, int key) override {
     MPI_Comm sub = MPI_COMM_NULL;
-    engine_->submit([&] {
-      MPI_CHECK(MPI_Comm_split(comm_, color, key, &sub));
-      MPI_CHECK(MPI_Comm_set_errhandler(sub, MPI_ERRORS_RETURN));
-    })->wait();
+    engine_
+        ->submit([&] {
+          MPI_CHECK(MPI_Comm_split(comm_, color, key, &sub));
+          MPI_CHECK(MPI_Comm_set_errhandler(sub, MPI_ERRORS_RETURN));
+        })
+        ->wait();
     // Each group gets its own communication thread, so that a tensor-parallel all-reduce
     // is never queued behind a data-parallel gradient reduction (MPI_THREAD_MULTIPLE).
     return std::make_unique<MpiCommunicator>(sub, std::make_shared<CommEngine>());
@@ -324,8 +331,7 @@ class MpiCommunicator final : public Communicator {
 
   // Ring all-gather: at step s rank r forwards chunk (r - s) mod n and receives chunk
   // (r - s - 1) mod n, straight into place.
-  void ring_all_gather(const void* send, void* recv, int64_t count, DType dtype,
-                       int64_t stride) {
+  void ring_all_gather(const void* send, void* recv, int64_t count, DType dtype, int64_t stride) {
     const int n = size_, r = rank_;
     const int64_t esz = dtype_bytes(dtype);
     char* out = static_cast<char*>(recv);
@@ -362,7 +368,8 @@ MpiRuntime::MpiRuntime(int* argc, char*** argv) {
   MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
   MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size_));
   MPI_Comm local;
-  MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local));
+  MPI_CHECK(
+      MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local));
   MPI_CHECK(MPI_Comm_rank(local, &local_rank_));
   MPI_CHECK(MPI_Comm_size(local, &local_size_));
   MPI_CHECK(MPI_Comm_free(&local));
@@ -374,7 +381,8 @@ MpiRuntime::~MpiRuntime() {
 }
 
 Communicator& MpiRuntime::world() {
-  if (!world_) world_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, std::make_shared<CommEngine>());
+  if (!world_)
+    world_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, std::make_shared<CommEngine>());
   return *world_;
 }
 

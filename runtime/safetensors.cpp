@@ -16,10 +16,14 @@ using nlohmann::json;
 
 const char* st_dtype_name(DType t) {
   switch (t) {
-    case DType::kF32: return "F32";
-    case DType::kBF16: return "BF16";
-    case DType::kF16: return "F16";
-    case DType::kI32: return "I32";
+    case DType::kF32:
+      return "F32";
+    case DType::kBF16:
+      return "BF16";
+    case DType::kF16:
+      return "F16";
+    case DType::kI32:
+      return "I32";
   }
   return "?";
 }
@@ -71,8 +75,8 @@ SafetensorsFile read_safetensors(const std::string& path) {
     throw UserError(str_cat(path, ": not a safetensors file (shorter than its 8-byte header)"));
   }
   if (n > kMaxHeaderBytes || n > file_size - 8) {
-    throw UserError(str_cat(path, ": not a safetensors file (header length ", n,
-                            " exceeds the file)"));
+    throw UserError(
+        str_cat(path, ": not a safetensors file (header length ", n, " exceeds the file)"));
   }
   std::string text(n, '\0');
   in.read(text.data(), std::streamsize(n));
@@ -106,11 +110,16 @@ SafetensorsFile read_safetensors(const std::string& path) {
     }
     SafetensorsTensor t;
     const json& dt = v["dtype"];
-    if (dt == "F32") t.dtype = DType::kF32;
-    else if (dt == "BF16") t.dtype = DType::kBF16;
-    else if (dt == "F16") t.dtype = DType::kF16;
-    else if (dt == "I32") t.dtype = DType::kI32;
-    else throw bad(str_cat("unsupported dtype ", dt.dump()));
+    if (dt == "F32")
+      t.dtype = DType::kF32;
+    else if (dt == "BF16")
+      t.dtype = DType::kBF16;
+    else if (dt == "F16")
+      t.dtype = DType::kF16;
+    else if (dt == "I32")
+      t.dtype = DType::kI32;
+    else
+      throw bad(str_cat("unsupported dtype ", dt.dump()));
     if (!v["shape"].is_array()) throw bad("shape is not a list");
     int64_t numel = 1;
     for (const json& d : v["shape"]) {

@@ -67,8 +67,7 @@ class Tensor {
   }
 
  private:
-  Tensor(std::shared_ptr<Storage> storage, void* data, Shape shape, DType dtype,
-         DeviceKind device);
+  Tensor(std::shared_ptr<Storage> storage, void* data, Shape shape, DType dtype, DeviceKind device);
 
   std::shared_ptr<Storage> storage_;  // null for from_blob tensors
   void* data_ = nullptr;

@@ -5,16 +5,16 @@
 // step reuses a few dozen shapes. alpha is an output scale, beta a sum post-op, bias oneDNN's
 // own bias argument. f16 is computed in fp32: inputs are widened into a thread-local
 // workspace and C is narrowed back (oneDNN's CPU f16 matmul needs AVX512-FP16 hardware).
-#include <dnnl.hpp>
+#include "kernels/gemm.h"
 
+#include <dnnl.hpp>
 #include <map>
-#include <unordered_map>
 #include <mutex>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #include "kernels/elementwise.h"
-#include "kernels/gemm.h"
 #include "runtime/error.h"
 
 namespace shardtrain::kernels {
@@ -25,10 +25,14 @@ using Dims = memory::dims;
 
 memory::data_type dnnl_type(DType t) {
   switch (t) {
-    case DType::kF32: return memory::data_type::f32;
-    case DType::kBF16: return memory::data_type::bf16;
-    case DType::kF16: return memory::data_type::f16;
-    case DType::kI32: break;
+    case DType::kF32:
+      return memory::data_type::f32;
+    case DType::kBF16:
+      return memory::data_type::bf16;
+    case DType::kF16:
+      return memory::data_type::f16;
+    case DType::kI32:
+      break;
   }
   return memory::data_type::undef;
 }
@@ -48,9 +52,9 @@ using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int, int, bool, bool,
                        int64_t, int64_t, int64_t, bool>;
 
 Key key_of(const GemmDesc& d, bool has_bias) {
-  return {d.shape.m,      d.shape.n,   d.shape.k,   d.shape.batch,  int(d.ab_dtype),
-          int(d.c_dtype), d.trans_a,   d.trans_b,   d.alpha,        d.beta,
-          d.stride_a,     d.stride_b,  d.stride_c,  has_bias};
+  return {d.shape.m,      d.shape.n,  d.shape.k,  d.shape.batch, int(d.ab_dtype),
+          int(d.c_dtype), d.trans_a,  d.trans_b,  d.alpha,       d.beta,
+          d.stride_a,     d.stride_b, d.stride_c, has_bias};
 }
 
 // (rows, cols) of a row-major operand of logical shape (r, c), stored transposed or not.
@@ -83,7 +87,8 @@ Compiled make_primitive(const GemmDesc& d, bool has_bias) {
     ops.append_sum(d.beta);
     attr.set_post_ops(ops);
   }
-  dnnl::matmul::desc md = has_bias ? dnnl::matmul::desc(a, b, bias, c) : dnnl::matmul::desc(a, b, c);
+  dnnl::matmul::desc md =
+      has_bias ? dnnl::matmul::desc(a, b, bias, c) : dnnl::matmul::desc(a, b, c);
   dnnl::matmul::primitive_desc pd(md, attr, engine().engine);
   return {pd, dnnl::matmul(pd)};
 }

@@ -95,13 +95,12 @@ template <class T>
 Status adamw_update(float* param, const float* grad, float* m, float* v, T* compute_param,
                     int64_t n, const AdamWParams& p, float grad_scale, Stream stream) {
   if (n == 0) return kOk;
-  const bool vec = is_aligned16(param) && is_aligned16(grad) && is_aligned16(m) &&
-                   is_aligned16(v);
+  const bool vec = is_aligned16(param) && is_aligned16(grad) && is_aligned16(m) && is_aligned16(v);
   const long long work = vec ? (n + 3) / 4 : n;
   long long blocks = (work + kThreads - 1) / kThreads;
   blocks = blocks > kMaxBlocks ? kMaxBlocks : blocks;
-  return launch(adamw_kernel<T>, dim3(unsigned(blocks)), dim3(kThreads), 0, stream, param, grad,
-                m, v, compute_param, (long long)n, vec, step_scalars(p, grad_scale));
+  return launch(adamw_kernel<T>, dim3(unsigned(blocks)), dim3(kThreads), 0, stream, param, grad, m,
+                v, compute_param, (long long)n, vec, step_scalars(p, grad_scale));
 }
 
 template Status adamw_update<float>(float*, const float*, float*, float*, float*, int64_t,

@@ -64,25 +64,25 @@ template <class T>
 Status cross_entropy_forward(float* losses, float* lse, const T* logits, const int32_t* targets,
                              LogitsShape s, int64_t valid_vocab, Stream stream) {
   if (s.rows == 0) return kOk;
-  return launch(cross_entropy_forward_kernel<T>, dim3(unsigned(s.rows)), dim3(kThreads), 0,
-                stream, losses, lse, logits, targets, (long long)s.vocab, (long long)valid_vocab);
+  return launch(cross_entropy_forward_kernel<T>, dim3(unsigned(s.rows)), dim3(kThreads), 0, stream,
+                losses, lse, logits, targets, (long long)s.vocab, (long long)valid_vocab);
 }
 
 template <class T>
-Status cross_entropy_backward(T* dlogits, const T* logits, const float* lse,
-                              const int32_t* targets, float grad_weight, LogitsShape s,
-                              int64_t valid_vocab, Stream stream) {
+Status cross_entropy_backward(T* dlogits, const T* logits, const float* lse, const int32_t* targets,
+                              float grad_weight, LogitsShape s, int64_t valid_vocab,
+                              Stream stream) {
   if (s.rows == 0) return kOk;
-  return launch(cross_entropy_backward_kernel<T>, dim3(unsigned(s.rows)), dim3(kThreads), 0,
-                stream, dlogits, logits, lse, targets, grad_weight, (long long)s.vocab,
+  return launch(cross_entropy_backward_kernel<T>, dim3(unsigned(s.rows)), dim3(kThreads), 0, stream,
+                dlogits, logits, lse, targets, grad_weight, (long long)s.vocab,
                 (long long)valid_vocab);
 }
 
-#define ST_INSTANTIATE(T)                                                                    \
-  template Status cross_entropy_forward<T>(float*, float*, const T*, const int32_t*,         \
-                                           LogitsShape, int64_t, Stream);                    \
-  template Status cross_entropy_backward<T>(T*, const T*, const float*, const int32_t*,      \
-                                            float, LogitsShape, int64_t, Stream);
+#define ST_INSTANTIATE(T)                                                                         \
+  template Status cross_entropy_forward<T>(float*, float*, const T*, const int32_t*, LogitsShape, \
+                                           int64_t, Stream);                                      \
+  template Status cross_entropy_backward<T>(T*, const T*, const float*, const int32_t*, float,    \
+                                            LogitsShape, int64_t, Stream);
 ST_INSTANTIATE(float)
 ST_INSTANTIATE(BFloat16)
 ST_INSTANTIATE(Half)

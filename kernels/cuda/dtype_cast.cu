@@ -112,10 +112,10 @@ Status unscale_check(T* grads, int64_t n, float inv_scale, int32_t* found_inf, S
                 (long long)n, inv_scale, found_inf);
 }
 
-#define ST_INSTANTIATE_CAST(In)                                           \
-  template Status cast<In, float>(float*, const In*, int64_t, Stream);    \
+#define ST_INSTANTIATE_CAST(In)                                              \
+  template Status cast<In, float>(float*, const In*, int64_t, Stream);       \
   template Status cast<In, BFloat16>(BFloat16*, const In*, int64_t, Stream); \
-  template Status cast<In, Half>(Half*, const In*, int64_t, Stream);      \
+  template Status cast<In, Half>(Half*, const In*, int64_t, Stream);         \
   template Status unscale_check<In>(In*, int64_t, float, int32_t*, Stream);
 ST_INSTANTIATE_CAST(float)
 ST_INSTANTIATE_CAST(BFloat16)

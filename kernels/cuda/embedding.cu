@@ -78,11 +78,11 @@ Status embedding_forward(T* out, const int32_t* tokens, const T* wte, const T* w
                          EmbeddingShape s, Stream stream) {
   const long long N = s.batch * s.seq, C = s.channels;
   if (N == 0 || C == 0) return kOk;
-  const bool vec = C % Pack<T>::kN == 0 && is_aligned16(out) && is_aligned16(wte) &&
-                   is_aligned16(wpe);
+  const bool vec =
+      C % Pack<T>::kN == 0 && is_aligned16(out) && is_aligned16(wte) && is_aligned16(wpe);
   const long long work = vec ? N * (C / Pack<T>::kN) : N * C;
-  return launch(embedding_forward_kernel<T>, dim3(blocks_for(work)), dim3(kThreads), 0, stream,
-                out, tokens, wte, wpe, N, (long long)s.seq, C, vec);
+  return launch(embedding_forward_kernel<T>, dim3(blocks_for(work)), dim3(kThreads), 0, stream, out,
+                tokens, wte, wpe, N, (long long)s.seq, C, vec);
 }
 
 template <class T>
@@ -98,11 +98,11 @@ Status embedding_backward(float* dwte, float* dwpe, const T* dout, const int32_t
                 dwpe, dout, (long long)s.batch, (long long)s.seq, C);
 }
 
-#define ST_INSTANTIATE(T)                                                                   \
-  template Status embedding_forward<T>(T*, const int32_t*, const T*, const T*,              \
-                                       EmbeddingShape, Stream);                             \
-  template Status embedding_backward<T>(float*, float*, const T*, const int32_t*,           \
-                                        EmbeddingShape, Stream);
+#define ST_INSTANTIATE(T)                                                                         \
+  template Status embedding_forward<T>(T*, const int32_t*, const T*, const T*, EmbeddingShape,    \
+                                       Stream);                                                   \
+  template Status embedding_backward<T>(float*, float*, const T*, const int32_t*, EmbeddingShape, \
+                                        Stream);
 ST_INSTANTIATE(float)
 ST_INSTANTIATE(BFloat16)
 ST_INSTANTIATE(Half)

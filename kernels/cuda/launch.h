@@ -53,8 +53,8 @@ struct SharedSpan {
 // The launch helper: the only `<<<>>>` in shardtrain. Dynamic shared memory beyond 48 KiB
 // must be opted into per kernel (cudaFuncAttributeMaxDynamicSharedMemorySize).
 template <class... KArgs, class... Args>
-Status launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t dynamic_smem,
-              Stream stream, Args&&... args) {
+Status launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t dynamic_smem, Stream stream,
+              Args&&... args) {
   static_assert(sizeof...(KArgs) == sizeof...(Args), "launch: wrong number of kernel arguments");
   if (dynamic_smem > 48 * 1024) {
     Status e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -65,11 +65,11 @@ Status launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t dynamic_sm
   return cudaGetLastError();
 }
 
-#define ST_SHARED(T, name, n)                         \
-  __shared__ __align__(16) T name##_st_storage[n];    \
+#define ST_SHARED(T, name, n)                      \
+  __shared__ __align__(16) T name##_st_storage[n]; \
   const ::shardtrain::kernels::cuda::SharedSpan<T> name { name##_st_storage }
-#define ST_DYNAMIC_SHARED(T, name)                                    \
-  extern __shared__ __align__(16) unsigned char st_dynamic_smem[];    \
+#define ST_DYNAMIC_SHARED(T, name)                                 \
+  extern __shared__ __align__(16) unsigned char st_dynamic_smem[]; \
   const ::shardtrain::kernels::cuda::SharedSpan<T> name { reinterpret_cast<T*>(st_dynamic_smem) }
 
 #else  // the emulator
@@ -80,8 +80,8 @@ using emu::SharedSpan;
 
 // Each declaration site is identified by the address of a static it owns (one per template
 // instantiation), so every thread of a block gets the same arena slot.
-#define ST_SHARED(T, name, n)                  \
-  static const char name##_st_site = 0;        \
+#define ST_SHARED(T, name, n)           \
+  static const char name##_st_site = 0; \
   const auto name = ::shardtrain::emu::static_shared_span<T>(&name##_st_site, size_t(n))
 #define ST_DYNAMIC_SHARED(T, name) const auto name = ::shardtrain::emu::dynamic_shared_span<T>()
 

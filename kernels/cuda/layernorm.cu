@@ -30,7 +30,7 @@ __global__ void __launch_bounds__(kThreads)
                              long long rows, int C, float eps) {
   const int lane = int(threadIdx.x) % 32;
   const long long r = (long long)blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
-  if (r >= rows) return;  // whole warps leave together; no block barrier follows
+  if (r >= rows) return;    // whole warps leave together; no block barrier follows
   const T* xr = x + r * C;  // (C)
   // 1. Mean, then biased variance about it (two passes, as the CPU reference).
   float sum = 0.0f;
@@ -134,21 +134,21 @@ template <class T>
 Status layernorm_forward(T* out, float* mean, float* rstd, const T* x, const T* weight,
                          const T* bias, RowsShape s, float eps, Stream stream) {
   if (s.rows == 0) return kOk;
-  return launch(layernorm_forward_kernel<T>, dim3(ceil_div(s.rows, kRowsPerBlock)),
-                dim3(kThreads), 0, stream, out, mean, rstd, x, weight, bias, (long long)s.rows,
-                int(s.channels), eps);
+  return launch(layernorm_forward_kernel<T>, dim3(ceil_div(s.rows, kRowsPerBlock)), dim3(kThreads),
+                0, stream, out, mean, rstd, x, weight, bias, (long long)s.rows, int(s.channels),
+                eps);
 }
 
 template <class T>
 Status layernorm_backward(T* dx, float* dweight, float* dbias, const T* dout, const T* x,
-                          const T* weight, const float* mean, const float* rstd,
-                          float* workspace, RowsShape s, Stream stream) {
+                          const T* weight, const float* mean, const float* rstd, float* workspace,
+                          RowsShape s, Stream stream) {
   if (s.rows == 0) return kOk;
   const int C = int(s.channels);
   const long long groups = layernorm_backward_groups(s);
-  Status e = launch(layernorm_backward_dx_kernel<T>, dim3(ceil_div(s.rows, kRowsPerBlock)),
-                    dim3(kThreads), 0, stream, dx, dout, x, weight, mean, rstd,
-                    (long long)s.rows, C);
+  Status e =
+      launch(layernorm_backward_dx_kernel<T>, dim3(ceil_div(s.rows, kRowsPerBlock)), dim3(kThreads),
+             0, stream, dx, dout, x, weight, mean, rstd, (long long)s.rows, C);
   if (e != kOk) return e;
   e = launch(layernorm_backward_partial_kernel<T>, dim3(ceil_div(C, kThreads), unsigned(groups)),
              dim3(kThreads), 0, stream, workspace, dout, x, mean, rstd, (long long)s.rows, C,
@@ -158,10 +158,10 @@ Status layernorm_backward(T* dx, float* dweight, float* dbias, const T* dout, co
                 stream, dweight, dbias, static_cast<const float*>(workspace), C, groups);
 }
 
-#define ST_INSTANTIATE(T)                                                                     \
-  template Status layernorm_forward<T>(T*, float*, float*, const T*, const T*, const T*,      \
-                                       RowsShape, float, Stream);                             \
-  template Status layernorm_backward<T>(T*, float*, float*, const T*, const T*, const T*,     \
+#define ST_INSTANTIATE(T)                                                                 \
+  template Status layernorm_forward<T>(T*, float*, float*, const T*, const T*, const T*,  \
+                                       RowsShape, float, Stream);                         \
+  template Status layernorm_backward<T>(T*, float*, float*, const T*, const T*, const T*, \
                                         const float*, const float*, float*, RowsShape, Stream);
 ST_INSTANTIATE(float)
 ST_INSTANTIATE(BFloat16)

@@ -68,18 +68,18 @@ struct WarpExchange {
   WarpOp op = WarpOp::kSync;
   unsigned mask = 0;
   unsigned arrived = 0;
-  int left = 0;          // lanes still to read the result (draining)
-  uint64_t round = 0;    // rounds started
+  int left = 0;        // lanes still to read the result (draining)
+  uint64_t round = 0;  // rounds started
   uint64_t values[32] = {};
-  WarpFn fn = nullptr;   // kWide: the operation every lane of the round must name
+  WarpFn fn = nullptr;       // kWide: the operation every lane of the round must name
   uint32_t full_rounds = 0;  // completed rounds whose mask was every lane of the warp
 };
 
 // Race-detector state of one granule, valid for barrier phase `phase` only.
 struct Shadow {
   uint32_t phase = ~0u;
-  int16_t writer = -1;    // thread id, -1 none
-  int16_t reader = -1;    // thread id, -1 none, -2 several
+  int16_t writer = -1;       // thread id, -1 none
+  int16_t reader = -1;       // thread id, -1 none, -2 several
   int16_t reader_warp = -1;  // the readers' common warp, -1 if they span warps
   bool writer_atomic = false;
   uint32_t writer_round = 0;  // the writer's warp's full_rounds at the write
@@ -205,8 +205,7 @@ void syncthreads() {
 
 // ---- Warp collectives ----------------------------------------------------------------------
 
-uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int arg, int width,
-                         WarpFn fn) {
+uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int arg, int width, WarpFn fn) {
   Block& b = *t_block;
   const int tid = b.current;
   const int lane = tid % kWarpSize, warp = tid / kWarpSize;
@@ -276,10 +275,17 @@ uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int arg, int 
   int src = lane;
   switch (op) {
     case WarpOp::kSync:
-    case WarpOp::kWide: break;
-    case WarpOp::kShflIdx: src = seg + (arg & (width - 1)); break;
-    case WarpOp::kShflUp: src = (lane - seg) >= arg ? lane - arg : lane; break;
-    case WarpOp::kShflDown: src = (lane - seg) + arg < width ? lane + arg : lane; break;
+    case WarpOp::kWide:
+      break;
+    case WarpOp::kShflIdx:
+      src = seg + (arg & (width - 1));
+      break;
+    case WarpOp::kShflUp:
+      src = (lane - seg) >= arg ? lane - arg : lane;
+      break;
+    case WarpOp::kShflDown:
+      src = (lane - seg) + arg < width ? lane + arg : lane;
+      break;
     case WarpOp::kShflXor: {
       int s = lane ^ arg;
       src = s >= seg + width || s < 0 || s >= 32 ? lane : s;

@@ -91,7 +91,17 @@ extern thread_local ThreadState* t_current;
 
 // Synchronisation, implemented by the block scheduler in emu.cpp.
 void syncthreads();
-enum class WarpOp : int { kSync, kShflIdx, kShflUp, kShflDown, kShflXor, kBallot, kAll, kAny, kWide };
+enum class WarpOp : int {
+  kSync,
+  kShflIdx,
+  kShflUp,
+  kShflDown,
+  kShflXor,
+  kBallot,
+  kAll,
+  kAny,
+  kWide
+};
 // A warp-wide operation (kWide): called once, by the last lane of the mask to arrive, with every
 // lane's deposited pointer (lane_data[l], null for lanes outside the mask). All other lanes are
 // still parked inside the collective, so the data each points to (on its fiber's stack) is
@@ -192,8 +202,7 @@ class SharedSpan {
 
 template <class T>
 SharedSpan<T> static_shared_span(const void* site, size_t n) {
-  return SharedSpan<T>(static_cast<T*>(detail::static_shared(site, n * sizeof(T), alignof(T))),
-                       n);
+  return SharedSpan<T>(static_cast<T*>(detail::static_shared(site, n * sizeof(T), alignof(T))), n);
 }
 template <class T>
 SharedSpan<T> dynamic_shared_span() {
@@ -242,17 +251,16 @@ inline float2 make_float2(float x, float y) { return {x, y}; }
 
 inline void __syncthreads() { shardtrain::emu::detail::syncthreads(); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
-  shardtrain::emu::detail::warp_collective(shardtrain::emu::detail::WarpOp::kSync, mask, 0, 0,
-                                           32);
+  shardtrain::emu::detail::warp_collective(shardtrain::emu::detail::WarpOp::kSync, mask, 0, 0, 32);
 }
 
-#define ST_EMU_SHFL(name, op)                                                                 \
-  template <class T>                                                                          \
-  inline T name(unsigned mask, T v, int arg, int width = 32) {                                \
-    using shardtrain::emu::detail::from_bits64;                                               \
-    using shardtrain::emu::detail::to_bits64;                                                 \
-    return from_bits64<T>(shardtrain::emu::detail::warp_collective(                           \
-        shardtrain::emu::detail::WarpOp::op, mask, to_bits64(v), arg, width));                \
+#define ST_EMU_SHFL(name, op)                                                  \
+  template <class T>                                                           \
+  inline T name(unsigned mask, T v, int arg, int width = 32) {                 \
+    using shardtrain::emu::detail::from_bits64;                                \
+    using shardtrain::emu::detail::to_bits64;                                  \
+    return from_bits64<T>(shardtrain::emu::detail::warp_collective(            \
+        shardtrain::emu::detail::WarpOp::op, mask, to_bits64(v), arg, width)); \
   }
 ST_EMU_SHFL(__shfl_sync, kShflIdx)
 ST_EMU_SHFL(__shfl_up_sync, kShflUp)

@@ -42,7 +42,8 @@ TEST(Emu, BarrierOrdersSharedWritesBeforeReads) {
   std::vector<int> out(blocks * threads, -7);
   launch(rotate_kernel, dim3(blocks), dim3(threads), 0, nullptr, out.data(), true);
   for (int b = 0; b < blocks; ++b) {
-    for (int t = 0; t < threads; ++t) EXPECT_EQ(out[size_t(b * threads + t)], ((t + 1) % threads) * 10 + b);
+    for (int t = 0; t < threads; ++t)
+      EXPECT_EQ(out[size_t(b * threads + t)], ((t + 1) % threads) * 10 + b);
   }
 }
 
@@ -133,9 +134,11 @@ TEST(Emu, DynamicSharedMemory) {
   launch(reverse_kernel, dim3(1), dim3(128), n * sizeof(float), nullptr, v.data(), n);
   for (int i = 0; i < n; ++i) EXPECT_EQ(v[size_t(i)], float(n - 1 - i));
   // One element short: the last index is out of bounds.
-  expect_fault([&] {
-    launch(reverse_kernel, dim3(1), dim3(128), (n - 1) * sizeof(float), nullptr, v.data(), n);
-  }, "out of bounds");
+  expect_fault(
+      [&] {
+        launch(reverse_kernel, dim3(1), dim3(128), (n - 1) * sizeof(float), nullptr, v.data(), n);
+      },
+      "out of bounds");
 }
 
 // A thread that returns before a barrier the others reach: a fault, not a hang.
@@ -263,8 +266,9 @@ TEST(Emu, WrongMasksFault) {
                            "overlapping masks differ", "not in the mask", "different collectives"};
   for (int variant = 0; variant < 5; ++variant) {
     SCOPED_TRACE(variant);
-    expect_fault([&] { launch(bad_mask_kernel, dim3(1), dim3(32), 0, nullptr, out.data(), variant); },
-                 needles[variant]);
+    expect_fault(
+        [&] { launch(bad_mask_kernel, dim3(1), dim3(32), 0, nullptr, out.data(), variant); },
+        needles[variant]);
   }
 }
 

@@ -1,8 +1,9 @@
 // GEMM against a naive double-precision reference: every transpose combination, batches,
 // bias, alpha/beta accumulation, and f32 / bf16 / f16 storage.
+#include "kernels/gemm.h"
+
 #include <gtest/gtest.h>
 
-#include "kernels/gemm.h"
 #include "tests/kernels/test_util.h"
 
 namespace shardtrain::kernels {
@@ -20,8 +21,8 @@ struct Case {
 };
 
 const Case kCases[] = {
-    {1, 1, 1, 1, false, false, false, 1, 0},    {7, 5, 3, 1, false, false, true, 1, 0},
-    {33, 17, 65, 1, false, true, false, 1, 0},  {33, 17, 65, 1, true, false, false, 1, 1},
+    {1, 1, 1, 1, false, false, false, 1, 0},     {7, 5, 3, 1, false, false, true, 1, 0},
+    {33, 17, 65, 1, false, true, false, 1, 0},   {33, 17, 65, 1, true, false, false, 1, 1},
     {16, 48, 64, 1, true, true, false, 0.5f, 0}, {64, 192, 64, 3, false, false, false, 1, 0},
     {100, 1, 37, 2, false, true, false, 2, 1},   {1, 256, 80, 1, false, false, true, 1, 0.5f},
 };
@@ -40,8 +41,10 @@ void check(const Case& c, double tol) {
       for (int64_t col = 0; col < c.n; ++col) {
         double acc = 0;
         for (int64_t p = 0; p < c.k; ++p) {
-          double av = c.ta ? da[size_t(i * c.m * c.k + p * c.m + r)] : da[size_t(i * c.m * c.k + r * c.k + p)];
-          double bv = c.tb ? db[size_t(i * c.k * c.n + col * c.k + p)] : db[size_t(i * c.k * c.n + p * c.n + col)];
+          double av = c.ta ? da[size_t(i * c.m * c.k + p * c.m + r)]
+                           : da[size_t(i * c.m * c.k + r * c.k + p)];
+          double bv = c.tb ? db[size_t(i * c.k * c.n + col * c.k + p)]
+                           : db[size_t(i * c.k * c.n + p * c.n + col)];
           acc += av * bv;
         }
         size_t o = size_t(i * c.m * c.n + r * c.n + col);

@@ -39,12 +39,13 @@ TEST(AttentionEmu, UnsupportedHeadDimIsRefused) {
   const AttentionShape s{1, 4, 1, 32};
   std::vector<BFloat16> qkv(size_t(4 * 3 * 32)), out(size_t(4 * 32)), dqkv(qkv.size());
   std::vector<float> lse(4), ws(4);
-  EXPECT_THROW(cuda_emu::attention_forward<BFloat16>(out.data(), lse.data(), qkv.data(), s, nullptr),
-               emu::Fault);
-  EXPECT_THROW(cuda_emu::attention_backward<BFloat16>(dqkv.data(), out.data(), qkv.data(),
-                                                      out.data(), lse.data(), ws.data(), s,
-                                                      nullptr),
-               emu::Fault);
+  EXPECT_THROW(
+      cuda_emu::attention_forward<BFloat16>(out.data(), lse.data(), qkv.data(), s, nullptr),
+      emu::Fault);
+  EXPECT_THROW(
+      cuda_emu::attention_backward<BFloat16>(dqkv.data(), out.data(), qkv.data(), out.data(),
+                                             lse.data(), ws.data(), s, nullptr),
+      emu::Fault);
 }
 
 }  // namespace

@@ -3,12 +3,11 @@
 #pragma once
 
 #include <gtest/gtest.h>
-
 #include <omp.h>
 
 #include <cmath>
-#include <cstring>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <random>
 #include <type_traits>
@@ -90,8 +89,9 @@ double max_rel_error(const std::vector<A>& got, const std::vector<B>& want, doub
 
 // Central differences of f at x: d f / d x[i] for every i, in double precision. h = 1e-6 gives
 // truncation error O(h^2 f''') and cancellation error O(eps_64 / h), both near 1e-10 relative.
-inline std::vector<double> finite_difference(const std::function<double(const std::vector<double>&)>& f,
-                                             std::vector<double> x, double h = 1e-6) {
+inline std::vector<double> finite_difference(
+    const std::function<double(const std::vector<double>&)>& f, std::vector<double> x,
+    double h = 1e-6) {
   std::vector<double> grad(x.size());
   for (size_t i = 0; i < x.size(); ++i) {
     double saved = x[i];

@@ -1,11 +1,12 @@
 // The memory report's per-rank summary (timeline reduction keeps every peak, phases, tags)
 // and the HTML page's data embedding. The multi-rank report itself is exercised by
 // tests/launch/memory_checks.py.
+#include "launch/memory_report.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
 
-#include "launch/memory_report.h"
 #include "runtime/allocator.h"
 
 namespace shardtrain::launch {

@@ -19,10 +19,10 @@
 namespace shardtrain::launch {
 namespace {
 
-using shardtrain::testing::TempDir;
 using shardtrain::testing::error_of;
-using shardtrain::testing::write_bytes;
 using shardtrain::testing::read_bytes;
+using shardtrain::testing::TempDir;
+using shardtrain::testing::write_bytes;
 
 namespace fs = std::filesystem;
 using models::BpeTokenizer;

@@ -1,5 +1,7 @@
 // Token shards (format, validation with file-naming messages), the data contract, and the
 // safetensors reader's defences.
+#include "models/data.h"
+
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -7,7 +9,6 @@
 #include <fstream>
 #include <functional>
 
-#include "models/data.h"
 #include "runtime/error.h"
 #include "runtime/safetensors.h"
 #include "tests/test_util.h"
@@ -15,10 +16,10 @@
 namespace shardtrain::models {
 namespace {
 
-using shardtrain::testing::TempDir;
 using shardtrain::testing::error_of;
-using shardtrain::testing::write_bytes;
 using shardtrain::testing::read_bytes;
+using shardtrain::testing::TempDir;
+using shardtrain::testing::write_bytes;
 
 namespace fs = std::filesystem;
 

@@ -1,5 +1,7 @@
 // Bad checkpoints: every malformed case gives a UserError naming the file (and tensor), and
 // mutated manifests never crash the reader (a deterministic run of the fuzz target).
+#include "parallel/checkpoint.h"
+
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -8,7 +10,6 @@
 #include <functional>
 #include <random>
 
-#include "parallel/checkpoint.h"
 #include "runtime/crc32c.h"
 #include "runtime/error.h"
 #include "tests/fuzz/manifest_fuzz.cpp"
@@ -70,7 +71,9 @@ class BadCheckpoint : public ::testing::Test {
     }
     return "<no error>";
   }
-  std::string inspect_error() { return error_of([&] { inspect_checkpoint(dir_); }); }
+  std::string inspect_error() {
+    return error_of([&] { inspect_checkpoint(dir_); });
+  }
 
   std::string dir_;
   proto::CheckpointManifest m_;
@@ -82,7 +85,10 @@ TEST_F(BadCheckpoint, ValidOneInspectsClean) {
 }
 
 TEST_F(BadCheckpoint, MissingManifest) {
-  std::string msg = error_of([&] { fs::remove(dir_ + "/manifest.pb"); read_manifest(dir_); });
+  std::string msg = error_of([&] {
+    fs::remove(dir_ + "/manifest.pb");
+    read_manifest(dir_);
+  });
   EXPECT_NE(msg.find("manifest.pb: missing"), std::string::npos) << msg;
 }
 
@@ -180,9 +186,15 @@ TEST_F(BadCheckpoint, MutatedManifestsNeverCrash) {
     const int edits = 1 + int(rng() % 4);
     for (int e = 0; e < edits; ++e) {
       switch (rng() % 3) {
-        case 0: if (!b.empty()) b[rng() % b.size()] = char(rng()); break;
-        case 1: b.resize(rng() % (b.size() + 1)); break;
-        case 2: b.insert(b.begin() + long(rng() % (b.size() + 1)), char(rng())); break;
+        case 0:
+          if (!b.empty()) b[rng() % b.size()] = char(rng());
+          break;
+        case 1:
+          b.resize(rng() % (b.size() + 1));
+          break;
+        case 2:
+          b.insert(b.begin() + long(rng() % (b.size() + 1)), char(rng()));
+          break;
       }
     }
     testing::read_manifest_bytes(dir_, reinterpret_cast<const uint8_t*>(b.data()), b.size());

@@ -40,7 +40,8 @@ void check_all_reduce(bool async) {
       c.all_reduce(buf.data(), count, dtype_of<S>());
     }
     for (int64_t i = 0; i < count; ++i) {
-      ASSERT_EQ(to_float(buf[size_t(i)]), expected_sum(c.size(), i)) << "count " << count << " i " << i;
+      ASSERT_EQ(to_float(buf[size_t(i)]), expected_sum(c.size(), i))
+          << "count " << count << " i " << i;
     }
   }
 }
@@ -51,8 +52,10 @@ void check_reduce_scatter(bool async) {
   for (int64_t count : kCounts) {
     std::vector<S> send = filled<S>(count * c.size(), c.rank()), recv(static_cast<size_t>(count));
     auto work = c.reduce_scatter_async(send.data(), recv.data(), count, dtype_of<S>());
-    if (!async) work->wait();
-    else work->wait();
+    if (!async)
+      work->wait();
+    else
+      work->wait();
     for (int64_t i = 0; i < count; ++i) {
       ASSERT_EQ(to_float(recv[size_t(i)]), expected_sum(c.size(), c.rank() * count + i));
     }
@@ -122,10 +125,12 @@ TEST(Comm, ManyAsyncInFlightCompleteInOrder) {
   std::vector<std::vector<float>> bufs;
   std::vector<std::unique_ptr<Work>> works;
   for (int k = 0; k < 8; ++k) bufs.push_back(filled<float>(333 + k, c.rank()));
-  for (int k = 0; k < 8; ++k) works.push_back(c.all_reduce_async(bufs[size_t(k)].data(), 333 + k, DType::kF32));
+  for (int k = 0; k < 8; ++k)
+    works.push_back(c.all_reduce_async(bufs[size_t(k)].data(), 333 + k, DType::kF32));
   for (int k = 7; k >= 0; --k) works[size_t(k)]->wait();  // waiting out of order is fine
   for (int k = 0; k < 8; ++k) {
-    for (int64_t i = 0; i < 333 + k; ++i) ASSERT_EQ(bufs[size_t(k)][size_t(i)], expected_sum(c.size(), i));
+    for (int64_t i = 0; i < 333 + k; ++i)
+      ASSERT_EQ(bufs[size_t(k)][size_t(i)], expected_sum(c.size(), i));
   }
 }
 

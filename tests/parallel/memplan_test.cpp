@@ -2,12 +2,13 @@
 // formula where no padding applies, ZeroEngine's padding rule, 16-bit gradients, activations
 // against the Korthikanti-derived count, tensor-parallel splits, the candidate search, byte
 // sizes. (Measured-vs-predicted on real runs: tests/launch/memory_checks.py.)
+#include "parallel/memplan.h"
+
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <cmath>
 
-#include "parallel/memplan.h"
 #include "parallel/zero.h"
 #include "runtime/error.h"
 
@@ -206,16 +207,15 @@ TEST(MemPlan, SevenBillionOnSixtyFourRanksIsFast) {
   in.compute = DType::kBF16;
   const auto t0 = std::chrono::steady_clock::now();
   const auto rows = plan_candidates(in, int64_t(80) << 30);
-  const double secs =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_LT(secs, 5.0);  // thousands of replays of 34 units: well under a second normally
   EXPECT_EQ(rows.size(), 4u * 6u);  // tp 1, 2, 4, ..., 32
   EXPECT_FALSE(rows[0].fits);       // plain DP: 16 bytes x 6.66e9 > 80 GiB
   EXPECT_EQ(rows[0].max_micro_batch, 0);
   EXPECT_TRUE(rows[3].fits);  // ZeRO-3
   const MemPlan p = plan_memory(in);
-  EXPECT_EQ(p.num_params, 50304LL * 4096 + 2048LL * 4096 + 32 * (12LL * 4096 * 4096 + 13 * 4096) +
-                              2 * 4096);
+  EXPECT_EQ(p.num_params,
+            50304LL * 4096 + 2048LL * 4096 + 32 * (12LL * 4096 * 4096 + 13 * 4096) + 2 * 4096);
 }
 
 TEST(ByteSize, ParsesUnitsAndRejectsGarbage) {

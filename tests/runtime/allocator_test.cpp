@@ -1,8 +1,9 @@
 // Accounting of the tracking allocator: per-category live and peak bytes, the at-peak
 // breakdown, timeline order and phases, and views that share storage without being counted.
+#include "runtime/allocator.h"
+
 #include <gtest/gtest.h>
 
-#include "runtime/allocator.h"
 #include "runtime/tensor.h"
 
 namespace shardtrain {

@@ -1,10 +1,11 @@
 // Config loading, --set overrides by reflection, and validation: each malformed input has its
 // own expected message, which must name the field (or file position) and the problem.
+#include "runtime/config.h"
+
 #include <gtest/gtest.h>
 
 #include <string>
 
-#include "runtime/config.h"
 #include "runtime/error.h"
 #include "tests/test_util.h"
 
@@ -27,7 +28,7 @@ TEST(Config, ParsesTextAndDefaults) {
   EXPECT_EQ(c.model().n_layer(), 2);
   EXPECT_EQ(c.precision().compute(), proto::BF16);
   EXPECT_EQ(c.data().train_size(), 2);
-  EXPECT_EQ(c.optimizer().beta2(), 0.95);            // default from the schema
+  EXPECT_EQ(c.optimizer().beta2(), 0.95);  // default from the schema
   EXPECT_EQ(c.precision().loss_scale().initial(), 65536);
   EXPECT_NO_THROW(validate_config(c, 4, ValidateFor::kTrain));
 }
@@ -63,10 +64,10 @@ TEST(Config, EffectiveConfigPrintsDefaults) {
 
 struct BadCase {
   const char* name;
-  const char* text;          // config file contents
-  const char* set;           // one override, or nullptr
+  const char* text;  // config file contents
+  const char* set;   // one override, or nullptr
   int world;
-  const char* expect;        // substring of the message
+  const char* expect;  // substring of the message
 };
 
 // Each case is a mistake users make; the message must point at it.
@@ -83,7 +84,8 @@ const BadCase kBad[] = {
     {"set_unknown", "", "model.n_layers=3", 1,
      "--set model.n_layers: unknown field \"n_layers\" in model"},
     {"set_no_equals", "", "model.n_layer", 1, "expected path.to.field=value"},
-    {"set_not_int", "", "model.n_layer=abc", 1, "--set model.n_layer: expected an integer, got 'abc'"},
+    {"set_not_int", "", "model.n_layer=abc", 1,
+     "--set model.n_layer: expected an integer, got 'abc'"},
     {"set_out_of_range", "", "model.n_layer=99999999999", 1,
      "--set model.n_layer: 99999999999 is out of range for int32"},
     {"set_bad_enum", "", "precision.compute=fp8", 1,

@@ -3,13 +3,13 @@
 // Every one of the 65,536 patterns of bf16 and f16 is decoded, round-tripped, and used to
 // build the rounding cases around it (the exact midpoint to its neighbour and the floats just
 // either side of it), so round-to-nearest-even is checked at every boundary of both types.
+#include "runtime/dtype.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdint>
 #include <random>
-
-#include "runtime/dtype.h"
 
 namespace shardtrain {
 namespace {
@@ -128,16 +128,16 @@ TEST(DType, RandomFloatsRoundLikeReference) {
 }
 
 TEST(DType, NamedValues) {
-  EXPECT_EQ(float_to_f16(65504.0f).bits, 0x7bff);   // max finite
-  EXPECT_EQ(float_to_f16(65519.0f).bits, 0x7bff);   // below the tie: stays finite
-  EXPECT_EQ(float_to_f16(65520.0f).bits, 0x7c00);   // the tie rounds to even: inf
+  EXPECT_EQ(float_to_f16(65504.0f).bits, 0x7bff);               // max finite
+  EXPECT_EQ(float_to_f16(65519.0f).bits, 0x7bff);               // below the tie: stays finite
+  EXPECT_EQ(float_to_f16(65520.0f).bits, 0x7c00);               // the tie rounds to even: inf
   EXPECT_EQ(float_to_f16(std::ldexp(1.0f, -24)).bits, 0x0001);  // smallest subnormal
   EXPECT_EQ(float_to_f16(std::ldexp(1.0f, -25)).bits, 0x0000);  // tie to even: zero
   EXPECT_EQ(float_to_f16(-0.0f).bits, 0x8000);
   EXPECT_EQ(float_to_bf16(1.0f).bits, 0x3f80);
-  EXPECT_EQ(float_to_bf16(bits_to_float(0x3f808000)).bits, 0x3f80);  // tie, even stays
-  EXPECT_EQ(float_to_bf16(bits_to_float(0x3f818000)).bits, 0x3f82);  // tie, odd goes up
-  EXPECT_EQ(float_to_bf16(bits_to_float(0x7f7fffff)).bits, 0x7f80);  // max float: inf
+  EXPECT_EQ(float_to_bf16(bits_to_float(0x3f808000)).bits, 0x3f80);           // tie, even stays
+  EXPECT_EQ(float_to_bf16(bits_to_float(0x3f818000)).bits, 0x3f82);           // tie, odd goes up
+  EXPECT_EQ(float_to_bf16(bits_to_float(0x7f7fffff)).bits, 0x7f80);           // max float: inf
   EXPECT_EQ(float_to_bf16(bits_to_float(0x7f800001)).bits & 0x7fc0, 0x7fc0);  // sNaN -> qNaN
 }
 

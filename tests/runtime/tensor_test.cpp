@@ -1,7 +1,8 @@
+#include "runtime/tensor.h"
+
 #include <gtest/gtest.h>
 
 #include "runtime/error.h"
-#include "runtime/tensor.h"
 
 namespace shardtrain {
 namespace {

@@ -60,11 +60,11 @@ class DeviceVec {
 
 #define ST_OPS cuda
 #define ST_CHECK_RERUN_BITS 1
-#define ST_CALL(expr)                                      \
-  do {                                                     \
-    ASSERT_EQ((expr), cudaSuccess);                        \
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);       \
+#define ST_CALL(expr)                                \
+  do {                                               \
+    ASSERT_EQ((expr), cudaSuccess);                  \
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess); \
   } while (0)
-#define ST_SKIP_WITHOUT_DEVICE                                                     \
+#define ST_SKIP_WITHOUT_DEVICE \
   if (!device_unavailable_reason().empty()) GTEST_SKIP() << device_unavailable_reason()
 #include "tests/kernels/gpu_ops_cases.inc"
