@@ -26,3 +26,24 @@ if(NOT SHARDTRAIN_CUDA STREQUAL "OFF")
     message(STATUS "shardtrain: nvcc not found, CUDA targets skipped")
   endif()
 endif()
+
+# NCCL: the GPU communicator (runtime/cuda/nccl_comm.*). Chosen for device memory because it
+# moves GPU buffers over NVLink/InfiniBand without host copies, which the MPI rings cannot. It
+# ships no CMake package, so header and library are looked up by hand (the toolkit's folders,
+# NCCL_HOME, /usr/local). Without it the NCCL communicator is skipped, the rest still builds.
+set(SHARDTRAIN_HAVE_NCCL OFF)
+if(SHARDTRAIN_HAVE_CUDA)
+  find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} ENV NCCL_HOME
+            PATHS /usr/local/include PATH_SUFFIXES include)
+  find_library(NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} ENV NCCL_HOME
+               PATHS /usr/local/lib PATH_SUFFIXES lib lib64)
+  if(NCCL_INCLUDE_DIR AND NCCL_LIBRARY)
+    add_library(shardtrain::nccl UNKNOWN IMPORTED)
+    set_target_properties(shardtrain::nccl PROPERTIES IMPORTED_LOCATION ${NCCL_LIBRARY}
+                          INTERFACE_INCLUDE_DIRECTORIES ${NCCL_INCLUDE_DIR})
+    set(SHARDTRAIN_HAVE_NCCL ON)
+    message(STATUS "shardtrain: NCCL ${NCCL_LIBRARY}")
+  else()
+    message(STATUS "shardtrain: NCCL not found, the NCCL communicator is skipped")
+  endif()
+endif()

@@ -1,0 +1,243 @@
+// nccl_comm.cpp — NcclCommunicator (see nccl_comm.h for the contract and its differences from
+// the MPI rings).
+#include "runtime/cuda/nccl_comm.h"
+
+#include <cstring>
+#include <vector>
+
+#include "runtime/mpi_comm.h"
+
+namespace shardtrain {
+
+std::string NcclTraits::describe(ncclResult_t status) {
+  return str_cat(ncclGetErrorString(status), " (", int(status), ")");
+}
+
+ncclDataType_t nccl_dtype(DType dtype) {
+  switch (dtype) {
+    case DType::kF32:
+      return ncclFloat32;
+    case DType::kBF16:
+      return ncclBfloat16;
+    case DType::kF16:
+      return ncclHalf;
+    case DType::kI32:
+      return ncclInt32;
+  }
+  throw InternalError("nccl_dtype: unknown dtype");
+}
+
+namespace {
+
+// The Work of an operation: an event recorded on the communication stream after it.
+class NcclWork final : public Work {
+ public:
+  NcclWork(Event event, ncclComm_t comm) : event_(std::move(event)), comm_(comm) {}
+  ~NcclWork() override {
+    // A Work dropped without wait() must still not let the caller free buffers in use.
+    if (!waited_ && cudaEventSynchronize(event_.get()) != cudaSuccess) (void)cudaGetLastError();
+  }
+  void wait() override {
+    waited_ = true;
+    event_.synchronize();
+    // Errors of the network side (a peer died, a timeout) surface here, not in the event.
+    ncclResult_t async_error = ncclSuccess;
+    NCCL_CHECK(ncclCommGetAsyncError(comm_, &async_error));
+    NCCL_CHECK(async_error);
+  }
+
+ private:
+  Event event_;
+  ncclComm_t comm_;
+  bool waited_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<NcclCommunicator> NcclCommunicator::create(Communicator& bootstrap, int device) {
+  // 1. Rank 0 makes the id; everyone gets it over the host communicator (128 bytes = 32 words).
+  static_assert(sizeof(ncclUniqueId) % 4 == 0, "ncclUniqueId is broadcast as int32 words");
+  ncclUniqueId id;
+  std::memset(&id, 0, sizeof id);
+  if (bootstrap.rank() == 0) NCCL_CHECK(ncclGetUniqueId(&id));
+  bootstrap.broadcast(&id, int64_t(sizeof id / 4), DType::kI32, 0);
+  // 2. Bind this rank to its GPU and join.
+  CUDA_CHECK(cudaSetDevice(device));
+  ncclComm_t comm = nullptr;
+  NCCL_CHECK(ncclCommInitRank(&comm, bootstrap.size(), id, bootstrap.rank()));
+  return std::unique_ptr<NcclCommunicator>(new NcclCommunicator(comm, device));
+}
+
+std::unique_ptr<NcclCommunicator> NcclCommunicator::create_for_node(MpiRuntime& mpi) {
+  const CudaDeviceCount devices = cuda_device_count();
+  ST_USER_CHECK(devices.count > 0, "NCCL communicator: ", devices.reason);
+  ST_USER_CHECK(mpi.local_size() <= devices.count, "NCCL communicator: ", mpi.local_size(),
+                " ranks on this node but only ", devices.count,
+                " GPUs (one rank per GPU: start fewer ranks per node)");
+  return create(mpi.world(), mpi.local_rank());
+}
+
+NcclCommunicator::NcclCommunicator(ncclComm_t comm, int device)
+    : comm_(comm), device_(device), stream_(/*priority=*/-1) {
+  // Communication gets the higher stream priority, so its kernels are scheduled ahead of
+  // compute kernels and overlap stays effective.
+  NCCL_CHECK(ncclCommUserRank(comm_, &rank_));
+  NCCL_CHECK(ncclCommCount(comm_, &size_));
+}
+
+NcclCommunicator::~NcclCommunicator() {
+  // Outstanding work first; then the communicator (local, not collective) and the scratch.
+  if (cudaStreamSynchronize(stream_.get()) != cudaSuccess) (void)cudaGetLastError();
+  if (comm_ != nullptr) (void)ncclCommDestroy(comm_);
+  if (scratch_ != nullptr && cudaFree(scratch_) != cudaSuccess) (void)cudaGetLastError();
+}
+
+void NcclCommunicator::order_after_compute() {
+  compute_done_.record(compute_stream_);
+  stream_.wait(compute_done_);
+}
+
+std::unique_ptr<Work> NcclCommunicator::finish() {
+  Event done;
+  done.record(stream_.get());
+  return std::make_unique<NcclWork>(std::move(done), comm_);
+}
+
+void* NcclCommunicator::scratch(int64_t bytes) {
+  if (bytes > scratch_bytes_) {
+    // Grows rarely (the largest bucket); the old buffer may still be read by queued work.
+    if (scratch_ != nullptr) {
+      stream_.synchronize();
+      CUDA_CHECK(cudaFree(scratch_));
+      scratch_ = nullptr;
+    }
+    CUDA_CHECK(cudaMalloc(&scratch_, size_t(bytes)));
+    scratch_bytes_ = bytes;
+  }
+  return scratch_;
+}
+
+std::unique_ptr<Work> NcclCommunicator::reduce_scatter_async(const void* send, void* recv,
+                                                             int64_t count, DType dtype,
+                                                             int64_t stride) {
+  ST_CHECK(stride == 0 || stride >= count, "reduce_scatter: stride ", stride, " < count ", count);
+  CUDA_CHECK(cudaSetDevice(device_));
+  order_after_compute();
+  const int64_t esz = dtype_bytes(dtype);
+  const void* input = send;
+  if (stride != 0 && stride != count && size_ > 1) {
+    // 1. Pack the size() strided chunks into one contiguous (size(), count) block.
+    void* packed = scratch(int64_t(size_) * count * esz);
+    CUDA_CHECK(cudaMemcpy2DAsync(packed, size_t(count * esz), send, size_t(stride * esz),
+                                 size_t(count * esz), size_t(size_), cudaMemcpyDeviceToDevice,
+                                 stream_.get()));
+    input = packed;
+  }
+  // 2. Reduce; chunk rank() of the sum lands in recv.
+  NCCL_CHECK(ncclReduceScatter(input, recv, size_t(count), nccl_dtype(dtype), ncclSum, comm_,
+                               stream_.get()));
+  bytes_sent_ += int64_t(size_ - 1) * count * esz;
+  return finish();
+}
+
+std::unique_ptr<Work> NcclCommunicator::all_gather_async(const void* send, void* recv,
+                                                         int64_t count, DType dtype,
+                                                         int64_t stride) {
+  ST_CHECK(stride == 0 || stride >= count, "all_gather: stride ", stride, " < count ", count);
+  CUDA_CHECK(cudaSetDevice(device_));
+  order_after_compute();
+  const int64_t esz = dtype_bytes(dtype);
+  if (stride == 0 || stride == count || size_ == 1) {
+    // Packed: straight into place (NCCL's in-place rule is exactly send == recv + rank*count).
+    if (size_ == 1 && send != recv) {
+      CUDA_CHECK(cudaMemcpyAsync(recv, send, size_t(count * esz), cudaMemcpyDeviceToDevice,
+                                 stream_.get()));
+    } else {
+      NCCL_CHECK(ncclAllGather(send, recv, size_t(count), nccl_dtype(dtype), comm_, stream_.get()));
+    }
+  } else {
+    // 1. Gather packed into scratch; 2. scatter the chunks to their strided places. send may
+    // alias recv's own chunk: it is read by step 1 before step 2 rewrites it (stream order).
+    void* packed = scratch(int64_t(size_) * count * esz);
+    NCCL_CHECK(ncclAllGather(send, packed, size_t(count), nccl_dtype(dtype), comm_, stream_.get()));
+    CUDA_CHECK(cudaMemcpy2DAsync(recv, size_t(stride * esz), packed, size_t(count * esz),
+                                 size_t(count * esz), size_t(size_), cudaMemcpyDeviceToDevice,
+                                 stream_.get()));
+  }
+  bytes_sent_ += int64_t(size_ - 1) * count * esz;
+  return finish();
+}
+
+std::unique_ptr<Work> NcclCommunicator::all_reduce_async(void* buf, int64_t count, DType dtype) {
+  CUDA_CHECK(cudaSetDevice(device_));
+  order_after_compute();
+  const int64_t n = size_, shard = (count + n - 1) / n, esz = dtype_bytes(dtype);
+  // reduce-scatter + all-gather over equal shards, padded to a multiple of the group size,
+  // both in place (recv = full + rank * shard), as comm.h defines all_reduce.
+  void* full = buf;
+  if (shard * n != count) {
+    full = scratch(shard * n * esz);
+    CUDA_CHECK(cudaMemsetAsync(static_cast<char*>(full) + count * esz, 0,
+                               size_t((shard * n - count) * esz), stream_.get()));
+    CUDA_CHECK(
+        cudaMemcpyAsync(full, buf, size_t(count * esz), cudaMemcpyDeviceToDevice, stream_.get()));
+  }
+  if (n > 1 && count > 0) {
+    char* mine = static_cast<char*>(full) + int64_t(rank_) * shard * esz;
+    NCCL_CHECK(ncclReduceScatter(full, mine, size_t(shard), nccl_dtype(dtype), ncclSum, comm_,
+                                 stream_.get()));
+    NCCL_CHECK(ncclAllGather(mine, full, size_t(shard), nccl_dtype(dtype), comm_, stream_.get()));
+    bytes_sent_ += 2 * (n - 1) * shard * esz;
+  }
+  if (full != buf) {
+    CUDA_CHECK(
+        cudaMemcpyAsync(buf, full, size_t(count * esz), cudaMemcpyDeviceToDevice, stream_.get()));
+  }
+  return finish();
+}
+
+std::unique_ptr<Work> NcclCommunicator::broadcast_async(void* buf, int64_t count, DType dtype,
+                                                        int root) {
+  ST_CHECK(root >= 0 && root < size_, "broadcast: root ", root, " outside the group of ", size_);
+  CUDA_CHECK(cudaSetDevice(device_));
+  order_after_compute();
+  NCCL_CHECK(ncclBroadcast(buf, buf, size_t(count), nccl_dtype(dtype), root, comm_, stream_.get()));
+  // Ring volume: every rank but the last after the root forwards the whole buffer.
+  const int pos = (rank_ - root + size_) % size_;
+  if (pos < size_ - 1) bytes_sent_ += count * dtype_bytes(dtype);
+  return finish();
+}
+
+void NcclCommunicator::barrier() {
+  CUDA_CHECK(cudaSetDevice(device_));
+  void* one = scratch(4);
+  CUDA_CHECK(cudaMemsetAsync(one, 0, 4, stream_.get()));
+  NCCL_CHECK(ncclAllReduce(one, one, 1, ncclInt32, ncclSum, comm_, stream_.get()));
+  finish()->wait();
+}
+
+void NcclCommunicator::all_reduce_f64(double* values, int64_t count, bool max) {
+  if (count <= 0) return;
+  CUDA_CHECK(cudaSetDevice(device_));
+  void* dev = scratch(count * 8);
+  CUDA_CHECK(
+      cudaMemcpyAsync(dev, values, size_t(count * 8), cudaMemcpyHostToDevice, stream_.get()));
+  NCCL_CHECK(ncclAllReduce(dev, dev, size_t(count), ncclDouble, max ? ncclMax : ncclSum, comm_,
+                           stream_.get()));
+  CUDA_CHECK(
+      cudaMemcpyAsync(values, dev, size_t(count * 8), cudaMemcpyDeviceToHost, stream_.get()));
+  finish()->wait();
+  const int64_t shard = (count + size_ - 1) / size_;
+  bytes_sent_ += 2 * int64_t(size_ - 1) * shard * 8;
+}
+
+std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
+  CUDA_CHECK(cudaSetDevice(device_));
+  // Collective over this communicator; a negative color (MPI_UNDEFINED style) joins no group.
+  ncclComm_t sub = nullptr;
+  NCCL_CHECK(ncclCommSplit(comm_, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &sub, nullptr));
+  if (sub == nullptr) return nullptr;
+  return std::unique_ptr<Communicator>(new NcclCommunicator(sub, device_));
+}
+
+}  // namespace shardtrain
