@@ -43,7 +43,7 @@ struct PlanKey {
   int64_t m, n, k, batch, stride_a, stride_b, stride_c;
   int ab, c, epilogue;
   bool trans_a, trans_b, beta_zero;
-  int64_t align_a, align_b, align_c;
+  int64_t align_a, align_b, align_c, align_bias, align_aux;
   bool operator==(const PlanKey&) const = default;
 };
 
@@ -52,7 +52,7 @@ struct PlanKeyHash {
     size_t h = 1469598103934665603ull;
     auto mix = [&](int64_t v) { h = (h ^ std::hash<int64_t>()(v)) * 1099511628211ull; };
     for (int64_t v : {k.m, k.n, k.k, k.batch, k.stride_a, k.stride_b, k.stride_c, k.align_a,
-                      k.align_b, k.align_c}) {
+                      k.align_b, k.align_c, k.align_bias, k.align_aux}) {
       mix(v);
     }
     mix(k.ab);
@@ -171,7 +171,9 @@ void GemmLt::run(Epilogue epilogue, const GemmDesc& desc, const void* a, const v
                     desc.beta == 0.0f,
                     alignment(a),
                     alignment(b),
-                    alignment(c)};
+                    alignment(c),
+                    alignment(bias),
+                    alignment(aux)};
   std::unique_ptr<Plan>& slot = cache_->plans[key];
   if (!slot) {
     auto plan = std::make_unique<Plan>();
@@ -205,6 +207,11 @@ void GemmLt::run(Epilogue epilogue, const GemmDesc& desc, const void* a, const v
         make_layout(ab, desc.trans_a ? s.m : s.k, desc.trans_a ? s.k : s.m,
                     desc.trans_a ? s.m : s.k, s.batch, desc.stride_a ? desc.stride_a : s.m * s.k);
     plan->c = make_layout(ct, s.n, s.m, s.n, s.batch, desc.stride_c ? desc.stride_c : s.m * s.n);
+
+    // The heuristic reads the epilogue pointers' alignment (cublasLt.h), so they are set
+    // before it runs; their alignments are part of the key.
+    if (epilogue != Epilogue::kDefault) set_attr(plan->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+    if (fused) set_attr(plan->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, aux);
 
     cublasLtMatmulPreference_t pref = nullptr;
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));

@@ -17,7 +17,8 @@
 //    accumulation in fp32 (CUBLAS_COMPUTE_32F; no TF32 for f32 inputs), alpha/beta as
 //    kernels/gemm.h. Device pointers; the call is asynchronous on `stream`.
 //  - The algorithm is chosen by cuBLASLt's heuristic once per (shape, strides, dtypes,
-//    transposes, epilogue, beta == 0, pointer alignments) and cached with its descriptors, so
+//    transposes, epilogue, beta == 0, alignment of every pointer) and cached with its
+//    descriptors, so
 //    the same call is the same algorithm every time: results are run-to-run deterministic on
 //    one GPU model and library version (no split-K atomics are requested).
 //  - Epilogue calls need batch == 1 and n % 8 == 0 (cuBLASLt's rule for the aux buffer's

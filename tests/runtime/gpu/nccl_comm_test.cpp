@@ -34,10 +34,20 @@ const std::string& unavailable_reason() {
   return reason;
 }
 
-NcclCommunicator& nccl() {
-  static std::unique_ptr<NcclCommunicator> comm = NcclCommunicator::create_for_node(*g_mpi);
-  return *comm;
+// One communicator for all tests, made on first use and destroyed by the environment below
+// while MPI and the CUDA runtime are still up (a static destructor would run after both).
+std::unique_ptr<NcclCommunicator>& nccl_slot() {
+  static std::unique_ptr<NcclCommunicator> comm;
+  return comm;
 }
+NcclCommunicator& nccl() {
+  if (!nccl_slot()) nccl_slot() = NcclCommunicator::create_for_node(*g_mpi);
+  return *nccl_slot();
+}
+class NcclEnvironment final : public ::testing::Environment {
+ public:
+  void TearDown() override { nccl_slot().reset(); }
+};
 
 #define SKIP_WITHOUT_GPUS \
   if (!unavailable_reason().empty()) GTEST_SKIP() << unavailable_reason()
@@ -192,4 +202,7 @@ TEST(NcclComm, SplitIntoEvenAndOddRanks) {
 }  // namespace
 }  // namespace shardtrain
 
-int main(int argc, char** argv) { return shardtrain::testing::run_mpi_tests(argc, argv); }
+int main(int argc, char** argv) {
+  ::testing::AddGlobalTestEnvironment(new shardtrain::NcclEnvironment);  // gtest owns it
+  return shardtrain::testing::run_mpi_tests(argc, argv);
+}
