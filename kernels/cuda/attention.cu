@@ -212,28 +212,17 @@ Status launch_forward(T* out, float* lse, const T* qkv, AttentionShape s, Stream
                 scale_log2, is_aligned16(qkv));
 }
 
-// What the kernel does not cover (another head_dim, a grid past CUDA's limits), reported the
-// way each world reports a bad launch.
-Status unsupported(const char* what) {
-#if defined(__CUDACC__)
-  (void)what;
-  return cudaErrorInvalidValue;
-#else
-  emu::detail::fail(std::string("attention_forward: ") + what);
-#endif
-}
-
 }  // namespace
 
 template <class T>
 Status attention_forward(T* out, float* lse, const T* qkv, AttentionShape s, Stream stream) {
   if (s.batch * s.heads == 0 || s.seq == 0) return kOk;
   if (s.batch > 65535 || s.heads > 65535 || s.seq > 0x7fffffffLL) {
-    return unsupported("grid too large");
+    return attention_tiles::unsupported("attention_forward", "grid too large");
   }
   if (s.head_dim == 64) return launch_forward<T, 64>(out, lse, qkv, s, stream);
   if (s.head_dim == 128) return launch_forward<T, 128>(out, lse, qkv, s, stream);
-  return unsupported("head_dim must be 64 or 128");
+  return attention_tiles::unsupported("attention_forward", "head_dim must be 64 or 128");
 }
 
 template Status attention_forward<BFloat16>(BFloat16*, float*, const BFloat16*, AttentionShape,

@@ -358,15 +358,6 @@ Status launch_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const
                 scale, aligned);
 }
 
-Status unsupported(const char* what) {
-#if defined(__CUDACC__)
-  (void)what;
-  return cudaErrorInvalidValue;
-#else
-  emu::detail::fail(std::string("attention_backward: ") + what);
-#endif
-}
-
 }  // namespace
 
 template <class T>
@@ -374,14 +365,14 @@ Status attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, co
                           float* workspace, AttentionShape s, Stream stream) {
   if (s.batch * s.heads == 0 || s.seq == 0) return kOk;
   if (s.batch > 65535 || s.heads > 65535 || s.seq > 0x7fffffffLL) {
-    return unsupported("grid too large");
+    return attention_tiles::unsupported("attention_backward", "grid too large");
   }
   if (s.head_dim == 64)
     return launch_backward<T, 64>(dqkv, dout, qkv, out, lse, workspace, s, stream);
   if (s.head_dim == 128) {
     return launch_backward<T, 128>(dqkv, dout, qkv, out, lse, workspace, s, stream);
   }
-  return unsupported("head_dim must be 64 or 128");
+  return attention_tiles::unsupported("attention_backward", "head_dim must be 64 or 128");
 }
 
 template Status attention_backward<BFloat16>(BFloat16*, const BFloat16*, const BFloat16*,

@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/mma.h"
@@ -68,6 +69,18 @@ ST_DEVICE void stage_tile(const SharedSpan<T>& s, size_t base, const T* src, lon
     }
     store_shared_pack(s, base + size_t(r) * (D + kPad) + size_t(c), v);
   }
+}
+
+// What a kernel does not cover (another head_dim, a grid past CUDA's limits), reported the
+// way each world reports a bad launch: an error status on the GPU, an emu::Fault under emu.
+inline Status unsupported(const char* kernel, const char* what) {
+#if defined(__CUDACC__)
+  (void)kernel;
+  (void)what;
+  return cudaErrorInvalidValue;
+#else
+  emu::detail::fail(std::string(kernel) + ": " + what);
+#endif
 }
 
 }  // namespace shardtrain::kernels::ST_GPU_NS::attention_tiles
