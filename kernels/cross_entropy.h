@@ -35,4 +35,31 @@ void cross_entropy_backward(T* dlogits,              // (N,V)
                             const int32_t* targets,  // (N)
                             float grad_weight, LogitsShape s, int64_t valid_vocab);
 
+// ---- Vocab-parallel pieces (Megatron): the caller all-reduces row_max (max), then sum and
+// target_logit (sums) over the tensor-parallel group and forms lse = max + log(sum). ---------
+// logits (s.rows, s.vocab) is this rank's vocabulary slice, whose column j is global id
+// vocab_begin + j; only columns j < valid are real (the rest is padding).
+
+// row_max[i] = max over j < valid of to_float(logits[i][j]) (a float, stored as double; -inf
+// if valid == 0); target_logit[i] = double(to_float(logits[i][t])) with t = targets[i] -
+// vocab_begin if targets[i] >= 0 and 0 <= t < valid, else 0.
+template <class T>
+void cross_entropy_partial_max(double* row_max, double* target_logit, const T* logits,
+                               const int32_t* targets, int64_t vocab_begin, LogitsShape s,
+                               int64_t valid);
+
+// sum[i] = sum over j < valid, in order, of exp(double(to_float(logits[i][j]) -
+// float(row_max[i]))) (the float subtraction first, exp in double).
+template <class T>
+void cross_entropy_partial_sumexp(double* sum, const T* logits, const double* row_max,
+                                  LogitsShape s, int64_t valid);
+
+// dlogits[i][j] = T(g * grad_weight), g = (targets[i] >= 0 && j < valid) ?
+// exp(to_float(logits[i][j]) - lse[i]) - (j == targets[i] - vocab_begin ? 1 : 0) : 0, exp in
+// float (std::exp). dlogits may alias logits.
+template <class T>
+void cross_entropy_backward_slice(T* dlogits, const T* logits, const float* lse,
+                                  const int32_t* targets, int64_t vocab_begin, float grad_weight,
+                                  LogitsShape s, int64_t valid);
+
 }  // namespace shardtrain::kernels

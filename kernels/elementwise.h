@@ -24,6 +24,17 @@ void residual_add(T* out, const T* a, const T* b, int64_t n);
 template <class T>
 void bias_backward(float* dbias, const T* dout, int64_t rows, int64_t cols);
 
+// x (rows, cols) += bias (cols): each element to_float(x) + to_float(bias[c]), rounded once to T.
+template <class T>
+void add_bias(T* x, const T* bias, int64_t rows, int64_t cols);
+
+// acc[i] += x[i] (fp32).
+void add_f32(float* acc, const float* x, int64_t n);
+
+// sum over i of double(x[i])^2, summed sequentially in index order (each square is exact in
+// double, so only the additions round). Single-threaded: the order is the definition.
+double sum_squares(const float* x, int64_t n);
+
 // out = in converted (round to nearest even into 16-bit types).
 template <class In, class Out>
 void cast(Out* out, const In* in, int64_t n);

@@ -4,6 +4,8 @@
 // is widened into a stack buffer, computed in fp32 and narrowed once; fp32 storage is computed
 // in place. The inner loops are `omp simd` so that the vectoriser keeps them vector even when
 // the output aliases an input (out == a is legal: there is no dependence across elements).
+// add_bias, add_f32 and residual_add are one fp32 add and one rounding per element (bitwise what a
+// scalar loop over dtype.h's conversions gives); sum_squares is a plain sequential double sum.
 // GELU uses the identity 0.5 (1 + tanh u) = 1 / (1 + e^{-2u}) so that it needs only the
 // vectorisable exp_f32 (glibc's tanhf is an opaque call), and the form is accurate in both
 // tails. bias_backward sums a fixed partition of the rows (vec_util.h) so the result does not
@@ -109,6 +111,35 @@ void bias_backward(float* dbias, const T* dout, int64_t rows, int64_t cols) {
   cpu::add_parts(dbias, partial.data(), parts, cols);
 }
 
+template <class T>
+void add_bias(T* x, const T* bias, int64_t rows, int64_t cols) {
+#pragma omp parallel for schedule(static) if (rows > 1)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* b = as_f32(bias, cols, cpu::row_scratch<T>(cols, 0));  // (cols)
+    T* row = x + r * cols;
+    float* xf = out_f32(row, cpu::row_scratch<T>(cols, 1));  // (cols)
+    if constexpr (!std::is_same_v<T, float>) cpu::widen(xf, row, cols);
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) xf[c] += b[c];
+    store(row, xf, cols);
+  }
+}
+
+void add_f32(float* acc, const float* x, int64_t n) {
+  for_blocks(n, [&](int64_t i0, int64_t len) {
+    float* a = acc + i0;
+    const float* b = x + i0;
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) a[i] += b[i];
+  });
+}
+
+double sum_squares(const float* x, int64_t n) {
+  double s = 0.0;
+  for (int64_t i = 0; i < n; ++i) s += double(x[i]) * double(x[i]);
+  return s;
+}
+
 template <class In, class Out>
 void cast(Out* out, const In* in, int64_t n) {
   if constexpr (std::is_same_v<In, Out>) {
@@ -146,6 +177,7 @@ void scale(T* x, float s, int64_t n) {
   template void gelu_backward<T>(T*, const T*, const T*, int64_t);    \
   template void residual_add<T>(T*, const T*, const T*, int64_t);     \
   template void bias_backward<T>(float*, const T*, int64_t, int64_t); \
+  template void add_bias<T>(T*, const T*, int64_t, int64_t);          \
   template void scale<T>(T*, float, int64_t);                         \
   template void cast<T, float>(float*, const T*, int64_t);            \
   template void cast<T, BFloat16>(BFloat16*, const T*, int64_t);      \

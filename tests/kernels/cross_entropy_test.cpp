@@ -1,14 +1,18 @@
 // Cross-entropy against a double-precision reference: losses and lse on odd shapes for f32 /
 // bf16 / f16 logits, with ignored rows and padding columns (valid_vocab < V); backward against
 // central differences of sum_i w * loss_i; in-place backward (dlogits == logits) bit-identical
-// to out-of-place; large logits (|x| ~ 1000) staying finite and accurate.
+// to out-of-place; large logits (|x| ~ 1000) staying finite and accurate; and the vocab-parallel
+// pieces (per-slice max, target logit, sum of exponentials, backward) against double references
+// and, combined over the slices, against the full loss and gradient.
 #include "kernels/cross_entropy.h"
 
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
 
 #include "tests/kernels/test_util.h"
 
@@ -216,6 +220,132 @@ TEST(CrossEntropy, BitwiseIndependentOfThreadCount) {
     auto many = run(threads);
     EXPECT_EQ(std::memcmp(one.data(), many.data(), one.size() * sizeof(float)), 0) << threads;
   }
+}
+
+// ---- Vocab-parallel pieces -------------------------------------------------------------------
+
+// The logits of `rows` x V (V real columns) split into `parts` slices of width ceil(Vp / parts),
+// Vp = V padded up to a multiple of `parts`: the layout of a tensor-parallel group.
+struct VocabSplit {
+  int64_t rows, V, parts;
+  int64_t width() const { return (V + parts - 1) / parts; }
+  int64_t begin(int64_t p) const { return p * width(); }
+  int64_t valid(int64_t p) const { return std::clamp<int64_t>(V - begin(p), 0, width()); }
+};
+
+template <class T>
+std::vector<T> slice_of(const std::vector<T>& full, const VocabSplit& k, int64_t p) {
+  const int64_t W = k.width();
+  std::vector<T> out(usize(k.rows * W), from_float<T>(-5.0f));  // padding columns: junk
+  for (int64_t i = 0; i < k.rows; ++i) {
+    for (int64_t j = 0; j < k.valid(p); ++j) {
+      out[usize(i * W + j)] = full[usize(i * k.V + k.begin(p) + j)];
+    }
+  }
+  return out;
+}
+
+// Each piece against a double-precision reference on its own slice, then the Megatron
+// combination (max over slices, sums rescaled to it, target logits summed) against the full
+// reference loss and gradient.
+template <class T>
+void check_vocab_parallel(const VocabSplit& k) {
+  const uint64_t seed = 700 + uint64_t(k.rows * 1000 + k.V * 10 + k.parts);
+  auto logits = to_storage<T>(random_vector(k.rows * k.V, seed, 3.0f));
+  auto targets = make_targets(k.rows, k.V, seed + 1);
+  const float w = 0.37f;
+  const int64_t N = k.rows, W = k.width();
+  const std::string where = "rows=" + std::to_string(N) + " V=" + std::to_string(k.V) +
+                            " parts=" + std::to_string(k.parts);
+  std::vector<double> gmax(usize(N), -INFINITY), gsum(usize(N), 0.0), gtgt(usize(N), 0.0);
+  std::vector<std::vector<T>> slices;
+  for (int64_t p = 0; p < k.parts; ++p) {
+    slices.push_back(slice_of(logits, k, p));
+    const auto& sl = slices.back();
+    const auto xd = to_f64(sl);
+    std::vector<double> mx(usize(N)), tg(usize(N));
+    cross_entropy_partial_max(mx.data(), tg.data(), sl.data(), targets.data(), k.begin(p), {N, W},
+                              k.valid(p));
+    for (int64_t i = 0; i < N; ++i) {
+      double want_m = -INFINITY, want_t = 0.0;
+      for (int64_t j = 0; j < k.valid(p); ++j) want_m = std::max(want_m, xd[usize(i * W + j)]);
+      const int64_t t = targets[usize(i)] - k.begin(p);
+      if (targets[usize(i)] >= 0 && t >= 0 && t < k.valid(p)) want_t = xd[usize(i * W + t)];
+      EXPECT_EQ(mx[usize(i)], want_m) << where;  // the max and the logit are exact
+      EXPECT_EQ(tg[usize(i)], want_t) << where;
+      gmax[usize(i)] = std::max(gmax[usize(i)], mx[usize(i)]);
+      gtgt[usize(i)] += tg[usize(i)];
+    }
+  }
+  // Sums of exponentials about the global max: against double exp of the double difference.
+  // The only differences: float(x - m) rounds the exponent (|x - m| < 32 here: <= 2^-20
+  // absolute, so ~2^-20 relative in exp), exp and the additions (< 1e-13). Bound 2e-6.
+  for (int64_t p = 0; p < k.parts; ++p) {
+    const auto xd = to_f64(slices[usize(p)]);
+    std::vector<double> sum(usize(N));
+    cross_entropy_partial_sumexp(sum.data(), slices[usize(p)].data(), gmax.data(), {N, W},
+                                 k.valid(p));
+    for (int64_t i = 0; i < N; ++i) {
+      double want = 0;
+      for (int64_t j = 0; j < k.valid(p); ++j)
+        want += std::exp(xd[usize(i * W + j)] - gmax[usize(i)]);
+      EXPECT_LE(std::fabs(sum[usize(i)] - want), 2e-6 * want) << where;
+      gsum[usize(i)] += sum[usize(i)];
+    }
+  }
+  // The combination against the full reference: loss and lse to the fp32 tolerance of the
+  // fused kernel's test (1e-5), here mostly the rounding of lse to float.
+  Ref want = ce_ref(to_f64(logits), targets, N, k.V, k.V, w);
+  std::vector<float> lse(usize(N)), loss(usize(N));
+  for (int64_t i = 0; i < N; ++i) {
+    lse[usize(i)] = float(gmax[usize(i)] + std::log(gsum[usize(i)]));
+    loss[usize(i)] = targets[usize(i)] < 0 ? 0.0f : float(double(lse[usize(i)]) - gtgt[usize(i)]);
+  }
+  EXPECT_LT(max_rel_error(lse, want.lse), 1e-5) << where;
+  EXPECT_LT(max_rel_error(loss, want.loss, 1.0), 1e-5) << where;
+  // Backward per slice (in place, as the model runs it), reassembled: (softmax - onehot) * w;
+  // padding columns and ignored rows exactly 0.
+  std::vector<double> grad(usize(N * k.V));
+  for (int64_t p = 0; p < k.parts; ++p) {
+    std::vector<T>& sl = slices[usize(p)];
+    cross_entropy_backward_slice(sl.data(), sl.data(), lse.data(), targets.data(), k.begin(p), w,
+                                 {N, W}, k.valid(p));
+    for (int64_t i = 0; i < N; ++i) {
+      for (int64_t j = 0; j < W; ++j) {
+        const float g = to_float(sl[usize(i * W + j)]);
+        if (j >= k.valid(p) || targets[usize(i)] < 0) {
+          ASSERT_EQ(g, 0.0f) << where;
+        } else {
+          grad[usize(i * k.V + k.begin(p) + j)] = g;
+        }
+      }
+    }
+  }
+  // exp(x - lse) with lse rounded to float: ~10 ulp as the fused backward's test, 1e-5.
+  EXPECT_LT(max_rel_error(grad, want.grad), 1e-5 + rounding_of<T>()) << where;
+}
+TEST(CrossEntropyVocabParallel, MatchesFullReference) {
+  for (const VocabSplit& k : {VocabSplit{1, 1, 1}, VocabSplit{3, 17, 2}, VocabSplit{5, 100, 3},
+                              VocabSplit{4, 1001, 4}, VocabSplit{2, 5, 4}, VocabSplit{7, 768, 2}}) {
+    check_vocab_parallel<float>(k);
+    check_vocab_parallel<BFloat16>(k);
+    check_vocab_parallel<Half>(k);
+  }
+}
+
+// A zero maximum keeps the sign of the first maximal column, as the model's loop did (std::max
+// keeps its left argument on a tie): -0 before +0 gives -0, +0 before -0 gives +0.
+TEST(CrossEntropyVocabParallel, MaxKeepsTheFirstOfEqualValues) {
+  const std::vector<float> logits = {-1.0f, -0.0f, 0.0f, -2.0f, 0.0f, -0.0f};  // 2 rows of 3
+  const std::vector<int32_t> targets = {kIgnoreIndex, kIgnoreIndex};
+  std::vector<double> mx(2), tg(2);
+  cross_entropy_partial_max(mx.data(), tg.data(), logits.data(), targets.data(), 0, {2, 3}, 3);
+  EXPECT_TRUE(std::signbit(mx[0]));
+  EXPECT_FALSE(std::signbit(mx[1]));
+  EXPECT_EQ(tg[0], 0.0);
+  // No real column: -inf, and nothing is read.
+  cross_entropy_partial_max(mx.data(), tg.data(), logits.data(), targets.data(), 0, {2, 3}, 0);
+  EXPECT_EQ(mx[0], -INFINITY);
 }
 
 }  // namespace

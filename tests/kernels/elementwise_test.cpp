@@ -1,8 +1,8 @@
 // Elementwise ops against double-precision references: GELU (forward, and backward against
 // central differences), residual add (also in place), bias gradient (finite differences,
-// accumulation, thread-count independence), cast (bit-exact against dtype.h over every 16-bit
-// pattern and a dense fp32 sample) and scale. Also bounds the CPU backend's exp_f32, which
-// GELU and cross-entropy rely on.
+// accumulation, thread-count independence), bias add, fp32 accumulation, the sum of squares,
+// cast (bit-exact against dtype.h over every 16-bit pattern and a dense fp32 sample) and scale.
+// Also bounds the CPU backend's exp_f32, which GELU and cross-entropy rely on.
 #include "kernels/elementwise.h"
 
 #include <gtest/gtest.h>
@@ -239,6 +239,71 @@ TEST(BiasBackward, BitwiseIndependentOfThreadCount) {
     EXPECT_EQ(std::memcmp(one.data(), many.data(), one.size() * 4), 0) << threads;
     EXPECT_EQ(std::memcmp(one16.data(), many16.data(), one16.size() * 4), 0) << threads;
   }
+}
+
+// ---- add_bias, add_f32, sum_squares -----------------------------------------------------------
+
+template <class T>
+void check_add_bias(int64_t rows, int64_t cols) {
+  const uint64_t seed = 81 + uint64_t(rows * 1000 + cols);
+  auto x = to_storage<T>(random_vector(rows * cols, seed));
+  auto bias = to_storage<T>(random_vector(cols, seed + 1, 0.5f));
+  auto xd = to_f64(x), bd = to_f64(bias);
+  std::vector<double> want(usize(rows * cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      want[usize(r * cols + c)] = xd[usize(r * cols + c)] + bd[usize(c)];
+    }
+  }
+  std::vector<T> got = x;
+  add_bias(got.data(), bias.data(), rows, cols);
+  // fp32: one rounding of an exact sum, 2^-24 relative; 16-bit: plus the output rounding.
+  EXPECT_LT(max_rel_error(to_f64(got), want), 1e-7 + rounding_of<T>()) << rows << "x" << cols;
+  // And bitwise the scalar definition: to_float + to_float, rounded once to T.
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    const T one = from_float<T>(to_float(x[usize(i)]) + to_float(bias[usize(i % cols)]));
+    ASSERT_EQ(std::memcmp(&one, &got[usize(i)], sizeof(T)), 0) << i;
+  }
+}
+TEST(AddBias, MatchesDoubleReference) {
+  for (auto [r, c] : {std::pair<int64_t, int64_t>{1, 1}, {1, 17}, {3, 100}, {33, 3}, {7, 768}}) {
+    check_add_bias<float>(r, c);
+    check_add_bias<BFloat16>(r, c);
+    check_add_bias<Half>(r, c);
+  }
+}
+
+TEST(AddF32, MatchesDoubleReference) {
+  for (int64_t n : kSizes) {
+    auto acc = random_vector(n, 91 + uint64_t(n)), x = random_vector(n, 92 + uint64_t(n));
+    std::vector<double> want(usize(n));
+    for (size_t i = 0; i < want.size(); ++i) want[i] = double(acc[i]) + double(x[i]);
+    add_f32(acc.data(), x.data(), n);
+    EXPECT_LT(max_rel_error(acc, want), 1e-7) << "n=" << n;  // one rounding per element
+  }
+}
+
+TEST(SumSquares, MatchesDoubleReference) {
+  EXPECT_EQ(sum_squares(nullptr, 0), 0.0);
+  for (int64_t n : kSizes) {
+    // Magnitudes over ~10 binades, as gradients have them.
+    auto x = random_vector(n, 95 + uint64_t(n)), spread = random_vector(n, 96 + uint64_t(n), 2.0f);
+    for (size_t i = 0; i < x.size(); ++i) x[i] *= std::exp2(spread[i]);
+    // Reference: the squares (exact in double) summed in long double (64-bit mantissa).
+    long double want = 0;
+    for (float v : x) want += (long double)(v) * (long double)(v);
+    const double got = sum_squares(x.data(), n);
+    // n - 1 double additions of positive terms: <= (n - 1) 2^-53 relative, plus the reference's
+    // own n 2^-64.
+    EXPECT_LE(std::fabs((long double)(got)-want), want * (double(n + 1) * std::ldexp(1.0, -53)))
+        << "n=" << n;
+  }
+  // Small integers: every partial sum is exact, so the result is too.
+  std::vector<float> ints(1000);
+  for (size_t i = 0; i < ints.size(); ++i) ints[i] = float(int(i % 37) - 18);
+  double want = 0;
+  for (float v : ints) want += double(v) * double(v);
+  EXPECT_EQ(sum_squares(ints.data(), int64_t(ints.size())), want);
 }
 
 // ---- cast ------------------------------------------------------------------------------------

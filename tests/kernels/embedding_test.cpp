@@ -1,12 +1,15 @@
 // Embedding against a double-precision reference: forward gather on odd shapes for f32 / bf16 /
 // f16 tables; backward against central differences of sum(out * G); repeated tokens
-// accumulating into one gradient row; and bitwise independence of the thread count.
+// accumulating into one gradient row; bitwise independence of the thread count; and the
+// vocab-parallel pieces (slice lookup, position add, the two gradients) against double
+// references and, where they partition it, the full embedding.
 #include "kernels/embedding.h"
 
 #include <gtest/gtest.h>
 #include <omp.h>
 
 #include <cstring>
+#include <tuple>
 
 #include "tests/kernels/test_util.h"
 
@@ -159,6 +162,156 @@ TEST(Embedding, BitwiseIndependentOfThreadCount) {
       auto many = run(threads, bf16);
       EXPECT_EQ(std::memcmp(one.data(), many.data(), one.size() * sizeof(float)), 0) << threads;
     }
+  }
+}
+
+// ---- Vocab-parallel pieces -------------------------------------------------------------------
+
+// A vocabulary of 3 * rows tokens in three slices [s * rows, (s + 1) * rows).
+struct SliceCase {
+  int64_t n, C, rows;
+};
+const SliceCase kSliceCases[] = {{1, 1, 1}, {5, 3, 2}, {17, 8, 4}, {40, 100, 7}, {9, 768, 3}};
+
+// Each slice's lookup holds the wte rows of its tokens and zeros elsewhere, so the slices' outputs
+// summed in double are the full table's rows: wte[token].
+template <class T>
+void check_lookup_slices(const SliceCase& k) {
+  const int64_t n = k.n, C = k.C, rows = k.rows, V = 3 * rows;
+  const uint64_t seed = 1000 + uint64_t(n * 100 + C);
+  auto wte = to_storage<T>(random_vector(V * C, seed));
+  auto tokens = make_tokens(n, V, seed + 1);
+  auto wd = to_f64(wte);
+  std::vector<double> sum(usize(n * C), 0.0);
+  for (int64_t sl = 0; sl < 3; ++sl) {
+    std::vector<T> out = to_storage<T>(random_vector(n * C, seed + 2));  // overwritten
+    embedding_lookup_slice(out.data(), tokens.data(), wte.data() + sl * rows * C, sl * rows, rows,
+                           n, C);
+    auto od = to_f64(out);
+    for (int64_t i = 0; i < n; ++i) {
+      const bool in = tokens[usize(i)] / rows == sl;
+      for (int64_t c = 0; c < C; ++c) {
+        const double want = in ? wd[usize(tokens[usize(i)] * C + c)] : 0.0;
+        ASSERT_EQ(od[usize(i * C + c)], want) << "slice " << sl << " row " << i;  // a copy
+        sum[usize(i * C + c)] += od[usize(i * C + c)];
+      }
+    }
+  }
+  for (int64_t i = 0; i < n * C; ++i) {
+    ASSERT_EQ(sum[usize(i)], wd[usize(tokens[usize(i / C)] * C + i % C)]) << i;
+  }
+}
+TEST(EmbeddingSlice, LookupF32) {
+  for (const SliceCase& k : kSliceCases) check_lookup_slices<float>(k);
+}
+TEST(EmbeddingSlice, LookupBF16) {
+  for (const SliceCase& k : kSliceCases) check_lookup_slices<BFloat16>(k);
+}
+TEST(EmbeddingSlice, LookupF16) {
+  for (const SliceCase& k : kSliceCases) check_lookup_slices<Half>(k);
+}
+
+// add_positions against x + wpe[(row0 + i) % seq] in double, for whole sequences (row0 = 0) and
+// a sequence-parallel block starting inside a sequence and wrapping around its end.
+template <class T>
+void check_add_positions(int64_t rows, int64_t row0, int64_t seq, int64_t C) {
+  const uint64_t seed = 1100 + uint64_t(rows * 100 + row0 * 10 + seq);
+  auto x = to_storage<T>(random_vector(rows * C, seed));
+  auto wpe = to_storage<T>(random_vector(seq * C, seed + 1));
+  auto xd = to_f64(x), pd = to_f64(wpe);
+  std::vector<double> want(usize(rows * C));
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t c = 0; c < C; ++c) {
+      want[usize(i * C + c)] = xd[usize(i * C + c)] + pd[usize(((row0 + i) % seq) * C + c)];
+    }
+  }
+  add_positions(x.data(), wpe.data(), rows, row0, seq, C);
+  // fp32: one rounding of an exact sum, 2^-24 relative; 16-bit adds its output rounding.
+  EXPECT_LT(max_rel_error(to_f64(x), want), 1e-7 + rounding_of<T>())
+      << "rows=" << rows << " row0=" << row0 << " seq=" << seq;
+}
+TEST(EmbeddingSlice, AddPositions) {
+  for (auto [rows, row0, seq, C] : {std::tuple<int64_t, int64_t, int64_t, int64_t>{1, 0, 1, 1},
+                                    {6, 0, 3, 5},
+                                    {4, 5, 6, 17},
+                                    {10, 7, 4, 100},
+                                    {16, 16, 32, 768}}) {
+    check_add_positions<float>(rows, row0, seq, C);
+    check_add_positions<BFloat16>(rows, row0, seq, C);
+    check_add_positions<Half>(rows, row0, seq, C);
+  }
+}
+
+// The wte gradient of a slice against the double sum of dout over the positions whose token it
+// holds, accumulated onto nonzero values; and the three slices side by side are bitwise the full
+// embedding_backward's dwte (the same additions in the same order).
+template <class T>
+void check_backward_slices(const SliceCase& k) {
+  const int64_t n = k.n, C = k.C, rows = k.rows, V = 3 * rows;
+  const uint64_t seed = 1200 + uint64_t(n * 100 + C);
+  auto tokens = make_tokens(n, V, seed);
+  auto g = to_storage<T>(random_vector(n * C, seed + 1));
+  auto gd = to_f64(g);
+  const std::vector<float> dwte0 = random_vector(V * C, seed + 2);
+  std::vector<float> dwte = dwte0;
+  std::vector<double> want(dwte0.begin(), dwte0.end());
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t c = 0; c < C; ++c) want[usize(tokens[usize(i)] * C + c)] += gd[usize(i * C + c)];
+  }
+  for (int64_t sl = 0; sl < 3; ++sl) {
+    embedding_backward_slice(dwte.data() + sl * rows * C, g.data(), tokens.data(), sl * rows, rows,
+                             n, C);
+  }
+  // fp32 sums of at most n + 1 = 41 terms: 41 * 2^-24 = 2.4e-6 of the largest, 1e-5 with margin.
+  EXPECT_LT(max_rel_error(dwte, want), 1e-5) << "n=" << n << " C=" << C;
+  std::vector<float> full = dwte0, dwpe(usize(n * C), 0.0f);
+  embedding_backward(full.data(), dwpe.data(), g.data(), tokens.data(), {1, n, C});
+  EXPECT_EQ(std::memcmp(full.data(), dwte.data(), full.size() * sizeof(float)), 0);
+}
+TEST(EmbeddingSlice, BackwardSlices) {
+  for (const SliceCase& k : kSliceCases) {
+    check_backward_slices<float>(k);
+    check_backward_slices<BFloat16>(k);
+    check_backward_slices<Half>(k);
+  }
+}
+
+// positions_backward against the double sum of dout rows landing on each wpe row; with row0 = 0
+// and rows = B * T it is bitwise the full embedding_backward's dwpe (b ascending per row).
+template <class T>
+void check_positions_backward(int64_t rows, int64_t row0, int64_t seq, int64_t C) {
+  const uint64_t seed = 1300 + uint64_t(rows * 100 + row0 * 10 + seq);
+  auto g = to_storage<T>(random_vector(rows * C, seed));
+  auto gd = to_f64(g);
+  const std::vector<float> dwpe0 = random_vector(seq * C, seed + 1);
+  std::vector<float> dwpe = dwpe0;
+  std::vector<double> want(dwpe0.begin(), dwpe0.end());
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t c = 0; c < C; ++c) {
+      want[usize(((row0 + i) % seq) * C + c)] += gd[usize(i * C + c)];
+    }
+  }
+  positions_backward(dwpe.data(), g.data(), rows, row0, seq, C);
+  // At most rows / seq + 2 = 7 fp32 terms per element: 1e-6 covers 7 * 2^-24 with margin.
+  EXPECT_LT(max_rel_error(dwpe, want), 1e-6)
+      << "rows=" << rows << " row0=" << row0 << " seq=" << seq;
+  if (row0 == 0 && rows % seq == 0) {
+    std::vector<float> full = dwpe0, dwte(usize(C), 0.0f);
+    std::vector<int32_t> zeros(usize(rows), 0);
+    embedding_backward(dwte.data(), full.data(), g.data(), zeros.data(), {rows / seq, seq, C});
+    EXPECT_EQ(std::memcmp(full.data(), dwpe.data(), full.size() * sizeof(float)), 0);
+  }
+}
+TEST(EmbeddingSlice, PositionsBackward) {
+  for (auto [rows, row0, seq, C] : {std::tuple<int64_t, int64_t, int64_t, int64_t>{1, 0, 1, 1},
+                                    {6, 0, 3, 5},
+                                    {4, 5, 6, 17},
+                                    {10, 7, 4, 100},
+                                    {16, 16, 32, 768},
+                                    {20, 0, 4, 70}}) {
+    check_positions_backward<float>(rows, row0, seq, C);
+    check_positions_backward<BFloat16>(rows, row0, seq, C);
+    check_positions_backward<Half>(rows, row0, seq, C);
   }
 }
 
