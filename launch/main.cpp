@@ -36,6 +36,11 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--metrics", train.metrics, "write one JSON line per step here");
   train_cmd->add_option("--memory-report", train.memory_report, "write the memory report here");
   train_cmd->add_option("--export-final", train.export_final, "write final weights (safetensors)");
+  std::string device;
+  train_cmd
+      ->add_option("--device", device,
+                   "cpu | cuda | cuda-emu: what computes (same as --set train.device=...)")
+      ->check(CLI::IsMember({"cpu", "cuda", "cuda-emu"}));
   train_cmd->add_flag("--dry-run", train.dry_run, "validate the config, print it, and stop");
   // Test-only fault injection; hidden from --help (empty group).
   train_cmd->add_option("--inject-fault", train.fault_step)->group("");
@@ -114,7 +119,10 @@ int main(int argc, char** argv) {
   try {
     const LogLevel level = parse_log_level(log_level);
     log_configure(/*rank=*/0, /*world_size=*/1, log_all_ranks, level);
-    if (train_cmd->parsed()) return launch::run_train(train, level, log_all_ranks);
+    if (train_cmd->parsed()) {
+      if (!device.empty()) train.sets.push_back("train.device=" + device);  // wins over --set
+      return launch::run_train(train, level, log_all_ranks);
+    }
     if (export_cmd->parsed()) return launch::run_export(exp);
     if (memplan_cmd->parsed()) return launch::run_memplan(plan);
     if (tokenize_cmd->parsed()) {

@@ -23,6 +23,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "launch/device.h"
 #include "launch/memory_report.h"
 #include "models/data.h"
 #include "models/gpt.h"
@@ -77,8 +78,7 @@ void init_weights(parallel::ZeroEngine& engine, const Config& c) {
 struct Run {
   Config config;
   int64_t B = 0, T = 0, accum = 0, steps = 0;
-  std::unique_ptr<Communicator> dp, tp;  // tp: null when parallel.tp == 1
-  TrackingAllocator alloc;
+  RunDevice dev;  // backend, memory, dp/tp groups (tp: null when parallel.tp == 1)
   models::GptDims dims{};
   std::unique_ptr<models::DataLoader> train, val;
   std::unique_ptr<parallel::ZeroEngine> engine;
@@ -106,12 +106,6 @@ std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
   if (!args.memory_report.empty() && mpi.world_rank() == 0) {
     prepare_memory_report_dir(args.memory_report);
   }
-  run->alloc.set_record_timeline(!args.no_memory_timeline);
-  if (c.train().device() == "cuda") {
-    throw UserError(
-        "train.device 'cuda': training on GPUs is not built yet (issue [cuda]); "
-        "'cuda-emu' runs the CUDA kernels' source on the CPU, 'cpu' the CPU backend");
-  }
   if (c.precision().grad_accum_dtype() != proto::F32) {
     throw UserError("precision.grad_accum_dtype: only F32 gradient accumulation is built so far");
   }
@@ -128,12 +122,19 @@ std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
   run->accum = d.grad_accum();
   run->steps = c.train().steps();
   // World = dp x tp with the tp ranks of a group adjacent (one node): world rank w is tp rank
-  // w % tp of dp rank w / tp.
-  const int tp = c.parallel().tp(), w = mpi.world_rank();
+  // w % tp of dp rank w / tp. The device (train.device) comes with its memory and groups.
+  const int tp = c.parallel().tp();
   run->dims = models::GptDims::from_config(c.model(), tp, c.parallel().sequence_parallel());
-  run->dp = mpi.world().split(w % tp, w / tp);
-  if (tp > 1) run->tp = mpi.world().split(w / tp, w % tp);
-  const int dp = run->dp->size(), dp_rank = run->dp->rank();
+  run->dev = make_run_device(c.train().device(), mpi, tp, !args.no_memory_timeline);
+  kernels::Backend& backend = *run->dev.backend;
+  if (!backend.supports_attention(compute_dtype(c), run->dims.C / run->dims.H)) {
+    throw UserError(str_cat("train.device ", backend.name(),
+                            ": the CUDA attention kernels take bf16 or f16 compute with head_dim "
+                            "64 or 128; this config has ",
+                            proto::DType_Name(c.precision().compute()), " and head_dim ",
+                            run->dims.C / run->dims.H));
+  }
+  const int dp = run->dev.dp->size(), dp_rank = run->dev.dp->rank();
   auto train_stream = std::make_shared<models::TokenStream>(
       models::expand_paths({d.train().begin(), d.train().end()}, "data.train"), run->dims.V);
   run->train_tokens = train_stream->num_tokens();
@@ -147,8 +148,8 @@ std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
     run->metrics.open(args.metrics, std::ios::trunc);
     if (!run->metrics) throw UserError(str_cat("--metrics ", args.metrics, ": cannot write"));
   }
-  run->engine = std::make_unique<parallel::ZeroEngine>(run->dims, zero_options(c), *run->dp,
-                                                       run->tp.get(), run->alloc);
+  run->engine = std::make_unique<parallel::ZeroEngine>(run->dims, zero_options(c), *run->dev.dp,
+                                                       run->dev.tp.get(), *run->dev.alloc, backend);
   run->world = &mpi.world();
   run->layout_text =
       str_cat("world ", mpi.world_size(), " = dp ", dp, " x tp ", tp, ", ZeRO ",
@@ -181,17 +182,15 @@ double evaluate(Run& run, models::Gpt<S>& model) {
     run.engine->begin_forward_only();
     sum += model.forward(*run.engine, inputs.data(), targets.data());
   }
-  run.dp->all_reduce_f64(&sum, 1, false);
-  return sum / double(int64_t(batches) * run.B * run.T * run.dp->size());
+  run.dev.dp->all_reduce_f64(&sum, 1, false);
+  return sum / double(int64_t(batches) * run.B * run.T * run.dev.dp->size());
 }
 
 template <class S>
 void train_loop(Run& run, const TrainArgs& args) {
   const Config& c = run.config;
   parallel::ZeroEngine& engine = *run.engine;
-  const models::Backend backend =
-      c.train().device() == "cuda-emu" ? models::Backend::kCudaEmu : models::Backend::kCpu;
-  models::Gpt<S> model(run.dims, run.B, run.T, run.alloc, run.tp.get(), backend);
+  models::Gpt<S> model(run.dims, run.B, run.T, *run.dev.alloc, run.dev.tp.get(), *run.dev.backend);
   int64_t num_params = 0;
   for (const auto& u : engine.layout()) num_params += u.numel;
   log_info("model: ", run.dims.L, " layers, ", run.dims.H, " heads, width ", run.dims.C, ", vocab ",
@@ -205,7 +204,7 @@ void train_loop(Run& run, const TrainArgs& args) {
   }
   const auto& ck = c.checkpoint();
   auto save = [&](int64_t step) {
-    run.alloc.set_phase("checkpoint");
+    run.dev.alloc->set_phase("checkpoint");
     parallel::TrainState st;
     st.step = step;
     st.data_position = run.train->position();
@@ -218,19 +217,20 @@ void train_loop(Run& run, const TrainArgs& args) {
                               fault);
   };
   std::vector<int32_t> inputs(size_t(run.B * run.T)), targets(size_t(run.B * run.T));
-  const int64_t tokens_per_step = run.B * run.T * run.accum * run.dp->size();
-  const int world_rank = run.dp->rank() * int(run.dims.tp) + (run.tp ? run.tp->rank() : 0);
+  const int64_t tokens_per_step = run.B * run.T * run.accum * run.dev.dp->size();
+  const int world_rank =
+      run.dev.dp->rank() * int(run.dims.tp) + (run.dev.tp ? run.dev.tp->rank() : 0);
   const int64_t first_step = run.has_resumed ? run.resumed.step + 1 : 1;
   for (int64_t step = first_step; step <= run.steps; ++step) {
     const auto t0 = Clock::now();
     if (step == args.fault_step && world_rank == args.fault_rank) {
       throw InternalError(str_cat("injected fault at step ", step, " (--inject-fault)"));
     }
-    const int64_t comm_before = run.dp->bytes_sent();
-    const int64_t tp_comm_before = run.tp ? run.tp->bytes_sent() : 0;
+    const int64_t comm_before = run.dev.dp->bytes_sent();
+    const int64_t tp_comm_before = run.dev.tp ? run.dev.tp->bytes_sent() : 0;
     const double loss_scale = scaler.scale();
     const float grad_weight = float(loss_scale / double(tokens_per_step));
-    run.alloc.set_phase("forward_backward");
+    run.dev.alloc->set_phase("forward_backward");
     engine.begin_step();
     double loss_sum = 0.0;
     for (int64_t micro = 0; micro < run.accum; ++micro) {
@@ -241,10 +241,10 @@ void train_loop(Run& run, const TrainArgs& args) {
     }
     engine.finish_backward();
     if (step == args.overflow_step && world_rank == args.fault_rank) engine.poison_grads_for_test();
-    run.alloc.set_phase("optimizer");
+    run.dev.alloc->set_phase("optimizer");
     // Global norm and overflow flag from the owned shards: one reduction for both.
     const double sq = engine.grad_sq_sum();
-    run.dp->all_reduce_f64(&loss_sum, 1, false);
+    run.dev.dp->all_reduce_f64(&loss_sum, 1, false);
     const double loss = loss_sum / double(tokens_per_step);
     const bool skipped = scaler.update(!std::isfinite(sq));
     const double grad_norm = std::sqrt(sq) / loss_scale;
@@ -257,10 +257,10 @@ void train_loop(Run& run, const TrainArgs& args) {
                loss_scale, " -> ", scaler.scale());
     }
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-    const int64_t comm_bytes = run.dp->bytes_sent() - comm_before;
-    const int64_t tp_comm_bytes = run.tp ? run.tp->bytes_sent() - tp_comm_before : 0;
+    const int64_t comm_bytes = run.dev.dp->bytes_sent() - comm_before;
+    const int64_t tp_comm_bytes = run.dev.tp ? run.dev.tp->bytes_sent() - tp_comm_before : 0;
 
-    const MemStats mem = run.alloc.stats();
+    const MemStats mem = run.dev.alloc->stats();
     nlohmann::json live = nlohmann::json::object();
     for (int k = 0; k < kNumMemCategories; ++k) {
       live[mem_category_name(MemCategory(k))] = mem.live[size_t(k)];
@@ -279,7 +279,7 @@ void train_loop(Run& run, const TrainArgs& args) {
                         {"tp_comm_bytes", tp_comm_bytes}};
     const bool do_eval = run.val && (step % c.train().eval_every() == 0 || step == run.steps);
     if (do_eval) {
-      run.alloc.set_phase("eval");
+      run.dev.alloc->set_phase("eval");
       m["val_loss"] = evaluate(run, model);
     }
     if (run.metrics.is_open()) run.metrics << m.dump() << "\n" << std::flush;
@@ -352,7 +352,7 @@ int run_train(const TrainArgs& args, LogLevel level, bool log_all_ranks) {
     }
     // 3. Memory report: collective, after the model's buffers are gone (peaks are kept).
     if (!args.memory_report.empty()) {
-      write_memory_report(args.memory_report, run->alloc, world, run->config);
+      write_memory_report(args.memory_report, *run->dev.alloc, world, run->config);
     }
   } catch (const std::exception& e) {
     const bool user = dynamic_cast<const UserError*>(&e) != nullptr;

@@ -2,17 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
-#include <type_traits>
 #include <vector>
 
-#include "kernels/attention.h"
-#include "kernels/cross_entropy.h"
-#include "kernels/elementwise.h"
-#include "kernels/embedding.h"
-#include "kernels/emu/ops.h"
-#include "kernels/gemm.h"
-#include "kernels/layernorm.h"
+#include "kernels/backend.h"
 #include "runtime/error.h"
 
 namespace shardtrain::models {
@@ -39,39 +31,41 @@ enum BlockParam {
   kNumBlockParams
 };
 
-// Row-major GEMM helpers with the model's three patterns. T is the compute dtype.
+}  // namespace
+
+// Row-major GEMMs with the model's three patterns; S is the compute dtype.
 template <class S>
-void linear(S* out, const S* in, const S* w, const S* bias, int64_t N, int64_t K, int64_t M) {
+void Gpt<S>::linear(S* out, const S* in, const S* w, const S* bias, int64_t N, int64_t K,
+                    int64_t M) {
   // out (N,M) = in (N,K) @ w (K,M) + bias (M)
   k::GemmDesc d;
   d.shape = {N, M, K};
-  d.ab_dtype = d.c_dtype = dtype_of<S>();
-  k::gemm(d, in, w, out, bias);
+  d.ab_dtype = d.c_dtype = dt_;
+  be_.gemm(d, in, w, out, bias);
 }
 
 template <class S>
-void linear_dinput(S* din, const S* dout, const S* w, int64_t N, int64_t K, int64_t M) {
+void Gpt<S>::linear_dinput(S* din, const S* dout, const S* w, int64_t N, int64_t K, int64_t M) {
   // din (N,K) = dout (N,M) @ w^T, w stored (K,M)
   k::GemmDesc d;
   d.shape = {N, K, M};
-  d.ab_dtype = d.c_dtype = dtype_of<S>();
+  d.ab_dtype = d.c_dtype = dt_;
   d.trans_b = true;
-  k::gemm(d, dout, w, din);
+  be_.gemm(d, dout, w, din);
 }
 
 template <class S>
-void linear_dweight(float* dw, const S* in, const S* dout, int64_t N, int64_t K, int64_t M) {
+void Gpt<S>::linear_dweight(float* dw, const S* in, const S* dout, int64_t N, int64_t K,
+                            int64_t M) {
   // dw (K,M) += in^T @ dout, in stored (N,K), dout (N,M); fp32 accumulation
   k::GemmDesc d;
   d.shape = {K, M, N};
-  d.ab_dtype = dtype_of<S>();
+  d.ab_dtype = dt_;
   d.c_dtype = DType::kF32;
   d.trans_a = true;
   d.beta = 1.0f;
-  k::gemm(d, in, dout, dw);
+  be_.gemm(d, in, dout, dw);
 }
-
-}  // namespace
 
 template <class S>
 template <class P>
@@ -81,8 +75,14 @@ const P* Gpt<S>::param(const void* unit_base, int unit, int index) const {
 
 template <class S>
 Gpt<S>::Gpt(const GptDims& dims, int64_t B, int64_t T, TrackingAllocator& alloc, Communicator* tp,
-            Backend backend)
-    : dims_(dims), B_(B), T_(T), tp_(tp), layout_(gpt_layout(dims)), backend_(backend) {
+            kernels::Backend& backend)
+    : dims_(dims),
+      B_(B),
+      T_(T),
+      tp_(tp),
+      layout_(gpt_layout(dims)),
+      be_(backend),
+      dt_(dtype_of<S>()) {
   ST_CHECK(T <= dims.Tmax, "sequence length ", T, " exceeds the model's ", dims.Tmax);
   ST_CHECK(dims.tp == 1 || (tp != nullptr && tp->size() == dims.tp), "tp group of size ", dims.tp,
            " required");
@@ -136,13 +136,9 @@ Gpt<S>::Gpt(const GptDims& dims, int64_t B, int64_t T, TrackingAllocator& alloc,
   dqkv_ = work({N, 3 * C / t}, "d_qkv");
   dfch_ = work({N, 4 * C / t}, "d_fch");
   dscratch_ = work({N, C}, "d_proj_out");
-  if (backend_ == Backend::kCudaEmu) {
-    const int64_t D = C / dims.H;
-    emu_attention_ = dtype_of<S>() != DType::kF32 && (D == 64 || D == 128);
-    emu_ln_work_ = Tensor::empty({k::cuda_emu::layernorm_backward_workspace_numel({R, C})},
-                                 DType::kF32, alloc, MemCategory::kWorkspace, "emu_ln_work");
-    emu_attn_work_ = Tensor::empty({k::cuda_emu::attention_backward_workspace_numel({B, Hl, T, D})},
-                                   DType::kF32, alloc, MemCategory::kWorkspace, "emu_attn_work");
+  if (t > 1) {
+    ce_max_ = Tensor::empty({2 * N}, DType::kF32, alloc, MemCategory::kWorkspace, "ce_row_max");
+    ce_aux_ = Tensor::empty({2 * N}, DType::kF32, alloc, MemCategory::kWorkspace, "ce_row_aux");
   }
   if (sp_) {
     ln_local_ = work({R, C}, "sp_ln_local");
@@ -150,55 +146,6 @@ Gpt<S>::Gpt(const GptDims& dims, int64_t B, int64_t T, TrackingAllocator& alloc,
     dln_local_ = work({R, C}, "sp_dln_local");
     dres_full_ = work({N, C}, "sp_dres_full");
   }
-}
-
-template <class S>
-void Gpt<S>::layernorm_forward(S* out, float* mean, float* rstd, const S* x, const S* w,
-                               const S* b) {
-  const k::RowsShape s{rows_, dims_.C};
-  if (backend_ == Backend::kCudaEmu) {
-    k::cuda_emu::layernorm_forward<S>(out, mean, rstd, x, w, b, s, kLayerNormEps, nullptr);
-  } else {
-    k::layernorm_forward<S>(out, mean, rstd, x, w, b, s, kLayerNormEps);
-  }
-}
-
-template <class S>
-void Gpt<S>::layernorm_backward(S* dx, float* dw, float* db, const S* dout, const S* x, const S* w,
-                                const float* mean, const float* rstd) {
-  const k::RowsShape s{rows_, dims_.C};
-  if (backend_ == Backend::kCudaEmu) {
-    k::cuda_emu::layernorm_backward<S>(dx, dw, db, dout, x, w, mean, rstd,
-                                       emu_ln_work_.data<float>(), s, nullptr);
-  } else {
-    k::layernorm_backward<S>(dx, dw, db, dout, x, w, mean, rstd, s);
-  }
-}
-
-template <class S>
-void Gpt<S>::attention_forward(S* out, float* lse, const S* qkv) {
-  const k::AttentionShape s{B_, T_, dims_.H / dims_.tp, dims_.C / dims_.H};
-  if constexpr (!std::is_same_v<S, float>) {  // the CUDA attention is bf16/f16 only
-    if (emu_attention_) {
-      k::cuda_emu::attention_forward<S>(out, lse, qkv, s, nullptr);
-      return;
-    }
-  }
-  k::attention_forward<S>(out, lse, qkv, s);
-}
-
-template <class S>
-void Gpt<S>::attention_backward(S* dqkv, const S* dout, const S* qkv, const S* out,
-                                const float* lse) {
-  const k::AttentionShape s{B_, T_, dims_.H / dims_.tp, dims_.C / dims_.H};
-  if constexpr (!std::is_same_v<S, float>) {
-    if (emu_attention_) {
-      k::cuda_emu::attention_backward<S>(dqkv, dout, qkv, out, lse, emu_attn_work_.data<float>(), s,
-                                         nullptr);
-      return;
-    }
-  }
-  k::attention_backward<S>(dqkv, dout, qkv, out, lse, s);
 }
 
 template <class S>
@@ -224,139 +171,75 @@ void Gpt<S>::scatter_rows(S* full, S* local) {
 // the tokens its wte rows hold (zero for the others), the group sums (reduce-scatters under
 // sequence parallelism), then wpe is added to this rank's rows.
 template <class S>
-void Gpt<S>::embed(const void* emb, const int32_t* inputs) {
+void Gpt<S>::embed(const void* emb) {
   const int64_t B = B_, T = T_, C = dims_.C;
   const S* wte = param<S>(emb, 0, 0);
   const S* wpe = param<S>(emb, 0, 1);
+  const int32_t* inputs = inputs_.data<int32_t>();
   S* out = residual_[0].template data<S>();
   if (dims_.tp == 1) {
-    if (backend_ == Backend::kCudaEmu) {
-      k::cuda_emu::embedding_forward<S>(out, inputs, wte, wpe, {B, T, C}, nullptr);
-    } else {
-      k::embedding_forward<S>(out, inputs, wte, wpe, {B, T, C});
-    }
+    be_.embedding_forward(dt_, out, inputs, wte, wpe, {B, T, C});
     return;
   }
-  const int64_t rows = dims_.Vp / dims_.tp;
   S* partial = sp_ ? dscratch_.template data<S>() : out;
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < B * T; ++i) {
-    const int64_t v = int64_t(inputs[i]) - vocab_begin_;
-    S* o = partial + i * C;
-    if (v >= 0 && v < rows) {
-      std::memcpy(o, wte + v * C, size_t(C) * sizeof(S));
-    } else {
-      std::memset(o, 0, size_t(C) * sizeof(S));
-    }
-  }
+  be_.embedding_lookup_slice(dt_, partial, inputs, wte, vocab_begin_, dims_.Vp / dims_.tp, B * T,
+                             C);
   scatter_rows(partial, out);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < rows_; ++i) {
-    S* o = out + i * C;
-    const S* p = wpe + ((row0_ + i) % T) * C;
-    for (int64_t c = 0; c < C; ++c) o[c] = from_float<S>(to_float(o[c]) + to_float(p[c]));
-  }
+  be_.add_positions(dt_, out, wpe, rows_, row0_, T, C);
 }
 
+// wte: every row's gradient (all-gathered under sequence parallelism) for the tokens this
+// rank's vocabulary slice holds. wpe: this rank's rows (partial under sequence parallelism,
+// summed over the tp group by the ZeRO engine). Positions in order: deterministic.
 template <class S>
-void Gpt<S>::embed_backward(float* dwte, float* dwpe, const S* dres, const int32_t* inputs) {
+void Gpt<S>::embed_backward(float* dwte, float* dwpe, const S* dres) {
   const int64_t B = B_, T = T_, C = dims_.C;
+  const int32_t* inputs = inputs_.data<int32_t>();
   if (dims_.tp == 1) {
-    if (backend_ == Backend::kCudaEmu) {
-      k::cuda_emu::embedding_backward<S>(dwte, dwpe, dres, inputs, {B, T, C}, nullptr);
-    } else {
-      k::embedding_backward<S>(dwte, dwpe, dres, inputs, {B, T, C});
-    }
+    be_.embedding_backward(dt_, dwte, dwpe, dres, inputs, {B, T, C});
     return;
   }
-  // wte: every row's gradient (all-gathered under sequence parallelism) for the tokens this
-  // rank's vocabulary slice holds. wpe: this rank's rows (partial under sequence parallelism,
-  // summed over the tp group by the ZeRO engine). Channel blocks per thread, rows in order:
-  // deterministic, no atomics.
   const S* full = dres;
   if (sp_) {
     gather_rows(dres, dres_full_.template data<S>());
     full = dres_full_.template data<S>();
   }
-  const int64_t rows = dims_.Vp / dims_.tp;
-  constexpr int64_t kBlock = 64;
-#pragma omp parallel for schedule(static)
-  for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
-    const int64_t c1 = std::min(C, c0 + kBlock);
-    for (int64_t i = 0; i < B * T; ++i) {
-      const int64_t v = int64_t(inputs[i]) - vocab_begin_;
-      if (v < 0 || v >= rows) continue;
-      const S* d = full + i * C;
-      float* w = dwte + v * C;
-      for (int64_t c = c0; c < c1; ++c) w[c] += to_float(d[c]);
-    }
-    for (int64_t i = 0; i < rows_; ++i) {
-      const S* d = dres + i * C;
-      float* pw = dwpe + ((row0_ + i) % T) * C;
-      for (int64_t c = c0; c < c1; ++c) pw[c] += to_float(d[c]);
-    }
-  }
+  be_.embedding_backward_slice(dt_, dwte, full, inputs, vocab_begin_, dims_.Vp / dims_.tp, B * T,
+                               C);
+  be_.positions_backward(dt_, dwpe, dres, rows_, row0_, T, C);
 }
 
 // Vocab-parallel cross-entropy (Megatron): per row, the max and the sum of exponentials over
-// the whole vocabulary and the target's logit are reduced over the tp group; padding columns
-// (global index >= V) take no part.
+// the whole vocabulary and the target's logit are reduced over the tp group (on the host, in
+// double); padding columns (global index >= V) take no part.
 template <class S>
-double Gpt<S>::vocab_parallel_loss(const int32_t* targets) {
+double Gpt<S>::vocab_parallel_loss(const int32_t* host_targets) {
   const int64_t N = B_ * T_, Vl = dims_.Vp / dims_.tp;
   const int64_t valid = std::clamp<int64_t>(dims_.V - vocab_begin_, 0, Vl);
   const S* logits = logits_.template data<S>();
+  auto* dmax = static_cast<double*>(ce_max_.raw());
+  auto* daux = static_cast<double*>(ce_aux_.raw());
   std::vector<double> mx(static_cast<size_t>(N)), sum(mx.size()), tgt(mx.size());
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < N; ++i) {
-    const S* row = logits + i * Vl;
-    float m = -INFINITY;
-    for (int64_t j = 0; j < valid; ++j) m = std::max(m, to_float(row[j]));
-    mx[size_t(i)] = m;
-    const int64_t t = int64_t(targets[i]) - vocab_begin_;
-    tgt[size_t(i)] = targets[i] >= 0 && t >= 0 && t < valid ? double(to_float(row[t])) : 0.0;
-  }
+  be_.cross_entropy_partial_max(dt_, dmax, daux, logits, targets_.data<int32_t>(), vocab_begin_,
+                                {N, Vl}, valid);
+  be_.download(mx.data(), dmax, N * 8);
+  be_.download(tgt.data(), daux, N * 8);
   tp_->all_reduce_f64(mx.data(), N, /*max=*/true);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < N; ++i) {
-    const S* row = logits + i * Vl;
-    const float m = float(mx[size_t(i)]);
-    double acc = 0.0;
-    for (int64_t j = 0; j < valid; ++j) acc += std::exp(double(to_float(row[j]) - m));
-    sum[size_t(i)] = acc;
-  }
-  tp_->all_reduce_f64(sum.data(), N, false);
   tp_->all_reduce_f64(tgt.data(), N, false);
-  float* lse = loss_lse_.template data<float>();
-  float* losses = losses_.template data<float>();
+  be_.upload(dmax, mx.data(), N * 8);
+  be_.cross_entropy_partial_sumexp(dt_, daux, logits, dmax, {N, Vl}, valid);
+  be_.download(sum.data(), daux, N * 8);
+  tp_->all_reduce_f64(sum.data(), N, false);
+  std::vector<float> lse(mx.size());
   double total = 0.0;
   for (int64_t i = 0; i < N; ++i) {
-    lse[i] = float(mx[size_t(i)] + std::log(sum[size_t(i)]));
-    losses[i] = targets[i] < 0 ? 0.0f : float(double(lse[i]) - tgt[size_t(i)]);
-    total += losses[i];
+    const size_t r = size_t(i);
+    lse[r] = float(mx[r] + std::log(sum[r]));
+    const float loss = host_targets[i] < 0 ? 0.0f : float(double(lse[r]) - tgt[r]);
+    total += loss;
   }
+  be_.upload(loss_lse_.raw(), lse.data(), N * 4);
   return total;
-}
-
-template <class S>
-void Gpt<S>::vocab_parallel_dlogits(const int32_t* targets, float grad_weight) {
-  const int64_t N = B_ * T_, Vl = dims_.Vp / dims_.tp;
-  const int64_t valid = std::clamp<int64_t>(dims_.V - vocab_begin_, 0, Vl);
-  S* logits = logits_.template data<S>();
-  const float* lse = loss_lse_.template data<float>();
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < N; ++i) {
-    S* row = logits + i * Vl;
-    const int64_t t = int64_t(targets[i]) - vocab_begin_;
-    const bool ignored = targets[i] < 0;
-    for (int64_t j = 0; j < Vl; ++j) {
-      float g = 0.0f;
-      if (!ignored && j < valid) {
-        g = std::exp(to_float(row[j]) - lse[i]) - (j == t ? 1.0f : 0.0f);
-      }
-      row[j] = from_float<S>(g * grad_weight);
-    }
-  }
 }
 
 template <class S>
@@ -364,12 +247,13 @@ double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* ta
   const int64_t N = B_ * T_, C = dims_.C, L = dims_.L, t = dims_.tp;
   const int64_t Vl = dims_.Vp / t, R = rows_;
   const bool split = t > 1;
-  std::memcpy(inputs_.raw(), inputs, size_t(N) * sizeof(int32_t));
-  if (targets) std::memcpy(targets_.raw(), targets, size_t(N) * sizeof(int32_t));
+  const k::AttentionShape attn{B_, T_, dims_.H / t, C / dims_.H};
+  be_.upload(inputs_.raw(), inputs, N * int64_t(sizeof(int32_t)));
+  if (targets) be_.upload(targets_.raw(), targets, N * int64_t(sizeof(int32_t)));
 
   // 1. Embeddings.
   ps.acquire(0);
-  embed(ps.params(0), inputs);
+  embed(ps.params(0));
   ps.release(0);
 
   // 2. Blocks. LayerNorms run on this rank's rows and are gathered (sequence parallel) before
@@ -384,37 +268,35 @@ double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* ta
     const S* x = residual_[size_t(l)].data<S>();
     auto layer_norm = [&](const S* in, Tensor& full, Tensor& mean, Tensor& rstd, int wi, int bi) {
       S* out = sp_ ? ln_local_.data<S>() : full.data<S>();
-      layernorm_forward(out, mean.data<float>(), rstd.data<float>(), in, param<S>(w, u, wi),
-                        param<S>(w, u, bi));
+      be_.layernorm_forward(dt_, out, mean.data<float>(), rstd.data<float>(), in,
+                            param<S>(w, u, wi), param<S>(w, u, bi), {R, C}, kLayerNormEps);
       gather_rows(out, full.data<S>());
     };
     auto row_parallel_out = [&](const S* in, int64_t K, int wi, int bi) -> const S* {
       S* partial = dscratch_.data<S>();
-      linear<S>(partial, in, param<S>(w, u, wi), split ? nullptr : param<S>(w, u, bi), N, K, C);
+      linear(partial, in, param<S>(w, u, wi), split ? nullptr : param<S>(w, u, bi), N, K, C);
       if (!split) return partial;
       S* out = sp_ ? proj_local_.data<S>() : partial;
       scatter_rows(partial, out);
-      const S* bias = param<S>(w, u, bi);
-#pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < R; ++i) {
-        for (int64_t c = 0; c < C; ++c) {
-          out[i * C + c] = from_float<S>(to_float(out[i * C + c]) + to_float(bias[c]));
-        }
-      }
+      be_.add_bias(dt_, out, param<S>(w, u, bi), R, C);
       return out;
     };
     layer_norm(x, b.ln1, b.ln1_mean, b.ln1_rstd, kLn1W, kLn1B);
-    linear<S>(b.qkv.data<S>(), b.ln1.data<S>(), param<S>(w, u, kAttnW), param<S>(w, u, kAttnB), N,
-              C, 3 * C / t);
-    attention_forward(b.atty.data<S>(), b.lse.data<float>(), b.qkv.data<S>());
+    linear(b.qkv.data<S>(), b.ln1.data<S>(), param<S>(w, u, kAttnW), param<S>(w, u, kAttnB), N, C,
+           3 * C / t);
+    be_.attention_forward(dt_, b.atty.data<S>(), b.lse.data<float>(), b.qkv.data<S>(), attn);
     const S* attn_out = row_parallel_out(b.atty.data<S>(), C / t, kAttnProjW, kAttnProjB);
-    k::residual_add<S>(b.res2.data<S>(), x, attn_out, R * C);
+    be_.residual_add(dt_, b.res2.data<S>(), x, attn_out, R * C);
     layer_norm(b.res2.data<S>(), b.ln2, b.ln2_mean, b.ln2_rstd, kLn2W, kLn2B);
-    linear<S>(b.fch.data<S>(), b.ln2.data<S>(), param<S>(w, u, kFcW), param<S>(w, u, kFcB), N, C,
-              4 * C / t);
-    k::gelu_forward<S>(b.fch_gelu.data<S>(), b.fch.data<S>(), N * 4 * C / t);
+    {
+      k::GemmDesc d;  // fch (N,4C/t) = ln2 @ W_fc + b_fc, fch_gelu = gelu(fch): one epilogue
+      d.shape = {N, 4 * C / t, C};
+      d.ab_dtype = d.c_dtype = dt_;
+      be_.gemm_bias_gelu(d, b.ln2.data<S>(), param<S>(w, u, kFcW), b.fch_gelu.data<S>(),
+                         b.fch.data<S>(), param<S>(w, u, kFcB));
+    }
     const S* mlp_out = row_parallel_out(b.fch_gelu.data<S>(), 4 * C / t, kMlpProjW, kMlpProjB);
-    k::residual_add<S>(residual_[size_t(l) + 1].data<S>(), b.res2.data<S>(), mlp_out, R * C);
+    be_.residual_add(dt_, residual_[size_t(l) + 1].data<S>(), b.res2.data<S>(), mlp_out, R * C);
     ps.release(u);
   }
 
@@ -425,8 +307,9 @@ double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* ta
   const void* wf = ps.params(uf);
   {
     S* out = sp_ ? ln_local_.data<S>() : lnf_.data<S>();
-    layernorm_forward(out, lnf_mean_.data<float>(), lnf_rstd_.data<float>(),
-                      residual_[size_t(L)].data<S>(), param<S>(wf, uf, 0), param<S>(wf, uf, 1));
+    be_.layernorm_forward(dt_, out, lnf_mean_.data<float>(), lnf_rstd_.data<float>(),
+                          residual_[size_t(L)].data<S>(), param<S>(wf, uf, 0), param<S>(wf, uf, 1),
+                          {R, C}, kLayerNormEps);
     gather_rows(out, lnf_.data<S>());
   }
   ps.release(uf);
@@ -434,25 +317,21 @@ double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* ta
   {
     k::GemmDesc d;
     d.shape = {N, Vl, C};
-    d.ab_dtype = d.c_dtype = dtype_of<S>();
+    d.ab_dtype = d.c_dtype = dt_;
     d.trans_b = true;
-    k::gemm(d, lnf_.data<S>(), param<S>(ps.params(0), 0, 0), logits_.data<S>());
+    be_.gemm(d, lnf_.data<S>(), param<S>(ps.params(0), 0, 0), logits_.data<S>());
   }
   ps.release(0);
   if (targets == nullptr) return 0.0;
 
   // 4. Loss: per-token cross-entropy over the real vocabulary, summed in a fixed order.
   if (split) return vocab_parallel_loss(targets);
-  if (backend_ == Backend::kCudaEmu) {
-    k::cuda_emu::cross_entropy_forward<S>(losses_.data<float>(), loss_lse_.data<float>(),
-                                          logits_.data<S>(), targets, {N, Vl}, dims_.V, nullptr);
-  } else {
-    k::cross_entropy_forward<S>(losses_.data<float>(), loss_lse_.data<float>(), logits_.data<S>(),
-                                targets, {N, Vl}, dims_.V);
-  }
+  be_.cross_entropy_forward(dt_, losses_.data<float>(), loss_lse_.data<float>(), logits_.data<S>(),
+                            targets_.data<int32_t>(), {N, Vl}, dims_.V);
+  std::vector<float> losses(static_cast<size_t>(N));
+  be_.download(losses.data(), losses_.raw(), N * 4);
   double sum = 0.0;
-  const float* losses = losses_.data<float>();
-  for (int64_t i = 0; i < N; ++i) sum += losses[i];
+  for (float x : losses) sum += x;
   return sum;
 }
 
@@ -460,8 +339,8 @@ template <class S>
 void Gpt<S>::backward(ParamSource& ps, float grad_weight) {
   const int64_t N = B_ * T_, C = dims_.C, L = dims_.L, t = dims_.tp;
   const int64_t Vl = dims_.Vp / t, R = rows_;
+  const k::AttentionShape attn{B_, T_, dims_.H / t, C / dims_.H};
   const int32_t* targets = targets_.data<int32_t>();
-  const int32_t* inputs = inputs_.data<int32_t>();
   S* dres = dres_.data<S>();                         // (R,C): this rank's rows
   S* dres_full = sp_ ? dres_full_.data<S>() : dres;  // (N,C)
   S* dln = dln_.data<S>();                           // (N,C): partial under tp
@@ -471,22 +350,21 @@ void Gpt<S>::backward(ParamSource& ps, float grad_weight) {
   //    all-reduced, or reduce-scattered to this rank's rows), dwte += dlogits^T @ lnf.
   S* dlogits = logits_.data<S>();
   if (t > 1) {
-    vocab_parallel_dlogits(targets, grad_weight);
-  } else if (backend_ == Backend::kCudaEmu) {
-    k::cuda_emu::cross_entropy_backward<S>(dlogits, dlogits, loss_lse_.data<float>(), targets,
-                                           grad_weight, {N, Vl}, dims_.V, nullptr);
+    const int64_t valid = std::clamp<int64_t>(dims_.V - vocab_begin_, 0, Vl);
+    be_.cross_entropy_backward_slice(dt_, dlogits, dlogits, loss_lse_.data<float>(), targets,
+                                     vocab_begin_, grad_weight, {N, Vl}, valid);
   } else {
-    k::cross_entropy_backward<S>(dlogits, dlogits, loss_lse_.data<float>(), targets, grad_weight,
-                                 {N, Vl}, dims_.V);
+    be_.cross_entropy_backward(dt_, dlogits, dlogits, loss_lse_.data<float>(), targets, grad_weight,
+                               {N, Vl}, dims_.V);
   }
   ps.acquire(0);
   {
     k::GemmDesc d;
     d.shape = {N, C, Vl};
-    d.ab_dtype = d.c_dtype = dtype_of<S>();
-    k::gemm(d, dlogits, param<S>(ps.params(0), 0, 0), dln);
+    d.ab_dtype = d.c_dtype = dt_;
+    be_.gemm(d, dlogits, param<S>(ps.params(0), 0, 0), dln);
     float* dwte = ps.grads(0) + layout_[0].params[0].offset;  // (Vp/tp,C) += dlogits^T @ lnf
-    linear_dweight<S>(dwte, dlogits, lnf_.data<S>(), N, Vl, C);
+    linear_dweight(dwte, dlogits, lnf_.data<S>(), N, Vl, C);
   }
   ps.release(0);
   scatter_rows(dln, dln_local);
@@ -495,12 +373,12 @@ void Gpt<S>::backward(ParamSource& ps, float grad_weight) {
   const int uf = int(L) + 1;
   ps.acquire(uf);
   {
-    std::memset(dres, 0, size_t(R * C) * sizeof(S));
+    be_.zero(dres, R * C * int64_t(sizeof(S)));
     float* g = ps.grads(uf);
-    layernorm_backward(dres, g + layout_[size_t(uf)].params[0].offset,
-                       g + layout_[size_t(uf)].params[1].offset, dln_local,
-                       residual_[size_t(L)].data<S>(), param<S>(ps.params(uf), uf, 0),
-                       lnf_mean_.data<float>(), lnf_rstd_.data<float>());
+    be_.layernorm_backward(dt_, dres, g + layout_[size_t(uf)].params[0].offset,
+                           g + layout_[size_t(uf)].params[1].offset, dln_local,
+                           residual_[size_t(L)].data<S>(), param<S>(ps.params(uf), uf, 0),
+                           lnf_mean_.data<float>(), lnf_rstd_.data<float>(), {R, C});
   }
   ps.release(uf);
   ps.grads_done(uf);
@@ -517,39 +395,42 @@ void Gpt<S>::backward(ParamSource& ps, float grad_weight) {
 
     // MLP: out = res2 + c_proj(gelu(c_fc(ln2(res2)))).
     gather_rows(dres, dres_full);
-    linear_dweight<S>(grad(kMlpProjW), b.fch_gelu.data<S>(), dres_full, N, 4 * C / t, C);
-    k::bias_backward<S>(grad(kMlpProjB), dres, R, C);
+    linear_dweight(grad(kMlpProjW), b.fch_gelu.data<S>(), dres_full, N, 4 * C / t, C);
+    be_.bias_backward(dt_, grad(kMlpProjB), dres, R, C);
     S* dfch = dfch_.data<S>();
-    linear_dinput<S>(dfch, dres_full, param<S>(w, u, kMlpProjW), N, 4 * C / t, C);
-    k::gelu_backward<S>(dfch, b.fch.data<S>(), dfch, N * 4 * C / t);
-    linear_dweight<S>(grad(kFcW), b.ln2.data<S>(), dfch, N, C, 4 * C / t);
-    k::bias_backward<S>(grad(kFcB), dfch, N, 4 * C / t);
-    linear_dinput<S>(dln, dfch, param<S>(w, u, kFcW), N, C, 4 * C / t);
+    linear_dinput(dfch, dres_full, param<S>(w, u, kMlpProjW), N, 4 * C / t, C);
+    be_.gelu_backward(dt_, dfch, b.fch.data<S>(), dfch, N * 4 * C / t);
+    linear_dweight(grad(kFcW), b.ln2.data<S>(), dfch, N, C, 4 * C / t);
+    be_.bias_backward(dt_, grad(kFcB), dfch, N, 4 * C / t);
+    linear_dinput(dln, dfch, param<S>(w, u, kFcW), N, C, 4 * C / t);
     scatter_rows(dln, dln_local);
-    layernorm_backward(dres, grad(kLn2W), grad(kLn2B), dln_local, b.res2.data<S>(),
-                       param<S>(w, u, kLn2W), b.ln2_mean.data<float>(), b.ln2_rstd.data<float>());
+    be_.layernorm_backward(dt_, dres, grad(kLn2W), grad(kLn2B), dln_local, b.res2.data<S>(),
+                           param<S>(w, u, kLn2W), b.ln2_mean.data<float>(),
+                           b.ln2_rstd.data<float>(), {R, C});
 
     // Attention: res2 = x + c_proj(attn(c_attn(ln1(x)))).
     gather_rows(dres, dres_full);
-    linear_dweight<S>(grad(kAttnProjW), b.atty.data<S>(), dres_full, N, C / t, C);
-    k::bias_backward<S>(grad(kAttnProjB), dres, R, C);
+    linear_dweight(grad(kAttnProjW), b.atty.data<S>(), dres_full, N, C / t, C);
+    be_.bias_backward(dt_, grad(kAttnProjB), dres, R, C);
     S* datty = datty_.data<S>();
-    linear_dinput<S>(datty, dres_full, param<S>(w, u, kAttnProjW), N, C / t, C);
+    linear_dinput(datty, dres_full, param<S>(w, u, kAttnProjW), N, C / t, C);
     S* dqkv = dqkv_.data<S>();
-    attention_backward(dqkv, datty, b.qkv.data<S>(), b.atty.data<S>(), b.lse.data<float>());
-    linear_dweight<S>(grad(kAttnW), b.ln1.data<S>(), dqkv, N, C, 3 * C / t);
-    k::bias_backward<S>(grad(kAttnB), dqkv, N, 3 * C / t);
-    linear_dinput<S>(dln, dqkv, param<S>(w, u, kAttnW), N, C, 3 * C / t);
+    be_.attention_backward(dt_, dqkv, datty, b.qkv.data<S>(), b.atty.data<S>(), b.lse.data<float>(),
+                           attn);
+    linear_dweight(grad(kAttnW), b.ln1.data<S>(), dqkv, N, C, 3 * C / t);
+    be_.bias_backward(dt_, grad(kAttnB), dqkv, N, 3 * C / t);
+    linear_dinput(dln, dqkv, param<S>(w, u, kAttnW), N, C, 3 * C / t);
     scatter_rows(dln, dln_local);
-    layernorm_backward(dres, grad(kLn1W), grad(kLn1B), dln_local, residual_[size_t(l)].data<S>(),
-                       param<S>(w, u, kLn1W), b.ln1_mean.data<float>(), b.ln1_rstd.data<float>());
+    be_.layernorm_backward(dt_, dres, grad(kLn1W), grad(kLn1B), dln_local,
+                           residual_[size_t(l)].data<S>(), param<S>(w, u, kLn1W),
+                           b.ln1_mean.data<float>(), b.ln1_rstd.data<float>(), {R, C});
     ps.release(u);
     ps.grads_done(u);
   }
 
   // 4. Embeddings (their wte gradient already holds the head's share).
   float* g0 = ps.grads(0);
-  embed_backward(g0 + layout_[0].params[0].offset, g0 + layout_[0].params[1].offset, dres, inputs);
+  embed_backward(g0 + layout_[0].params[0].offset, g0 + layout_[0].params[1].offset, dres);
   ps.grads_done(0);
 }
 

@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/backend.h"
 #include "runtime/allocator.h"
 #include "runtime/comm.h"
 #include "runtime/proto/config.pb.h"
@@ -108,33 +109,29 @@ struct BlockActivations {
   Tensor ln1, ln1_mean, ln1_rstd, qkv, atty, lse, res2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu;
 };
 
-// Which implementation runs the model's kernels. kCudaEmu runs the CUDA kernels' own source
-// (kernels/cuda, through kernels/emu) on the CPU for the ops that have CUDA kernels
-// (LayerNorm, attention for bf16/f16 with head_dim 64 or 128, cross-entropy, embedding);
-// GEMMs, the elementwise ops and the optimizer stay on the CPU backend, as the emulator routes
-// GEMMs to it anyway.
-enum class Backend { kCpu, kCudaEmu };
-
 template <class S>
 class Gpt {
  public:
-  // Activations are sized for micro-batch B and sequence length T (<= Tmax) once, here.
-  // `tp` is the tensor-parallel group (null when dims.tp == 1).
+  // Activations are sized for micro-batch B and sequence length T (<= Tmax) once, here, from
+  // `alloc`, which must hand out `backend`'s memory. `tp` is the tensor-parallel group (null
+  // when dims.tp == 1). Every buffer access and kernel goes through `backend`
+  // (kernels/backend.h): the same code runs on the CPU, a GPU, or the emulated GPU.
   Gpt(const GptDims& dims, int64_t B, int64_t T, TrackingAllocator& alloc,
-      Communicator* tp = nullptr, Backend backend = Backend::kCpu);
+      Communicator* tp = nullptr, kernels::Backend& backend = kernels::cpu_backend());
 
   int num_units() const { return int(dims_.L) + 2; }
   const GptDims& dims() const { return dims_; }
   const std::vector<UnitLayout>& layout() const { return layout_; }
 
-  // Forward over inputs (B,T). With targets (B,T): returns the sum of per-token losses
-  // (ignored targets count 0) and keeps what backward needs. Without: computes logits only.
+  // Forward over inputs (B,T), host memory. With targets (B,T): returns the sum of per-token
+  // losses (ignored targets count 0) and keeps what backward needs. Without: logits only.
   double forward(ParamSource& ps, const int32_t* inputs, const int32_t* targets);
   // Backward of grad_weight * (sum of losses), after forward with targets. Accumulates into
   // ps.grads(); calls ps.grads_done(unit) as each unit finishes, last unit first.
   void backward(ParamSource& ps, float grad_weight);
 
-  // (B,T,Vp/tp) after forward: this rank's vocabulary slice [tp_rank*Vp/tp, ...).
+  // (B,T,Vp/tp) after forward: this rank's vocabulary slice [tp_rank*Vp/tp, ...), in the
+  // backend's memory (host memory for cpu and cuda-emu).
   const S* logits() const { return logits_.data<S>(); }
 
  private:
@@ -147,16 +144,13 @@ class Gpt {
   // scatter an in-place all-reduce.
   void gather_rows(const S* local, S* full);
   void scatter_rows(S* full, S* local);
-  void embed(const void* emb, const int32_t* inputs);
-  void embed_backward(float* dwte, float* dwpe, const S* dres, const int32_t* inputs);
-  double vocab_parallel_loss(const int32_t* targets);
-  void vocab_parallel_dlogits(const int32_t* targets, float grad_weight);
-  // Kernel calls that have a CUDA implementation: the CPU backend or the emulated CUDA one.
-  void layernorm_forward(S* out, float* mean, float* rstd, const S* x, const S* w, const S* b);
-  void layernorm_backward(S* dx, float* dw, float* db, const S* dout, const S* x, const S* w,
-                          const float* mean, const float* rstd);
-  void attention_forward(S* out, float* lse, const S* qkv);
-  void attention_backward(S* dqkv, const S* dout, const S* qkv, const S* out, const float* lse);
+  void embed(const void* emb);
+  void embed_backward(float* dwte, float* dwpe, const S* dres);
+  double vocab_parallel_loss(const int32_t* host_targets);
+  // Row-major GEMMs of the model's three patterns (compute dtype, fp32 weight gradients).
+  void linear(S* out, const S* in, const S* w, const S* bias, int64_t N, int64_t K, int64_t M);
+  void linear_dinput(S* din, const S* dout, const S* w, int64_t N, int64_t K, int64_t M);
+  void linear_dweight(float* dw, const S* in, const S* dout, int64_t N, int64_t K, int64_t M);
 
   GptDims dims_;
   int64_t B_, T_;
@@ -175,9 +169,10 @@ class Gpt {
   // (local LayerNorm output, reduce-scattered projections and input gradients).
   Tensor dres_, dln_, datty_, dqkv_, dfch_, dscratch_;
   Tensor ln_local_, proj_local_, dln_local_, dres_full_;
-  Backend backend_ = Backend::kCpu;
-  bool emu_attention_ = false;          // the emulated CUDA attention supports this shape
-  Tensor emu_ln_work_, emu_attn_work_;  // workspaces of the emulated CUDA backward kernels
+  // Vocabulary-parallel cross-entropy: per-row statistics (doubles, 2N in fp32 units each).
+  Tensor ce_max_, ce_aux_;
+  kernels::Backend& be_;
+  DType dt_;
 };
 
 }  // namespace shardtrain::models

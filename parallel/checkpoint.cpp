@@ -209,7 +209,8 @@ void save_checkpoint(const std::string& root, const Config& config, const TrainS
           slot->set_state(kStateNames[k]);
           for (int64_t d : p.hf_shape) slot->add_shape(d);
         }
-        const float* values = engine.state_data(run, StateKind(k));
+        const std::vector<float> host = engine.state_values(run, StateKind(k));
+        const float* values = host.data();
         for_each_global_segment(p, run.begin, run.end, tp, tp_rank,
                                 [&](int64_t lo, int64_t hi, int64_t g) {
                                   const float* seg = values + (lo - run.begin);

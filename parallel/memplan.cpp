@@ -214,7 +214,9 @@ void replay_backward(EngineReplay& e, int L) {
 // column-parallel GEMMs saved), so shardtrain keeps more than Korthikanti's (s b h / t) 34.
 // Workspace: the tp-split backward buffers (d_atty, d_qkv, d_fch) are divided by tp; d_ln and
 // d_proj_out keep N rows; d_residual has R rows; sequence parallelism adds three R-row
-// buffers (ln_local, proj_local, dln_local) and one N-row (dres_full).
+// buffers (ln_local, proj_local, dln_local) and one N-row (dres_full). Not modelled: the
+// GPU backends' one kernel scratch buffer ("kernel_workspace": the deterministic partial sums
+// of the LayerNorm, bias and attention backward kernels), which the cpu backend does not have.
 void plan_activations(const MemPlanInput& in, CategoryBytes& b) {
   const int64_t e = dtype_bytes(in.compute), t = in.tp, N = in.B * in.T, C = in.C;
   const bool sp = in.sequence_parallel && t > 1;
@@ -237,6 +239,7 @@ void plan_activations(const MemPlanInput& in, CategoryBytes& b) {
   // d_fch (N,4C) split by tp; sequence parallel: 3 x (R,C) + (N,C).
   int64_t work = R * C * e + 2 * N * C * e + N * ((C + 3 * C + 4 * C) / t) * e;
   if (sp) work += 3 * R * C * e + N * C * e;
+  if (t > 1) work += 2 * N * 8;  // vocab-parallel cross-entropy: row max and sums (N doubles x 2)
   b[size_t(kWork)] = work;
 }
 

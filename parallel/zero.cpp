@@ -7,7 +7,6 @@
 #include <set>
 
 #include "kernels/adamw.h"
-#include "kernels/elementwise.h"
 #include "runtime/error.h"
 #include "runtime/safetensors.h"
 
@@ -34,28 +33,6 @@ struct ZeroEngine::PendingReduce {
 
 namespace {
 
-template <class S>
-void cast_out(void* dst, const float* src, int64_t n) {
-  kernels::cast(static_cast<S*>(dst), src, n);
-}
-
-void cast_from_f32(DType t, void* dst, const float* src, int64_t n) {
-  switch (t) {
-    case DType::kF32:
-      std::memcpy(dst, src, size_t(n) * 4);
-      break;
-    case DType::kBF16:
-      cast_out<BFloat16>(dst, src, n);
-      break;
-    case DType::kF16:
-      cast_out<Half>(dst, src, n);
-      break;
-    case DType::kI32:
-      ST_CHECK(false, "integer parameters");
-      break;
-  }
-}
-
 // Hugging Face GPT-2 files may carry the causal-mask buffers of old transformers versions
 // (h.N.attn.bias of 4 dims, h.N.attn.masked_bias) and a tied lm_head.weight: not parameters.
 bool is_hf_non_parameter(const std::string& name, const SafetensorsTensor& t) {
@@ -68,13 +45,14 @@ bool is_hf_non_parameter(const std::string& name, const SafetensorsTensor& t) {
 }  // namespace
 
 ZeroEngine::ZeroEngine(const models::GptDims& dims, const ZeroOptions& options, Communicator& dp,
-                       Communicator* tp, TrackingAllocator& alloc)
+                       Communicator* tp, TrackingAllocator& alloc, kernels::Backend& backend)
     : dims_(dims),
       options_(options),
       dp_(dp),
       tp_(tp),
       tp_rank_(tp ? tp->rank() : 0),
       alloc_(alloc),
+      be_(backend),
       layout_(models::gpt_layout(dims)) {
   ST_CHECK(dims.tp == 1 || (tp != nullptr && tp->size() == dims.tp), "tp group required");
   ST_CHECK(options.stage >= 0 && options.stage <= 3, "ZeRO stage ", options.stage);
@@ -91,7 +69,7 @@ ZeroEngine::ZeroEngine(const models::GptDims& dims, const ZeroOptions& options, 
     u->own_begin = r * u->shard;
     const int64_t full = u->padded, shard = u->shard;
     auto make = [&](int64_t count, DType t, MemCategory c, const char* what) {
-      return Tensor::zeros({count}, t, alloc, c, lu.name + "." + what);
+      return zeros(count, t, c, lu.name + "." + what);
     };
     u->params = make(stage == 3 ? shard : full, options.compute, MemCategory::kParams, "params");
     if (f32) {
@@ -124,6 +102,12 @@ ZeroEngine::~ZeroEngine() {
     for (auto& w : p->works) w.reset();
   }
   for (auto& u : units_) u->gather_work.reset();
+}
+
+Tensor ZeroEngine::zeros(int64_t count, DType t, MemCategory c, const std::string& tag) {
+  Tensor x = Tensor::empty({count}, t, alloc_, c, tag);
+  be_.zero(x.raw(), x.bytes());
+  return x;
 }
 
 int64_t ZeroEngine::padded_numel(int unit) const { return units_[size_t(unit)]->padded; }
@@ -174,6 +158,10 @@ void ZeroEngine::release(int unit) {
   // keep it rather than gather it again.
   if (acquire_pos_ < acquire_order_.size() && acquire_order_[acquire_pos_] == unit) return;
   gather_wait(unit);
+  // On a GPU the unit's kernels may still be reading it, and the freed block may be handed to
+  // the next gather (communication stream): wait for them first. (Per-stream block reuse, as
+  // PyTorch's allocator tracks it, would avoid the wait.)
+  if (!be_.host_memory()) be_.synchronize();
   u.gathered = Tensor();
 }
 
@@ -192,8 +180,8 @@ float* ZeroEngine::grads(int unit) {
   Unit& u = *units_[size_t(unit)];
   if (options_.stage <= 1) return u.grads.data<float>();
   if (!u.work_grads.defined()) {
-    u.work_grads = Tensor::zeros({u.padded}, DType::kF32, alloc_, MemCategory::kGrads,
-                                 layout_[size_t(unit)].name + ".grad_work");
+    u.work_grads = zeros(u.padded, DType::kF32, MemCategory::kGrads,
+                         layout_[size_t(unit)].name + ".grad_work");
   }
   return u.work_grads.data<float>();
 }
@@ -239,15 +227,14 @@ void ZeroEngine::complete_oldest_reduce() {
   for (auto& w : p->works) w->wait();
   Unit& u = *units_[size_t(p->unit)];
   if (options_.stage >= 2) {
-    float* acc = u.grads.data<float>();
-    const float* add = p->reduced.data<float>();
-    for (int64_t i = 0; i < u.shard; ++i) acc[i] += add[i];
+    be_.add_f32(u.grads.data<float>(), p->reduced.data<float>(), u.shard);
+    if (!be_.host_memory()) be_.synchronize();  // the add reads `reduced`, freed below
     u.work_grads = Tensor();  // the full-size buffer does not survive its reduction
   }
 }
 
 void ZeroEngine::begin_step() {
-  for (auto& u : units_) std::memset(u->grads.raw(), 0, size_t(u->grads.bytes()));
+  for (auto& u : units_) be_.zero(u->grads.raw(), u->grads.bytes());
   acquire_pos_ = 0;
 }
 
@@ -286,10 +273,15 @@ void ZeroEngine::finish_backward() {
 }
 
 double ZeroEngine::grad_sq_sum() {
-  // Over the owned shard at every stage, so the sum (and its rounding) is the same for all.
-  // Parameters replicated over the tp group have identical gradients on every tp rank: they
-  // count on tp rank 0 only.
-  double local = 0.0;
+  // Over the owned shard at every stage, so the sum (and its rounding) is the same for all:
+  // one sum per run of adjacent counted parameters in a unit's shard (padding past the last
+  // parameter holds zeros), added on the host in order. Parameters replicated over the tp
+  // group have identical gradients on every tp rank: they count on tp rank 0 only.
+  struct Range {
+    const float* g;
+    int64_t n;
+  };
+  std::vector<Range> ranges;
   for (size_t ui = 0; ui < units_.size(); ++ui) {
     Unit& u = *units_[ui];
     const float* g = u.grads.data<float>() + (options_.stage <= 1 ? u.own_begin : 0);
@@ -297,9 +289,24 @@ double ZeroEngine::grad_sq_sum() {
     for (const auto& p : layout_[ui].params) {
       if (p.split == models::TpSplit::kReplicated && tp_rank_ != 0) continue;
       const int64_t lo = std::max(begin, p.offset), hi = std::min(end, p.offset + p.numel());
-      for (int64_t i = lo; i < hi; ++i) local += double(g[i - begin]) * double(g[i - begin]);
+      if (lo >= hi) continue;
+      if (!ranges.empty() && ranges.back().g + ranges.back().n == g + (lo - begin)) {
+        ranges.back().n += hi - lo;  // continues the previous run
+      } else {
+        ranges.push_back({g + (lo - begin), hi - lo});
+      }
     }
   }
+  std::vector<double> sums(ranges.size(), 0.0);
+  if (!ranges.empty()) {
+    Tensor out = Tensor::empty({2 * int64_t(ranges.size())}, DType::kF32, alloc_,
+                               MemCategory::kWorkspace, "grad_sq_sums");
+    auto* dev = static_cast<double*>(out.raw());
+    for (size_t i = 0; i < ranges.size(); ++i) be_.sum_squares(dev + i, ranges[i].g, ranges[i].n);
+    be_.download(sums.data(), dev, int64_t(sums.size()) * 8);
+  }
+  double local = 0.0;
+  for (double x : sums) local += x;
   dp_.all_reduce_f64(&local, 1, /*max=*/false);
   if (tp_) tp_->all_reduce_f64(&local, 1, /*max=*/false);
   return local;
@@ -313,18 +320,20 @@ void ZeroEngine::cast_master_to_params(Unit& u, int64_t begin, int64_t count) {
   const int64_t params_base = options_.stage == 3 ? u.own_begin : 0;
   char* dst =
       static_cast<char*>(u.params.raw()) + (begin - params_base) * dtype_bytes(options_.compute);
-  cast_from_f32(options_.compute, dst, u.master.data<float>(), count);
+  be_.cast_from_f32(options_.compute, dst, u.master.data<float>(), count);
 }
 
 void ZeroEngine::poison_grads_for_test() {
   Unit& u = *units_[1];
-  u.grads.data<float>()[options_.stage <= 1 ? u.own_begin : 0] = INFINITY;
+  const float inf = INFINITY;
+  be_.upload(u.grads.data<float>() + (options_.stage <= 1 ? u.own_begin : 0), &inf, 4);
 }
 
 void ZeroEngine::adamw_step(const proto::OptimizerConfig& o, double lr, int64_t step,
                             float grad_scale) {
   const int stage = options_.stage;
   // No gathered copy may outlive the parameters it was gathered from.
+  if (!be_.host_memory()) be_.synchronize();
   for (auto& u : units_) {
     if (u->gather_work) u->gather_work->wait();
     u->gather_work.reset();
@@ -352,8 +361,7 @@ void ZeroEngine::adamw_step(const proto::OptimizerConfig& o, double lr, int64_t 
                               float(o.eps()),
                               p.decay ? float(o.weight_decay()) : 0.0f,
                               step};
-      kernels::adamw_update<float>(master + i, grad + i, m + i, v + i, nullptr, hi - lo, ap,
-                                   grad_scale);
+      be_.adamw_update(master + i, grad + i, m + i, v + i, hi - lo, ap, grad_scale);
     }
     cast_master_to_params(u, begin, count);
     if (stage == 1 || stage == 2) {
@@ -387,10 +395,13 @@ void ZeroEngine::fill_holdings(Fill fill) {
                     hi = std::min(begin + count, p.offset + p.numel());
       if (lo < hi) fill(p, lo - p.offset, hi - p.offset, values.data() + (lo - begin));
     }
-    cast_from_f32(options_.compute, u.params.raw(), values.data(), count);
+    // Cast on the host (the CPU backend works on host arrays), then one upload each.
+    std::vector<char> cast(static_cast<size_t>(count * dtype_bytes(options_.compute)));
+    kernels::cpu_backend().cast_from_f32(options_.compute, cast.data(), values.data(), count);
+    be_.upload(u.params.raw(), cast.data(), int64_t(cast.size()));
     if (options_.compute != DType::kF32) {
       const int64_t mbegin = u.master.numel() == u.padded ? 0 : u.own_begin;
-      std::memcpy(u.master.raw(), values.data() + (mbegin - begin), size_t(u.master.bytes()));
+      be_.upload(u.master.raw(), values.data() + (mbegin - begin), u.master.bytes());
     }
   }
 }
@@ -418,12 +429,14 @@ std::vector<OwnedRun> owned_runs_of(const models::GptDims& dims,
   return runs;
 }
 
-const float* ZeroEngine::state_data(const OwnedRun& run, StateKind kind) const {
+std::vector<float> ZeroEngine::state_values(const OwnedRun& run, StateKind kind) const {
   const Unit& u = *units_[size_t(run.unit)];
   const int64_t i = layout_[size_t(run.unit)].params[size_t(run.param)].offset + run.begin;
   const Tensor& t = kind == StateKind::kMaster ? u.master : kind == StateKind::kAdamM ? u.m : u.v;
   const int64_t base = t.numel() == u.padded ? 0 : u.own_begin;
-  return t.data<float>() + (i - base);
+  std::vector<float> out(static_cast<size_t>(run.end - run.begin));
+  be_.download(out.data(), t.data<float>() + (i - base), int64_t(out.size()) * 4);
+  return out;
 }
 
 void ZeroEngine::load_state(const StateFill& fill) {
@@ -434,14 +447,15 @@ void ZeroEngine::load_state(const StateFill& fill) {
     Unit& u = *units_[ui];
     const int64_t begin = u.m.numel() == u.padded ? 0 : u.own_begin;
     const int64_t count = u.m.numel();
+    std::vector<float> values(static_cast<size_t>(count));
     for (StateKind kind : {StateKind::kAdamM, StateKind::kAdamV}) {
-      float* dst = (kind == StateKind::kAdamM ? u.m : u.v).data<float>();
-      std::memset(dst, 0, size_t(count) * sizeof(float));
+      std::fill(values.begin(), values.end(), 0.0f);
       for (const auto& p : layout_[ui].params) {
         const int64_t lo = std::max(begin, p.offset),
                       hi = std::min(begin + count, p.offset + p.numel());
-        if (lo < hi) fill(kind, p, lo - p.offset, hi - p.offset, dst + (lo - begin));
+        if (lo < hi) fill(kind, p, lo - p.offset, hi - p.offset, values.data() + (lo - begin));
       }
+      be_.upload((kind == StateKind::kAdamM ? u.m : u.v).raw(), values.data(), count * 4);
     }
   }
 }
@@ -513,18 +527,23 @@ void ZeroEngine::export_hf(const std::string& path, const std::string& model_con
   // 1. Each unit's fp32 master weights, whole within the dp group.
   // 2. Under tp, every tp rank's slices gathered in the tp group, then placed at their global
   //    indices. Rank 0 of the world (dp rank 0, tp rank 0) writes.
+  //    The gathers run in the backend's memory (the communicators move that), one unit at a
+  //    time, and each unit is then copied to the host.
   const int tp = int(dims_.tp);
   std::vector<std::vector<float>> full(units_.size());
   for (size_t ui = 0; ui < units_.size(); ++ui) {
     Unit& u = *units_[ui];
-    full[ui].resize(size_t(u.padded * tp));
-    float* mine = full[ui].data() + (tp > 1 ? int64_t(tp_rank_) * u.padded : 0);
+    Tensor whole = Tensor::empty({u.padded * tp}, DType::kF32, alloc_, MemCategory::kCommBuffers,
+                                 layout_[ui].name + ".export");
+    float* mine = whole.data<float>() + (tp > 1 ? int64_t(tp_rank_) * u.padded : 0);
     if (u.master.numel() == u.padded) {
-      std::memcpy(mine, u.master.raw(), size_t(u.master.bytes()));
+      be_.copy(mine, u.master.raw(), u.master.bytes());
     } else {
       dp_.all_gather(u.master.raw(), mine, u.shard, DType::kF32);
     }
-    if (tp > 1) tp_->all_gather(mine, full[ui].data(), u.padded, DType::kF32);
+    if (tp > 1) tp_->all_gather(mine, whole.data<float>(), u.padded, DType::kF32);
+    full[ui].resize(size_t(u.padded * tp));
+    be_.download(full[ui].data(), whole.raw(), whole.bytes());
   }
   if (dp_.rank() == 0 && tp_rank_ == 0) {
     std::vector<std::vector<float>> tensors;

@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/backend.h"
 #include "models/gpt.h"
 #include "runtime/allocator.h"
 #include "runtime/comm.h"
@@ -60,9 +61,12 @@ class ZeroEngine final : public models::ParamSource {
   static constexpr int64_t kAlign = 16;
 
   // `dp`: this rank's data-parallel group (shards live within it); `tp`: its tensor-parallel
-  // group when dims.tp > 1 (units then hold this tp rank's slices), else null.
+  // group when dims.tp > 1 (units then hold this tp rank's slices), else null. Every buffer
+  // lives in `backend`'s memory (from `alloc`, which must hand it out) and is touched only
+  // through `backend`; the communicators must move that memory.
   ZeroEngine(const models::GptDims& dims, const ZeroOptions& options, Communicator& dp,
-             Communicator* tp, TrackingAllocator& alloc);
+             Communicator* tp, TrackingAllocator& alloc,
+             kernels::Backend& backend = kernels::cpu_backend());
   ~ZeroEngine() override;
 
   // models::ParamSource.
@@ -98,9 +102,9 @@ class ZeroEngine final : public models::ParamSource {
   std::vector<OwnedRun> owned_runs() const {
     return owned_runs_of(dims_, layout_, dp_.size(), dp_.rank(), tp_rank_);
   }
-  // fp32 state of an owned run's elements, contiguous: element `local` of the run's parameter
-  // is at [local - run.begin].
-  const float* state_data(const OwnedRun& run, StateKind kind) const;
+  // fp32 state of an owned run's elements, copied to the host: element `local` of the run's
+  // parameter is at [local - run.begin].
+  std::vector<float> state_values(const OwnedRun& run, StateKind kind) const;
   // Replaces every state element this rank holds (master -> parameters too, and the moments)
   // with values from `fill(kind, param, lo, hi, out)`, local indices [lo, hi) of `param`.
   using StateFill =
@@ -129,6 +133,7 @@ class ZeroEngine final : public models::ParamSource {
   template <class Fill>
   void fill_holdings(Fill fill);
   void cast_master_to_params(Unit& u, int64_t begin, int64_t count);
+  Tensor zeros(int64_t count, DType t, MemCategory c, const std::string& tag);
 
   models::GptDims dims_;
   ZeroOptions options_;
@@ -136,6 +141,7 @@ class ZeroEngine final : public models::ParamSource {
   Communicator* tp_;
   int tp_rank_ = 0;
   TrackingAllocator& alloc_;
+  kernels::Backend& be_;
   std::vector<models::UnitLayout> layout_;
   std::vector<std::unique_ptr<Unit>> units_;
   std::vector<std::unique_ptr<PendingReduce>> pending_;

@@ -12,7 +12,9 @@ small GPT and compares what the runs report (metrics JSON lines, exported weight
   mixed_precision  bf16 and fp16 track fp32 on the corpus (a slice of the KJV) over 50 steps.
   overflow         an injected inf on one rank: every rank skips that step, the scale halves.
   fault            a rank failing at step k, or killed, ends the job within 10 s, non-zero.
-  cuda_emu         a 2-layer GPT trains 5 steps on the emulated CUDA kernels, matching the CPU.
+  cuda_emu         a 2-layer GPT trains 5 steps on the GPU code path with the emulated CUDA
+                   kernels (np 1, ZeRO 2/3 at np 2, tp 2 + sequence parallel), matching the
+                   CPU; ZeRO 0 and 3 bitwise equal there; fp32 and `cuda` without a GPU refused.
   tp_equivalence   tp=2 (np=2) and tp=2 x dp=2 (np=4) with ZeRO-3 (and ZeRO-1) equal np=1 to
                    1e-5 relative per step, and their exported (unsplit) weights agree to 1e-5;
                    the same with sequence parallelism on (ZeRO 0, 2, 3).
@@ -293,24 +295,89 @@ def tp_equivalence(env):
 
 
 def cuda_emu(env):
-    """A 2-layer GPT trains 5 steps with the CUDA kernels' own source (train.device cuda-emu)
-    and matches the CPU backend. Width 128 with 2 heads gives head_dim 64, so the emulated
-    tensor-core attention runs (bf16; it has no fp32 variant)."""
+    """The GPU code path without a GPU: train.device cuda-emu runs the model and the ZeRO engine
+    through kernels/gpu_backend.inc with the CUDA kernels' own source (kernels/emu), exactly as
+    `cuda` does on a GPU but for the memory copies and cuBLASLt. A 2-layer GPT trains 5 steps
+    and matches the CPU backend: one rank; two ranks at ZeRO 3 (bf16) and ZeRO 2 (fp16, loss
+    scaling); tensor parallel 2 with sequence parallelism (the vocabulary-parallel kernels).
+    Width 128 with 2 heads gives head_dim 64, which the tensor-core attention takes (bf16/f16;
+    it has no fp32 variant). Then ZeRO's bitwise promise on that path, and the refusals."""
     failures = []
-    sets = ["train.steps=5", "model.d_model=128", "model.n_head=2", "precision.compute=BF16",
-            "data.micro_batch=2"]
-    cpu, _, _ = env.run(1, sets)
-    emu, _, _ = env.run(1, sets + ["train.device=cuda-emu"])
-    # Tolerance: both run bf16 storage with fp32 accumulation but in different orders (tensor-
-    # core tiles vs the CPU's loops), and round P to bf16 before P V in attention where the CPU
-    # keeps fp32: per-value differences of a few bf16 ulps (2^-8) that average over 256 tokens
-    # of loss; measured 2.8e-4. 1% still fails a wrong kernel (a broken softmax or LayerNorm
-    # moves the loss by tens of percent).
-    worst = max(rel(e["loss"], c["loss"]) for e, c in zip(emu, cpu))
-    print(f"cuda-emu vs cpu, bf16, 5 steps: losses {[round(e['loss'], 5) for e in emu]} vs "
-          f"{[round(c['loss'], 5) for c in cpu]}: worst rel diff {worst:.2e}")
-    if len(emu) != 5 or worst > 0.01:
-        failures.append(f"cuda-emu differs from cpu by {worst:.2e}")
+    base = ["train.steps=5", "model.d_model=128", "model.n_head=2", "data.micro_batch=2"]
+    emu = ["train.device=cuda-emu"]
+    runs = {}
+    for np_, sets in [(1, ["precision.compute=BF16"]),
+                      (2, ["precision.compute=BF16", "parallel.zero_stage=3"]),
+                      (2, ["precision.compute=F16", "parallel.zero_stage=2"]),
+                      (2, ["precision.compute=BF16", "parallel.tp=2", "parallel.zero_stage=1",
+                           "parallel.sequence_parallel=true"])]:
+        cpu, _, _ = env.run(np_, base + sets)
+        got, w, _ = env.run(np_, base + sets + emu)
+        runs[(np_, tuple(sets))] = (got, w)
+        # Tolerance: both run 16-bit storage with fp32 accumulation but in different orders
+        # (tensor-core tiles vs the CPU's loops), and round P to 16 bits before P V in attention
+        # where the CPU keeps fp32: per-value differences of a few ulps (2^-8 bf16) that average
+        # over the 128-256 tokens of a step's loss; measured <= 1e-3. 1% still fails a wrong
+        # kernel (a broken softmax, LayerNorm or optimizer moves the loss by tens of percent).
+        worst = max(rel(e["loss"], c["loss"]) for e, c in zip(got, cpu))
+        print(f"np={np_} {' '.join(sets)}: cuda-emu losses {[round(e['loss'], 5) for e in got]} "
+              f"vs cpu {[round(c['loss'], 5) for c in cpu]}: worst rel diff {worst:.2e}")
+        if len(got) != 5 or worst > 0.01:
+            failures.append(f"cuda-emu differs from cpu by {worst:.2e} at np={np_} {sets}")
+    # ZeRO 0 and ZeRO 3 on the GPU path: bitwise the same losses, norms and weights.
+    s3, w3 = runs[(2, ("precision.compute=BF16", "parallel.zero_stage=3"))]
+    s0, w0, _ = env.run(2, base + ["precision.compute=BF16", "parallel.zero_stage=0"] + emu)
+    same = ([a["loss"] for a in s0] == [b["loss"] for b in s3] and
+            [a["grad_norm"] for a in s0] == [b["grad_norm"] for b in s3] and w0 == w3)
+    print(f"cuda-emu np=2 ZeRO 0 vs ZeRO 3: bitwise equal losses, norms and weights: {same}")
+    if not same or len(s0) != 5:
+        failures.append("cuda-emu ZeRO 0 and ZeRO 3 differ")
+    # Refused before any work, exit 2, one line naming the problem: fp32 (no fp32 attention
+    # kernel), and `cuda` on a machine without a GPU (or a build without CUDA).
+    for flag, needle in [("cuda-emu", "bf16 or f16 compute with head_dim 64 or 128"),
+                         ("cuda", "train.device cuda: ")]:
+        _, _, p = env.run(2, base, extra=["--device", flag], check=False)
+        err = [line for line in p.stderr.splitlines() if "error" in line]
+        print(f"fp32, --device {flag}: exit {p.returncode}: {err}")
+        if p.returncode != 2 or len(err) != 1 or needle not in err[0]:
+            failures.append(f"--device {flag}: expected exit 2 with '{needle}', got {p.returncode} {err}")
+    return failures
+
+
+def cuda_gpu(env):
+    """ctest -L gpu: train.device cuda on real GPUs (one per rank) matches cuda-emu, the same
+    host code and kernel source run on the CPU, and keeps ZeRO's bitwise promise across stages.
+    Skips (exit 77) with shardtrain's own reason where no GPU can be used."""
+    failures = []
+    base = ["train.steps=5", "model.d_model=128", "model.n_head=2", "data.micro_batch=2",
+            "precision.compute=BF16"]
+    for np_, sets in [(1, []), (2, ["parallel.zero_stage=3"])]:
+        got, w, p = env.run(np_, base + sets, extra=["--device", "cuda"], check=False)
+        if p.returncode == 2 and "train.device cuda: " in p.stderr:
+            reason = [x for x in p.stderr.splitlines() if "train.device cuda: " in x][0]
+            if np_ == 1:
+                print(f"SKIP: {reason}")
+                sys.exit(77)
+            print(f"np={np_} not run: {reason}")  # fewer GPUs than ranks
+            break
+        if p.returncode != 0:
+            failures.append(f"np={np_} cuda run failed ({p.returncode}): {p.stderr[-2000:]}")
+            continue
+        ref, _, _ = env.run(np_, base + sets, extra=["--device", "cuda-emu"])
+        # Tolerance: as cuda_emu against the CPU: cuBLASLt's GEMMs sum in their own order
+        # (fp32 accumulation over K <= 512 here), a few bf16 ulps per value, averaged over the
+        # loss's tokens; 1% fails a broken kernel or a missing stream dependency.
+        worst = max(rel(g["loss"], r["loss"]) for g, r in zip(got, ref))
+        print(f"np={np_} {' '.join(sets)}: cuda {[round(g['loss'], 5) for g in got]} vs "
+              f"cuda-emu {[round(r['loss'], 5) for r in ref]}: worst rel diff {worst:.2e}")
+        if len(got) != 5 or worst > 0.01:
+            failures.append(f"np={np_} {sets}: cuda differs from cuda-emu by {worst:.2e}")
+        if np_ == 2:
+            s0, w0, _ = env.run(np_, base + ["parallel.zero_stage=0"], extra=["--device", "cuda"])
+            same = [a["loss"] for a in s0] == [b["loss"] for b in got] and w0 == w
+            print(f"cuda np=2 ZeRO 0 vs ZeRO 3 bitwise equal: {same}")
+            if not same:
+                failures.append("cuda ZeRO 0 and ZeRO 3 differ")
     return failures
 
 
@@ -343,6 +410,7 @@ def main():
             "fault": lambda: fault(env),
             "tp_equivalence": lambda: tp_equivalence(env),
             "cuda_emu": lambda: cuda_emu(env),
+            "cuda_gpu": lambda: cuda_gpu(env),
         }
         failures = checks[a.check]()
     for f in failures:

@@ -1,0 +1,47 @@
+// backend_emu.cpp — the `cuda-emu` Backend: kernels/gpu_backend.inc with the kernels/cuda
+// sources as compiled against the emulator, host memory, and the CPU backend's GEMM (the
+// emulator routes GEMMs there; cuBLASLt cannot run without a GPU).
+#include <cstring>
+#include <utility>
+
+#include "kernels/backend.h"
+#include "kernels/backend_dispatch.h"
+#include "kernels/emu/ops.h"
+#include "runtime/error.h"
+#include "runtime/tensor.h"
+
+namespace shardtrain::kernels {
+namespace {
+
+namespace gpu = cuda_emu;
+
+struct World {
+  static constexpr const char* kName = "cuda-emu";
+  static constexpr bool kHostMemory = true;
+  gpu::Stream stream() const { return nullptr; }  // every emulated launch completes at once
+  void check(gpu::Status status, const char* op) const {
+    ST_CHECK(status == gpu::Status::kOk, "emulated ", op, " failed");  // faults throw
+  }
+  void copy(void* dst, const void* src, int64_t bytes) { std::memcpy(dst, src, size_t(bytes)); }
+  void upload(void* dst, const void* host, int64_t bytes) { copy(dst, host, bytes); }
+  void download(void* host, const void* src, int64_t bytes) { copy(host, src, bytes); }
+  void zero(void* dst, int64_t bytes) { std::memset(dst, 0, size_t(bytes)); }
+  void synchronize() {}
+  void gemm(const GemmDesc& d, const void* a, const void* b, void* c, const void* bias) {
+    cpu_backend().gemm(d, a, b, c, bias);
+  }
+  // No cuBLASLt epilogue under the emulator: the GEMM, then the GELU kernel.
+  bool gemm_bias_gelu(const GemmDesc&, const void*, const void*, void*, void*, const void*) {
+    return false;
+  }
+};
+
+#include "kernels/gpu_backend.inc"
+
+}  // namespace
+
+std::unique_ptr<Backend> make_emu_backend(TrackingAllocator& alloc) {
+  return std::make_unique<GpuBackend>(World{}, alloc);
+}
+
+}  // namespace shardtrain::kernels

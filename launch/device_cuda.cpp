@@ -1,0 +1,55 @@
+// device_cuda.cpp — train.device cuda: one GPU per rank, NCCL groups, device memory.
+// Built only where CUDA and NCCL were found (launch/CMakeLists.txt).
+#include <cuda_runtime_api.h>
+
+#include "launch/device.h"
+#include "runtime/cuda/device.h"
+#include "runtime/cuda/nccl_comm.h"
+#include "runtime/error.h"
+
+namespace shardtrain::launch {
+namespace {
+
+std::unique_ptr<Communicator> on_stream(std::unique_ptr<Communicator> c, void* stream) {
+  auto* nccl = dynamic_cast<NcclCommunicator*>(c.get());
+  ST_CHECK(nccl != nullptr, "a cuda group must be an NCCL communicator");
+  nccl->set_compute_stream(static_cast<cudaStream_t>(stream));
+  return c;
+}
+
+}  // namespace
+
+void make_cuda_device(RunDevice& d, MpiRuntime& mpi, int tp, bool record_timeline) {
+  // Every rank must know whether all ranks have a GPU before the first NCCL collective: a
+  // rank without one would otherwise leave its peers waiting in the id broadcast.
+  const CudaDeviceCount probe = cuda_device_count();
+  double missing[2] = {probe.count > mpi.local_rank() ? -1e9 : -double(mpi.world_rank()),
+                       probe.count > mpi.local_rank() ? 0.0 : 1.0};
+  mpi.world().all_reduce_f64(missing, 2, /*max=*/true);
+  if (missing[1] != 0) {
+    if (probe.count > mpi.local_rank()) {
+      throw UserError(str_cat("train.device cuda: rank ", int(-missing[0]), " has no GPU"));
+    }
+    throw UserError(str_cat("train.device cuda: ",
+                            probe.count == 0
+                                ? probe.reason
+                                : str_cat("node has ", probe.count, " GPUs for ", mpi.local_size(),
+                                          " ranks (one GPU per rank)"),
+                            "; 'cuda-emu' runs the CUDA kernels on the CPU"));
+  }
+  // The NCCL world selects this rank's GPU (its index on the node) before anything is
+  // allocated or a stream is made.
+  std::unique_ptr<NcclCommunicator> world = NcclCommunicator::create_for_node(mpi);
+  d.memory = std::make_unique<CudaCachingAllocator>();
+  d.alloc = std::make_unique<TrackingAllocator>(*d.memory, record_timeline);
+  d.owned = kernels::make_cuda_backend(*d.alloc);
+  d.backend = d.owned.get();
+  void* stream = kernels::cuda_compute_stream(*d.backend);
+  world->set_compute_stream(static_cast<cudaStream_t>(stream));
+  const int w = mpi.world_rank();
+  d.dp = on_stream(world->split(w % tp, w / tp), stream);
+  if (tp > 1) d.tp = on_stream(world->split(w / tp, w % tp), stream);
+  d.world = std::move(world);
+}
+
+}  // namespace shardtrain::launch
