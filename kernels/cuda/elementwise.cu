@@ -10,8 +10,9 @@
 // backend uses the equivalent sigmoid form with its own exp; tests bound the difference).
 // bias_backward and sum_squares are deterministic reductions without float atomics: bias_backward
 // sums fixed row groups (a function of the row count only) in row order into a workspace, then
-// the groups in order, like layernorm.cu's parameter gradients; sum_squares uses a fixed grid of
-// kSumSquaresBlocks blocks, double accumulation, and one thread adding the block sums in order.
+// the groups in order, like layernorm.cu's parameter gradients; sum_squares uses a grid of
+// sum_squares_blocks(n) blocks (a function of n only), double accumulation, and one thread
+// adding the block sums in order.
 #include <cmath>
 
 #include "kernels/cuda/launch.h"
@@ -175,16 +176,17 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) partial[blockIdx.x] = w;
 }
 
-// *out = sum of partial[0..kSumSquaresBlocks) in block order: one block stages the partials in
-// shared memory (one coalesced load each), then thread 0 adds them in order.
+// *out = sum of partial[0..blocks) in block order: one block stages the partials in shared
+// memory (one coalesced load each), then thread 0 adds them in order.
 __global__ void __launch_bounds__(kSumSquaresBlocks)
-    sum_squares_final_kernel(double* __restrict__ out, const double* __restrict__ partial) {
+    sum_squares_final_kernel(double* __restrict__ out, const double* __restrict__ partial,
+                             int blocks) {
   ST_SHARED(double, sums, kSumSquaresBlocks);
-  sums[threadIdx.x] = partial[threadIdx.x];
+  if (int(threadIdx.x) < blocks) sums[threadIdx.x] = partial[threadIdx.x];
   __syncthreads();
   if (threadIdx.x != 0) return;
   double acc = 0.0;
-  for (int b = 0; b < kSumSquaresBlocks; ++b) acc += sums[size_t(b)];
+  for (int b = 0; b < blocks; ++b) acc += sums[size_t(b)];
   *out = acc;
 }
 
@@ -250,11 +252,13 @@ Status bias_backward(float* dbias, const T* dout, int64_t rows, int64_t cols, fl
 }
 
 Status sum_squares(double* out, const float* x, int64_t n, double* workspace, Stream stream) {
-  Status e = launch(sum_squares_partial_kernel, dim3(unsigned(kSumSquaresBlocks)), dim3(kThreads),
-                    0, stream, workspace, x, (long long)n);
+  const int blocks = int(sum_squares_blocks(n));
+  Status e = launch(sum_squares_partial_kernel, dim3(unsigned(blocks)), dim3(kThreads), 0, stream,
+                    workspace, x, (long long)n);
   if (e != kOk) return e;
-  return launch(sum_squares_final_kernel, dim3(1), dim3(unsigned(kSumSquaresBlocks)), 0, stream,
-                out, static_cast<const double*>(workspace));
+  // One warp-multiple of threads covering the partials.
+  return launch(sum_squares_final_kernel, dim3(1), dim3(unsigned((blocks + 31) / 32 * 32)), 0,
+                stream, out, static_cast<const double*>(workspace), blocks);
 }
 
 #define ST_INSTANTIATE(T)                                                               \
