@@ -30,4 +30,20 @@ template <class T>
 void adamw_update(float* param, const float* grad, float* m, float* v, T* compute_param, int64_t n,
                   const AdamWParams& p, float grad_scale);
 
+// A run [begin, end) of elements of one flat fp32 buffer updated with one weight decay.
+struct AdamWSegment {
+  int64_t begin, end;
+  float weight_decay;
+};
+
+// AdamW over every segment of the flat buffers param/grad/m/v (segments sorted by begin and
+// disjoint; elements between segments are not touched), with p.weight_decay replaced by each
+// segment's. When compute_param is not null, compute_param[i] = (T) param[i] after the update,
+// for the segment elements only (same indexing as param). Per element exactly adamw_update's
+// arithmetic: the result equals one adamw_update call per segment, bit for bit.
+template <class T>
+void adamw_update_segments(float* param, const float* grad, float* m, float* v, T* compute_param,
+                           const AdamWSegment* segments, int64_t num_segments, const AdamWParams& p,
+                           float grad_scale);
+
 }  // namespace shardtrain::kernels

@@ -24,6 +24,22 @@ void layernorm_forward(T* out,           // (N,C)
                        const T* bias,    // (C)
                        RowsShape s, float eps);
 
+// Fused residual add + LayerNorm forward (a pre-LN block's `x = x + sublayer(x); ln(x)`):
+// res = a + b (each element to_float(a) + to_float(b), rounded once to T: exactly
+// residual_add), then out/mean/rstd = LayerNorm of res (exactly layernorm_forward(out, mean,
+// rstd, res, weight, bias, s, eps)): bit for bit the two calls. res may alias a or b; out must
+// not alias any input. The GPU version reads a and b once instead of res a second time.
+template <class T>
+void residual_layernorm_forward(T* res,           // (N,C)
+                                T* out,           // (N,C)
+                                float* mean,      // (N)
+                                float* rstd,      // (N)
+                                const T* a,       // (N,C)
+                                const T* b,       // (N,C)
+                                const T* weight,  // (C)
+                                const T* bias,    // (C)
+                                RowsShape s, float eps);
+
 // dx += dLN/dx . dout (accumulates: in a pre-LN block dx already holds the residual gradient);
 // dweight += sum over rows of dout * xhat; dbias += sum over rows of dout.
 template <class T>

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "kernels/cpu/vec_util.h"
+#include "kernels/elementwise.h"
 
 namespace shardtrain::kernels {
 
@@ -75,6 +76,15 @@ void layernorm_forward(T* out, float* mean, float* rstd, const T* x, const T* we
   }
 }
 
+// The two calls: residual_add's one fp32 add and one rounding per element, then LayerNorm of
+// the stored (rounded) res, so the bits are those of the unfused calls by construction.
+template <class T>
+void residual_layernorm_forward(T* res, T* out, float* mean, float* rstd, const T* a, const T* b,
+                                const T* weight, const T* bias, RowsShape s, float eps) {
+  residual_add(res, a, b, s.rows * s.channels);
+  layernorm_forward(out, mean, rstd, static_cast<const T*>(res), weight, bias, s, eps);
+}
+
 template <class T>
 void layernorm_backward(T* dx, float* dweight, float* dbias, const T* dout, const T* x,
                         const T* weight, const float* mean, const float* rstd, RowsShape s) {
@@ -129,7 +139,9 @@ void layernorm_backward(T* dx, float* dweight, float* dbias, const T* dout, cons
   template void layernorm_forward<T>(T*, float*, float*, const T*, const T*, const T*, RowsShape, \
                                      float);                                                      \
   template void layernorm_backward<T>(T*, float*, float*, const T*, const T*, const T*,           \
-                                      const float*, const float*, RowsShape);
+                                      const float*, const float*, RowsShape);                     \
+  template void residual_layernorm_forward<T>(T*, T*, float*, float*, const T*, const T*,         \
+                                              const T*, const T*, RowsShape, float);
 ST_INSTANTIATE(float)
 ST_INSTANTIATE(BFloat16)
 ST_INSTANTIATE(Half)

@@ -5,6 +5,8 @@
 //  - forward: one warp per row (8 rows per 256-thread block); lanes stride the channels, so
 //    each load instruction of the warp is one coalesced 128-byte (fp32) access; the sums are
 //    warp butterflies, no shared memory and no __syncthreads.
+//  - fused residual add + forward: the same shape; writes res = a + b and normalises the
+//    rounded res, most of it kept in registers (bitwise the forward kernel applied to res).
 //  - backward, input gradient: the same warp-per-row shape.
 //  - backward, parameter gradients: deterministic, like the CPU backend's fixed row partition
 //    — a (groups x column-tiles) grid where each thread sums its column over its row group in
@@ -45,6 +47,88 @@ __global__ void __launch_bounds__(kThreads)
   // 2. Normalise, scale and shift; one rounding into T.
   T* o = out + r * C;  // (C)
   for (int c = lane; c < C; c += 32) {
+    o[c] = from_float<T>((to_float(xr[c]) - m) * rs * to_float(weight[c]) + to_float(bias[c]));
+  }
+  if (lane == 0) {
+    mean[r] = m;
+    rstd[r] = rs;
+  }
+}
+
+// Channels per lane whose res value stays in a register between the three passes of the fused
+// kernel: C <= 32 x kResCache (768, GPT-2 small) never re-reads res; wider rows re-read the
+// rest from res (this thread's own stores: L1/L2 hits), as layernorm_forward_kernel does x.
+constexpr int kResCache = 24;
+// The cache and the 2 x kResCache loads issued together take ~80 registers unbounded; asking for
+// 4 blocks (1024 threads) per SM caps them at 64 without spills (README register table). 32
+// warps per SM with 48 loads in flight each are far more bytes in flight than HBM needs.
+constexpr int kResBlocksPerSm = 4;
+
+// res = a + b (rounded once to T), then LayerNorm of the rounded res, one warp per row. The
+// statistics are summed from the rounded values in layernorm_forward_kernel's order (lane
+// strides of 32, then the butterfly) with its expressions, so out/mean/rstd are bitwise that
+// kernel applied to res. res may alias a or b (no __restrict__ on those three): every element
+// is read and written by the same lane, and the loads of a row's a and b are all issued before
+// its first store so they are not serialised behind possibly-aliasing stores.
+template <class T>
+__global__ void __launch_bounds__(kThreads, kResBlocksPerSm)
+    residual_layernorm_forward_kernel(T* res, T* __restrict__ out, float* __restrict__ mean,
+                                      float* __restrict__ rstd, const T* a, const T* b,
+                                      const T* __restrict__ weight, const T* __restrict__ bias,
+                                      long long rows, int C, float eps) {
+  const int lane = int(threadIdx.x) % 32;
+  const long long r = (long long)blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
+  if (r >= rows) return;    // whole warps leave together; no block barrier follows
+  const T* ar = a + r * C;  // (C)
+  const T* br = b + r * C;  // (C)
+  T* xr = res + r * C;      // (C)
+  // 1. res = a + b: first the fp32 sums of the cached channels (loads only), then each rounded
+  //    once to T, stored, and kept (as fp32) for the statistics; the mean in the LN order.
+  float x[kResCache];
+  ST_UNROLL
+  for (int k = 0; k < kResCache; ++k) {
+    const int c = lane + 32 * k;
+    x[k] = c < C ? to_float(ar[c]) + to_float(br[c]) : 0.0f;
+  }
+  float sum = 0.0f;
+  ST_UNROLL
+  for (int k = 0; k < kResCache; ++k) {
+    const int c = lane + 32 * k;
+    if (c < C) {
+      const T rounded = from_float<T>(x[k]);
+      xr[c] = rounded;
+      x[k] = to_float(rounded);
+      sum += x[k];
+    }
+  }
+  for (int c = lane + 32 * kResCache; c < C; c += 32) {
+    const T rounded = from_float<T>(to_float(ar[c]) + to_float(br[c]));
+    xr[c] = rounded;
+    sum += to_float(rounded);
+  }
+  const float m = warp_sum(sum) / float(C);
+  // 2. Biased variance about the mean (layernorm_forward_kernel's second pass).
+  float sq = 0.0f;
+  ST_UNROLL
+  for (int k = 0; k < kResCache; ++k) {
+    if (lane + 32 * k < C) {
+      const float d = x[k] - m;
+      sq += d * d;
+    }
+  }
+  for (int c = lane + 32 * kResCache; c < C; c += 32) {
+    const float d = to_float(xr[c]) - m;
+    sq += d * d;
+  }
+  const float rs = 1.0f / sqrtf(warp_sum(sq) / float(C) + eps);
+  // 3. Normalise, scale and shift; one rounding into T.
+  T* o = out + r * C;  // (C)
+  ST_UNROLL
+  for (int k = 0; k < kResCache; ++k) {
+    const int c = lane + 32 * k;
+    if (c < C) o[c] = from_float<T>((x[k] - m) * rs * to_float(weight[c]) + to_float(bias[c]));
+  }
+  for (int c = lane + 32 * kResCache; c < C; c += 32) {
     o[c] = from_float<T>((to_float(xr[c]) - m) * rs * to_float(weight[c]) + to_float(bias[c]));
   }
   if (lane == 0) {
@@ -140,6 +224,16 @@ Status layernorm_forward(T* out, float* mean, float* rstd, const T* x, const T* 
 }
 
 template <class T>
+Status residual_layernorm_forward(T* res, T* out, float* mean, float* rstd, const T* a, const T* b,
+                                  const T* weight, const T* bias, RowsShape s, float eps,
+                                  Stream stream) {
+  if (s.rows == 0) return kOk;
+  return launch(residual_layernorm_forward_kernel<T>, dim3(ceil_div(s.rows, kRowsPerBlock)),
+                dim3(kThreads), 0, stream, res, out, mean, rstd, a, b, weight, bias,
+                (long long)s.rows, int(s.channels), eps);
+}
+
+template <class T>
 Status layernorm_backward(T* dx, float* dweight, float* dbias, const T* dout, const T* x,
                           const T* weight, const float* mean, const float* rstd, float* workspace,
                           RowsShape s, Stream stream) {
@@ -158,11 +252,13 @@ Status layernorm_backward(T* dx, float* dweight, float* dbias, const T* dout, co
                 stream, dweight, dbias, static_cast<const float*>(workspace), C, groups);
 }
 
-#define ST_INSTANTIATE(T)                                                                 \
-  template Status layernorm_forward<T>(T*, float*, float*, const T*, const T*, const T*,  \
-                                       RowsShape, float, Stream);                         \
-  template Status layernorm_backward<T>(T*, float*, float*, const T*, const T*, const T*, \
-                                        const float*, const float*, float*, RowsShape, Stream);
+#define ST_INSTANTIATE(T)                                                                       \
+  template Status layernorm_forward<T>(T*, float*, float*, const T*, const T*, const T*,        \
+                                       RowsShape, float, Stream);                               \
+  template Status layernorm_backward<T>(T*, float*, float*, const T*, const T*, const T*,       \
+                                        const float*, const float*, float*, RowsShape, Stream); \
+  template Status residual_layernorm_forward<T>(T*, T*, float*, float*, const T*, const T*,     \
+                                                const T*, const T*, RowsShape, float, Stream);
 ST_INSTANTIATE(float)
 ST_INSTANTIATE(BFloat16)
 ST_INSTANTIATE(Half)

@@ -1,7 +1,8 @@
 // AdamW against two references: the formula of REFERENCE.md in double precision over several
 // steps (weight decay on and off, grad_scale != 1), and an op-by-op fp32 emulation of torch
 // 1.13's single-tensor AdamW, which the kernel must match bit for bit. Also checks the
-// compute-dtype copy (f32 / bf16 / f16) and a null compute_param.
+// compute-dtype copy (f32 / bf16 / f16) and a null compute_param, and that the segmented update
+// is one adamw_update per segment, bit for bit.
 #include "kernels/adamw.h"
 
 #include <gtest/gtest.h>
@@ -180,6 +181,55 @@ TEST(AdamW, NullComputeParam) {
   EXPECT_EQ(a.p, b.p);  // the same update with or without the copy
   EXPECT_EQ(a.m, b.m);
   EXPECT_EQ(a.v, b.v);
+}
+
+// adamw_update_segments: bitwise one adamw_update per segment (each with its own weight decay),
+// over steps; elements in gaps and after the last segment are untouched, in param, m, v and
+// the compute copy. Segments: contiguous ones, a gap, length-1 ones, an empty one.
+template <class T>
+void check_segments(bool with_copy) {
+  const int64_t n = 3001;
+  const std::vector<AdamWSegment> segs = {
+      {0, 700, 0.1f},     {700, 701, 0.0f},   {701, 1500, 0.01f}, {1503, 1504, 0.1f},
+      {1505, 1505, 0.1f}, {1506, 1507, 0.0f}, {1600, 2999, 0.05f}};
+  State a = initial_state(n, 4000);
+  a.m = random_vector(n, 4001, 0.01f);
+  State b = a;
+  const T sentinel = from_float<T>(-3.0f);
+  std::vector<T> ca(usize(n), sentinel), cb(usize(n), sentinel);
+  AdamWParams hp{1e-3f, 0.9f, 0.95f, 1e-8f, 0.7f, 0};  // weight_decay 0.7: replaced
+  for (int64_t step = 1; step <= 3; ++step) {
+    hp.step = step;
+    const auto grad = random_vector(n, 4010 + uint64_t(step), 0.05f);
+    adamw_update_segments<T>(a.p.data(), grad.data(), a.m.data(), a.v.data(),
+                             with_copy ? ca.data() : nullptr, segs.data(), int64_t(segs.size()), hp,
+                             0.8f);
+    for (const AdamWSegment& sg : segs) {
+      AdamWParams hs = hp;
+      hs.weight_decay = sg.weight_decay;
+      adamw_update<T>(b.p.data() + sg.begin, grad.data() + sg.begin, b.m.data() + sg.begin,
+                      b.v.data() + sg.begin, with_copy ? cb.data() + sg.begin : nullptr,
+                      sg.end - sg.begin, hs, 0.8f);
+    }
+  }
+  EXPECT_EQ(std::memcmp(a.p.data(), b.p.data(), usize(n) * 4), 0);
+  EXPECT_EQ(std::memcmp(a.m.data(), b.m.data(), usize(n) * 4), 0);
+  EXPECT_EQ(std::memcmp(a.v.data(), b.v.data(), usize(n) * 4), 0);
+  EXPECT_EQ(std::memcmp(ca.data(), cb.data(), usize(n) * sizeof(T)), 0);
+  const State init = initial_state(n, 4000);
+  for (int64_t i : {int64_t(1500), int64_t(1502), int64_t(1504), int64_t(1599), int64_t(3000)}) {
+    EXPECT_EQ(a.p[usize(i)], init.p[usize(i)]) << i;
+    EXPECT_EQ(a.v[usize(i)], 0.0f) << i;
+    EXPECT_EQ(std::memcmp(&ca[usize(i)], &sentinel, sizeof(T)), 0) << i;
+  }
+}
+
+TEST(AdamW, SegmentsEqualPerSegmentCallsBitwise) {
+  check_segments<float>(false);
+  check_segments<float>(true);
+  check_segments<BFloat16>(true);
+  check_segments<Half>(true);
+  check_segments<Half>(false);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // LayerNorm against a double-precision reference: forward (out, mean, rstd) on odd and GPT-2
 // shapes for f32 / bf16 / f16 storage; backward (dx accumulated, dweight, dbias accumulated)
-// against central differences of sum(out * G); and bitwise independence of the thread count.
+// against central differences of sum(out * G); bitwise independence of the thread count; and
+// the fused residual add + forward equal to the two calls bit for bit.
 #include "kernels/layernorm.h"
 
 #include <gtest/gtest.h>
@@ -9,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/elementwise.h"
 #include "tests/kernels/test_util.h"
 
 namespace shardtrain::kernels {
@@ -195,6 +197,42 @@ void check_thread_independence() {
 TEST(LayerNorm, BitwiseIndependentOfThreadCount) {
   check_thread_independence<float>();
   check_thread_independence<BFloat16>();
+}
+
+// residual_layernorm_forward is bitwise residual_add followed by layernorm_forward of the
+// stored res, also when res overwrites a (alias 1) or b (alias 2).
+template <class T>
+void check_residual_fused(int64_t rows, int64_t C, int alias) {
+  const uint64_t seed = 400 + uint64_t(rows * 1000 + C);
+  Inputs in = make_inputs(rows, C, seed);
+  const auto a = to_storage<T>(in.x), b = to_storage<T>(random_vector(rows * C, seed + 3, 0.5f));
+  const auto w = to_storage<T>(in.w), bias = to_storage<T>(in.b);
+  std::vector<T> res_want(a.size()), out_want(a.size());
+  std::vector<float> mean_want(usize(rows)), rstd_want(usize(rows));
+  residual_add(res_want.data(), a.data(), b.data(), rows * C);
+  layernorm_forward(out_want.data(), mean_want.data(), rstd_want.data(), res_want.data(), w.data(),
+                    bias.data(), {rows, C}, kEps);
+  std::vector<T> a2 = a, b2 = b, res(a.size()), out(a.size());
+  std::vector<float> mean(usize(rows)), rstd(usize(rows));
+  T* r = alias == 1 ? a2.data() : (alias == 2 ? b2.data() : res.data());
+  residual_layernorm_forward(r, out.data(), mean.data(), rstd.data(), a2.data(), b2.data(),
+                             w.data(), bias.data(), {rows, C}, kEps);
+  const std::vector<T>& got_res = alias == 1 ? a2 : (alias == 2 ? b2 : res);
+  const std::string where = "rows=" + std::to_string(rows) + " C=" + std::to_string(C) +
+                            " alias=" + std::to_string(alias);
+  EXPECT_TRUE(same_bits(got_res, res_want)) << where;
+  EXPECT_TRUE(same_bits(out, out_want)) << where;
+  EXPECT_TRUE(same_bits(mean, mean_want)) << where;
+  EXPECT_TRUE(same_bits(rstd, rstd_want)) << where;
+}
+TEST(LayerNorm, ResidualFusedEqualsUnfusedBitwise) {
+  int alias = 0;
+  for (auto [r, c] : kShapes) {
+    check_residual_fused<float>(r, c, alias);
+    check_residual_fused<BFloat16>(r, c, (alias + 1) % 3);
+    check_residual_fused<Half>(r, c, (alias + 2) % 3);
+    alias = (alias + 1) % 3;
+  }
 }
 
 }  // namespace
