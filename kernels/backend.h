@@ -61,6 +61,10 @@ class Backend {
                               const void* bias) = 0;
   virtual void layernorm_forward(DType t, void* out, float* mean, float* rstd, const void* x,
                                  const void* weight, const void* bias, RowsShape s, float eps) = 0;
+  // res = a + b, then LayerNorm of res (residual_add + layernorm_forward in one pass).
+  virtual void residual_layernorm_forward(DType t, void* res, void* out, float* mean, float* rstd,
+                                          const void* a, const void* b, const void* weight,
+                                          const void* bias, RowsShape s, float eps) = 0;
   virtual void layernorm_backward(DType t, void* dx, float* dweight, float* dbias, const void* dout,
                                   const void* x, const void* weight, const float* mean,
                                   const float* rstd, RowsShape s) = 0;
@@ -108,8 +112,13 @@ class Backend {
                                             int64_t valid) = 0;
 
   // ---- fp32 vectors: the ZeRO engine's gradients, master weights and moments ----
-  virtual void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n,
-                            const AdamWParams& p, float grad_scale) = 0;
+  // AdamW over segments of flat fp32 buffers (one launch on a GPU), each with its weight
+  // decay, writing compute_param (type t; may be null) for the segment elements. `segments` is
+  // host memory.
+  virtual void adamw_update_segments(float* param, const float* grad, float* m, float* v, DType t,
+                                     void* compute_param, const AdamWSegment* segments,
+                                     int64_t num_segments, const AdamWParams& p,
+                                     float grad_scale) = 0;
   virtual void cast_from_f32(DType t, void* out, const float* in, int64_t n) = 0;
   virtual void add_f32(float* acc, const float* x, int64_t n) = 0;  // acc += x
   // *out (backend memory) = sum of x[i]^2 in double, in a fixed order.

@@ -286,8 +286,13 @@ double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* ta
            3 * C / t);
     be_.attention_forward(dt_, b.atty.data<S>(), b.lse.data<float>(), b.qkv.data<S>(), attn);
     const S* attn_out = row_parallel_out(b.atty.data<S>(), C / t, kAttnProjW, kAttnProjB);
-    be_.residual_add(dt_, b.res2.data<S>(), x, attn_out, R * C);
-    layer_norm(b.res2.data<S>(), b.ln2, b.ln2_mean, b.ln2_rstd, kLn2W, kLn2B);
+    {  // res2 = x + attn_out and ln2 = LN(res2) in one pass (gathered under SP, as layer_norm)
+      S* out = sp_ ? ln_local_.data<S>() : b.ln2.data<S>();
+      be_.residual_layernorm_forward(dt_, b.res2.data<S>(), out, b.ln2_mean.data<float>(),
+                                     b.ln2_rstd.data<float>(), x, attn_out, param<S>(w, u, kLn2W),
+                                     param<S>(w, u, kLn2B), {R, C}, kLayerNormEps);
+      gather_rows(out, b.ln2.data<S>());
+    }
     {
       k::GemmDesc d;  // fch (N,4C/t) = ln2 @ W_fc + b_fc, fch_gelu = gelu(fch): one epilogue
       d.shape = {N, 4 * C / t, C};

@@ -314,15 +314,6 @@ double ZeroEngine::grad_sq_sum() {
 
 // ---- Optimizer ----------------------------------------------------------------------------
 
-void ZeroEngine::cast_master_to_params(Unit& u, int64_t begin, int64_t count) {
-  // begin: unit coordinate of master element 0's range start.
-  if (options_.compute == DType::kF32) return;  // master is the parameter memory
-  const int64_t params_base = options_.stage == 3 ? u.own_begin : 0;
-  char* dst =
-      static_cast<char*>(u.params.raw()) + (begin - params_base) * dtype_bytes(options_.compute);
-  be_.cast_from_f32(options_.compute, dst, u.master.data<float>(), count);
-}
-
 void ZeroEngine::poison_grads_for_test() {
   Unit& u = *units_[1];
   const float inf = INFINITY;
@@ -348,22 +339,33 @@ void ZeroEngine::adamw_step(const proto::OptimizerConfig& o, double lr, int64_t 
     const float* grad = u.grads.data<float>() + (stage <= 1 ? begin : 0);
     float* m = u.m.data<float>();
     float* v = u.v.data<float>();
-    // Walk the parameters overlapping [begin, begin + count), each with its decay flag;
-    // padding past the last parameter has zero gradient and state, and is left alone.
+    // The parameters overlapping [begin, begin + count) as segments of one decay flag each
+    // (adjacent ones merged): one launch per unit on a GPU, with the cast of the updated
+    // master to the compute dtype fused in. Padding past the last parameter has zero gradient
+    // and state, and is left alone.
+    std::vector<kernels::AdamWSegment> segments;
     for (const auto& p : layout_[ui].params) {
       const int64_t lo = std::max(begin, p.offset),
                     hi = std::min(begin + count, p.offset + p.numel());
       if (lo >= hi) continue;
-      const int64_t i = lo - begin;
-      kernels::AdamWParams ap{float(lr),
-                              float(o.beta1()),
-                              float(o.beta2()),
-                              float(o.eps()),
-                              p.decay ? float(o.weight_decay()) : 0.0f,
-                              step};
-      be_.adamw_update(master + i, grad + i, m + i, v + i, hi - lo, ap, grad_scale);
+      const float wd = p.decay ? float(o.weight_decay()) : 0.0f;
+      if (!segments.empty() && segments.back().end == lo - begin &&
+          segments.back().weight_decay == wd) {
+        segments.back().end = hi - begin;
+      } else {
+        segments.push_back({lo - begin, hi - begin, wd});
+      }
     }
-    cast_master_to_params(u, begin, count);
+    const kernels::AdamWParams ap{
+        float(lr), float(o.beta1()), float(o.beta2()), float(o.eps()), 0.0f, step};
+    void* compute = nullptr;  // fp32 compute: the master is the parameter memory
+    if (options_.compute != DType::kF32) {
+      const int64_t params_base = stage == 3 ? u.own_begin : 0;
+      compute = static_cast<char*>(u.params.raw()) +
+                (begin - params_base) * dtype_bytes(options_.compute);
+    }
+    be_.adamw_update_segments(master, grad, m, v, options_.compute, compute, segments.data(),
+                              int64_t(segments.size()), ap, grad_scale);
     if (stage == 1 || stage == 2) {
       // Every rank updated its shard of the parameters; gather the rest.
       const int64_t esz = dtype_bytes(options_.compute);

@@ -132,7 +132,6 @@ class ZeroEngine final : public models::ParamSource {
   // Values of unit elements [begin, end) from `source` (seeded init or file) into out.
   template <class Fill>
   void fill_holdings(Fill fill);
-  void cast_master_to_params(Unit& u, int64_t begin, int64_t count);
   Tensor zeros(int64_t count, DType t, MemCategory c, const std::string& tag);
 
   models::GptDims dims_;

@@ -43,6 +43,17 @@ class CpuBackend final : public Backend {
                                     eps);
     });
   }
+  void residual_layernorm_forward(DType t, void* res, void* out, float* mean, float* rstd,
+                                  const void* a, const void* b, const void* weight,
+                                  const void* bias, RowsShape s, float eps) override {
+    with_float_type(t, [&](auto tag) {
+      using T = decltype(tag);
+      kernels::residual_layernorm_forward<T>(static_cast<T*>(res), static_cast<T*>(out), mean, rstd,
+                                             static_cast<const T*>(a), static_cast<const T*>(b),
+                                             static_cast<const T*>(weight),
+                                             static_cast<const T*>(bias), s, eps);
+    });
+  }
   void layernorm_backward(DType t, void* dx, float* dweight, float* dbias, const void* dout,
                           const void* x, const void* weight, const float* mean, const float* rstd,
                           RowsShape s) override {
@@ -194,9 +205,15 @@ class CpuBackend final : public Backend {
     });
   }
 
-  void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n,
-                    const AdamWParams& p, float grad_scale) override {
-    kernels::adamw_update<float>(param, grad, m, v, nullptr, n, p, grad_scale);
+  void adamw_update_segments(float* param, const float* grad, float* m, float* v, DType t,
+                             void* compute_param, const AdamWSegment* segments,
+                             int64_t num_segments, const AdamWParams& p,
+                             float grad_scale) override {
+    with_float_type(t, [&](auto tag) {
+      using T = decltype(tag);
+      kernels::adamw_update_segments<T>(param, grad, m, v, static_cast<T*>(compute_param), segments,
+                                        num_segments, p, grad_scale);
+    });
   }
   void cast_from_f32(DType t, void* out, const float* in, int64_t n) override {
     with_float_type(t, [&](auto tag) {
