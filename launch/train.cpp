@@ -125,7 +125,10 @@ std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
   // w % tp of dp rank w / tp. The device (train.device) comes with its memory and groups.
   const int tp = c.parallel().tp();
   run->dims = models::GptDims::from_config(c.model(), tp, c.parallel().sequence_parallel());
-  run->dev = make_run_device(c.train().device(), mpi, tp, !args.no_memory_timeline);
+  // The allocation timeline (24 bytes per event, a few dozen events per step) grows with the
+  // run: it is recorded only for the memory report that draws it.
+  run->dev = make_run_device(c.train().device(), mpi, tp,
+                             !args.memory_report.empty() && !args.no_memory_timeline);
   kernels::Backend& backend = *run->dev.backend;
   if (!backend.supports_attention(compute_dtype(c), run->dims.C / run->dims.H)) {
     throw UserError(str_cat("train.device ", backend.name(),
