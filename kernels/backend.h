@@ -40,8 +40,6 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual const char* name() const = 0;  // "cpu", "cuda-emu", "cuda"
-  // Buffers are host memory (cpu, cuda-emu): the host may read them after synchronize().
-  virtual bool host_memory() const = 0;
   // Attention kernels exist for this storage type and head dimension.
   virtual bool supports_attention(DType t, int64_t head_dim) const = 0;
 
@@ -50,7 +48,9 @@ class Backend {
   virtual void upload(void* dst, const void* host, int64_t bytes) = 0;
   virtual void download(void* host, const void* src, int64_t bytes) = 0;  // waits for it
   virtual void zero(void* dst, int64_t bytes) = 0;
-  virtual void synchronize() = 0;  // everything issued so far has completed
+  // Everything issued so far has completed (a no-op where calls run synchronously: cpu,
+  // cuda-emu).
+  virtual void synchronize() = 0;
 
   // ---- The model's ops (kernels/<op>.h) ----
   virtual void gemm(const GemmDesc& d, const void* a, const void* b, void* c,

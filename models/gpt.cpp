@@ -167,6 +167,21 @@ void Gpt<S>::scatter_rows(S* full, S* local) {
   }
 }
 
+template <class S>
+void Gpt<S>::layer_norm(Tensor& full, Tensor& mean, Tensor& rstd, const S* x, const S* weight,
+                        const S* bias, const S* add, S* res) {
+  S* out = sp_ ? ln_local_.data<S>() : full.data<S>();
+  const k::RowsShape s{rows_, dims_.C};
+  if (add != nullptr) {
+    be_.residual_layernorm_forward(dt_, res, out, mean.data<float>(), rstd.data<float>(), x, add,
+                                   weight, bias, s, kLayerNormEps);
+  } else {
+    be_.layernorm_forward(dt_, out, mean.data<float>(), rstd.data<float>(), x, weight, bias, s,
+                          kLayerNormEps);
+  }
+  gather_rows(out, full.data<S>());
+}
+
 // Token + position embedding. tp == 1: the kernel. tp > 1 (vocab-parallel): each rank looks up
 // the tokens its wte rows hold (zero for the others), the group sums (reduce-scatters under
 // sequence parallelism), then wpe is added to this rank's rows.
@@ -266,12 +281,6 @@ double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* ta
     ps.acquire(u);
     const void* w = ps.params(u);
     const S* x = residual_[size_t(l)].data<S>();
-    auto layer_norm = [&](const S* in, Tensor& full, Tensor& mean, Tensor& rstd, int wi, int bi) {
-      S* out = sp_ ? ln_local_.data<S>() : full.data<S>();
-      be_.layernorm_forward(dt_, out, mean.data<float>(), rstd.data<float>(), in,
-                            param<S>(w, u, wi), param<S>(w, u, bi), {R, C}, kLayerNormEps);
-      gather_rows(out, full.data<S>());
-    };
     auto row_parallel_out = [&](const S* in, int64_t K, int wi, int bi) -> const S* {
       S* partial = dscratch_.data<S>();
       linear(partial, in, param<S>(w, u, wi), split ? nullptr : param<S>(w, u, bi), N, K, C);
@@ -281,18 +290,14 @@ double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* ta
       be_.add_bias(dt_, out, param<S>(w, u, bi), R, C);
       return out;
     };
-    layer_norm(x, b.ln1, b.ln1_mean, b.ln1_rstd, kLn1W, kLn1B);
+    layer_norm(b.ln1, b.ln1_mean, b.ln1_rstd, x, param<S>(w, u, kLn1W), param<S>(w, u, kLn1B));
     linear(b.qkv.data<S>(), b.ln1.data<S>(), param<S>(w, u, kAttnW), param<S>(w, u, kAttnB), N, C,
            3 * C / t);
     be_.attention_forward(dt_, b.atty.data<S>(), b.lse.data<float>(), b.qkv.data<S>(), attn);
     const S* attn_out = row_parallel_out(b.atty.data<S>(), C / t, kAttnProjW, kAttnProjB);
-    {  // res2 = x + attn_out and ln2 = LN(res2) in one pass (gathered under SP, as layer_norm)
-      S* out = sp_ ? ln_local_.data<S>() : b.ln2.data<S>();
-      be_.residual_layernorm_forward(dt_, b.res2.data<S>(), out, b.ln2_mean.data<float>(),
-                                     b.ln2_rstd.data<float>(), x, attn_out, param<S>(w, u, kLn2W),
-                                     param<S>(w, u, kLn2B), {R, C}, kLayerNormEps);
-      gather_rows(out, b.ln2.data<S>());
-    }
+    // res2 = x + attn_out and ln2 = LN(res2), one pass.
+    layer_norm(b.ln2, b.ln2_mean, b.ln2_rstd, x, param<S>(w, u, kLn2W), param<S>(w, u, kLn2B),
+               attn_out, b.res2.data<S>());
     {
       k::GemmDesc d;  // fch (N,4C/t) = ln2 @ W_fc + b_fc, fch_gelu = gelu(fch): one epilogue
       d.shape = {N, 4 * C / t, C};
@@ -310,13 +315,8 @@ double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* ta
   const int uf = int(L) + 1;
   ps.acquire(uf);
   const void* wf = ps.params(uf);
-  {
-    S* out = sp_ ? ln_local_.data<S>() : lnf_.data<S>();
-    be_.layernorm_forward(dt_, out, lnf_mean_.data<float>(), lnf_rstd_.data<float>(),
-                          residual_[size_t(L)].data<S>(), param<S>(wf, uf, 0), param<S>(wf, uf, 1),
-                          {R, C}, kLayerNormEps);
-    gather_rows(out, lnf_.data<S>());
-  }
+  layer_norm(lnf_, lnf_mean_, lnf_rstd_, residual_[size_t(L)].data<S>(), param<S>(wf, uf, 0),
+             param<S>(wf, uf, 1));
   ps.release(uf);
   ps.acquire(0);
   {

@@ -144,6 +144,10 @@ class Gpt {
   // scatter an in-place all-reduce.
   void gather_rows(const S* local, S* full);
   void scatter_rows(S* full, S* local);
+  // LayerNorm of this rank's rows of x into `full`, all-gathered under sequence parallelism.
+  // With `add`: res = x + add first, in the same pass (residual_layernorm_forward).
+  void layer_norm(Tensor& full, Tensor& mean, Tensor& rstd, const S* x, const S* weight,
+                  const S* bias, const S* add = nullptr, S* res = nullptr);
   void embed(const void* emb);
   void embed_backward(float* dwte, float* dwpe, const S* dres);
   double vocab_parallel_loss(const int32_t* host_targets);

@@ -159,9 +159,9 @@ void ZeroEngine::release(int unit) {
   if (acquire_pos_ < acquire_order_.size() && acquire_order_[acquire_pos_] == unit) return;
   gather_wait(unit);
   // On a GPU the unit's kernels may still be reading it, and the freed block may be handed to
-  // the next gather (communication stream): wait for them first. (Per-stream block reuse, as
-  // PyTorch's allocator tracks it, would avoid the wait.)
-  if (!be_.host_memory()) be_.synchronize();
+  // the next gather (communication stream): wait for them first (a no-op on host backends).
+  // (Per-stream block reuse, as PyTorch's allocator tracks it, would avoid the wait.)
+  be_.synchronize();
   u.gathered = Tensor();
 }
 
@@ -228,7 +228,7 @@ void ZeroEngine::complete_oldest_reduce() {
   Unit& u = *units_[size_t(p->unit)];
   if (options_.stage >= 2) {
     be_.add_f32(u.grads.data<float>(), p->reduced.data<float>(), u.shard);
-    if (!be_.host_memory()) be_.synchronize();  // the add reads `reduced`, freed below
+    be_.synchronize();        // the add reads `reduced`, freed below
     u.work_grads = Tensor();  // the full-size buffer does not survive its reduction
   }
 }
@@ -323,8 +323,8 @@ void ZeroEngine::poison_grads_for_test() {
 void ZeroEngine::adamw_step(const proto::OptimizerConfig& o, double lr, int64_t step,
                             float grad_scale) {
   const int stage = options_.stage;
-  // No gathered copy may outlive the parameters it was gathered from.
-  if (!be_.host_memory()) be_.synchronize();
+  // No gathered copy may outlive the parameters it was gathered from (nor a kernel using it).
+  be_.synchronize();
   for (auto& u : units_) {
     if (u->gather_work) u->gather_work->wait();
     u->gather_work.reset();
@@ -530,8 +530,9 @@ void ZeroEngine::export_hf(const std::string& path, const std::string& model_con
   // 2. Under tp, every tp rank's slices gathered in the tp group, then placed at their global
   //    indices. Rank 0 of the world (dp rank 0, tp rank 0) writes.
   //    The gathers run in the backend's memory (the communicators move that), one unit at a
-  //    time, and each unit is then copied to the host.
+  //    time; the writer copies each unit to the host.
   const int tp = int(dims_.tp);
+  const bool writer = dp_.rank() == 0 && tp_rank_ == 0;
   std::vector<std::vector<float>> full(units_.size());
   for (size_t ui = 0; ui < units_.size(); ++ui) {
     Unit& u = *units_[ui];
@@ -544,10 +545,11 @@ void ZeroEngine::export_hf(const std::string& path, const std::string& model_con
       dp_.all_gather(u.master.raw(), mine, u.shard, DType::kF32);
     }
     if (tp > 1) tp_->all_gather(mine, whole.data<float>(), u.padded, DType::kF32);
+    if (!writer) continue;
     full[ui].resize(size_t(u.padded * tp));
     be_.download(full[ui].data(), whole.raw(), whole.bytes());
   }
-  if (dp_.rank() == 0 && tp_rank_ == 0) {
+  if (writer) {
     std::vector<std::vector<float>> tensors;
     std::vector<SafetensorsEntry> entries;
     for (size_t ui = 0; ui < units_.size(); ++ui) {

@@ -13,7 +13,6 @@ namespace {
 class CpuBackend final : public Backend {
  public:
   const char* name() const override { return "cpu"; }
-  bool host_memory() const override { return true; }
   bool supports_attention(DType, int64_t) const override { return true; }
 
   void copy(void* dst, const void* src, int64_t bytes) override {

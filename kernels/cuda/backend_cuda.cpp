@@ -22,7 +22,6 @@ namespace gpu = cuda;
 
 struct World {
   static constexpr const char* kName = "cuda";
-  static constexpr bool kHostMemory = false;
   // Shared so World stays movable; the stream and the cuBLASLt handle live as long as the
   // backend.
   std::shared_ptr<Stream> compute = std::make_shared<Stream>();

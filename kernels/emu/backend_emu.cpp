@@ -17,7 +17,6 @@ namespace gpu = cuda_emu;
 
 struct World {
   static constexpr const char* kName = "cuda-emu";
-  static constexpr bool kHostMemory = true;
   gpu::Stream stream() const { return nullptr; }  // every emulated launch completes at once
   void check(gpu::Status status, const char* op) const {
     ST_CHECK(status == gpu::Status::kOk, "emulated ", op, " failed");  // faults throw
