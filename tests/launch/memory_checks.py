@@ -18,13 +18,14 @@
 import argparse
 import json
 import os
-import random
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "parallel"))
+import train_runs as tr  # noqa: E402
 
 MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe"]
 
@@ -47,20 +48,9 @@ CATEGORIES = MODEL_STATES + ("activations", "comm_buffers", "workspace")
 TOLERANCE = 0.10
 
 
-def write_shard(path, tokens, vocab):
-    header = b"STTOKENS" + struct.pack("<IIQQ", 1, 2, vocab, len(tokens))
-    with open(path, "wb") as f:
-        f.write(header + b"\0" * (64 - len(header)))
-        f.write(struct.pack(f"<{len(tokens)}H", *tokens))
-
-
 def make_config(tmp):
-    rng = random.Random(5)
-    vocab = 96
-    tokens = [(i * 7 + (i // 5)) % vocab if rng.random() > 0.1 else rng.randrange(vocab)
-              for i in range(20000)]
     train = os.path.join(tmp, "train.bin")
-    write_shard(train, tokens, vocab)
+    vocab = tr.write_synthetic_shard(train)
     path = os.path.join(tmp, "base.pbtxt")
     with open(path, "w") as f:
         f.write(CONFIG.format(vocab=vocab, train=train))

@@ -22,6 +22,7 @@ small GPT and compares what the runs report (metrics JSON lines, exported weight
 import argparse
 import json
 import os
+import random
 import signal
 import struct
 import subprocess
@@ -48,6 +49,17 @@ def write_shard(path, tokens, vocab):
         f.write(struct.pack(f"<{len(tokens)}H", *tokens))
 
 
+def write_synthetic_shard(path):
+    """A learnable stream: a repeating pattern with 10% noise, vocab 96 (pads to 128). Returns
+    the vocabulary size."""
+    rng = random.Random(5)
+    vocab = 96
+    tokens = [(i * 7 + (i // 5)) % vocab if rng.random() > 0.1 else rng.randrange(vocab)
+              for i in range(20000)]
+    write_shard(path, tokens, vocab)
+    return vocab
+
+
 class Env:
     def __init__(self, shardtrain, tmp, corpus=None):
         self.shardtrain, self.tmp, self.n = shardtrain, tmp, 0
@@ -55,14 +67,8 @@ class Env:
             train = corpus
             vocab = struct.unpack("<Q", open(corpus, "rb").read(24)[16:24])[0]
         else:
-            # A learnable stream: a repeating pattern with noise, vocab 96 (pads to 128).
-            import random
-            rng = random.Random(5)
-            vocab = 96
-            tokens = [(i * 7 + (i // 5)) % vocab if rng.random() > 0.1 else rng.randrange(vocab)
-                      for i in range(20000)]
             train = os.path.join(tmp, "train.bin")
-            write_shard(train, tokens, vocab)
+            vocab = write_synthetic_shard(train)
         self.config = os.path.join(tmp, "base.pbtxt")
         with open(self.config, "w") as f:
             f.write(CONFIG.format(vocab=vocab, train=train))
