@@ -11,6 +11,9 @@ packages=(
   libopenmpi-dev openmpi-bin            # MPI: launch and host-memory communicator
   protobuf-compiler libprotobuf-dev     # config schema, checkpoint manifests
   libdnnl-dev                           # oneDNN: CPU GEMM (OpenMP runtime)
+  ocl-icd-opencl-dev                    # Debian's oneDNN is built with an OpenCL GPU runtime: its
+                                        # CMake config needs these files (libdnnl-dev only
+                                        # recommends them, and we install without recommends)
   libcli11-dev                          # command line
   nlohmann-json3-dev                    # safetensors headers, metrics JSON
   # tests and benchmarks
