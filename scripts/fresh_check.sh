@@ -19,7 +19,7 @@ root="${1:-/var/tmp/shardtrain-fresh}"
 
 # 1. The mirrors this machine uses (deb822 .sources or one-line .list), Debian's by default.
 sources=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources \
-              /etc/apt/sources.list.d/*.list 2>/dev/null || true)
+              /etc/apt/sources.list.d/*.list 2>/dev/null | grep -E '^(URIs:|deb )' || true)
 mirror=$(grep -oE 'https?://[^ ]+/debian/?' <<<"$sources" | head -1 || true)
 security=$(grep -oE 'https?://[^ ]+/debian-security/?' <<<"$sources" | head -1 || true)
 mirror="${mirror:-http://deb.debian.org/debian}"
