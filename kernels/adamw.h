@@ -14,6 +14,8 @@
 
 #include <cstdint>
 
+#include "kernels/isa.h"
+
 namespace shardtrain::kernels {
 
 struct AdamWParams {
@@ -25,16 +27,20 @@ struct AdamWParams {
   int64_t step;        // t, 1-based
 };
 
+SHARDTRAIN_ISA_BEGIN
 // `compute_param` may be null; otherwise compute_param[i] = (T) param[i] after the update.
 template <class T>
 void adamw_update(float* param, const float* grad, float* m, float* v, T* compute_param, int64_t n,
                   const AdamWParams& p, float grad_scale);
+SHARDTRAIN_ISA_END
 
 // A run [begin, end) of elements of one flat fp32 buffer updated with one weight decay.
 struct AdamWSegment {
   int64_t begin, end;
   float weight_decay;
 };
+
+SHARDTRAIN_ISA_BEGIN
 
 // AdamW over every segment of the flat buffers param/grad/m/v (segments sorted by begin and
 // disjoint; elements between segments are not touched), with p.weight_decay replaced by each
@@ -46,4 +52,5 @@ void adamw_update_segments(float* param, const float* grad, float* m, float* v, 
                            const AdamWSegment* segments, int64_t num_segments, const AdamWParams& p,
                            float grad_scale);
 
+SHARDTRAIN_ISA_END
 }  // namespace shardtrain::kernels

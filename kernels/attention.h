@@ -12,6 +12,8 @@
 
 #include <cstdint>
 
+#include "kernels/isa.h"
+
 namespace shardtrain::kernels {
 
 struct AttentionShape {
@@ -21,6 +23,7 @@ struct AttentionShape {
   int64_t head_dim;  // D
 };
 
+SHARDTRAIN_ISA_BEGIN
 // out (B,T,H,D) = softmax(Q K^T / sqrt(D), causal) V; lse (B,H,T) = logsumexp of each row of
 // the scaled, masked scores.
 template <class T>
@@ -38,4 +41,5 @@ void attention_backward(T* dqkv,           // (B,T,3,H,D)
                         const float* lse,  // (B,H,T)
                         AttentionShape s);
 
+SHARDTRAIN_ISA_END
 }  // namespace shardtrain::kernels

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "kernels/isa.h"
+
 namespace shardtrain::kernels {
 
 constexpr int32_t kIgnoreIndex = -1;
@@ -17,6 +19,7 @@ struct LogitsShape {
   int64_t vocab;  // V (the padded width of the logits rows)
 };
 
+SHARDTRAIN_ISA_BEGIN
 // losses[i] = logsumexp(logits[i]) - logits[i][target[i]] (0 if ignored); lse[i] saved.
 // `valid_vocab` <= V: columns at or past it are padding and excluded from the softmax.
 template <class T>
@@ -62,4 +65,5 @@ void cross_entropy_backward_slice(T* dlogits, const T* logits, const float* lse,
                                   const int32_t* targets, int64_t vocab_begin, float grad_weight,
                                   LogitsShape s, int64_t valid);
 
+SHARDTRAIN_ISA_END
 }  // namespace shardtrain::kernels

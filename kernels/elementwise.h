@@ -7,8 +7,11 @@
 
 #include <cstdint>
 
+#include "kernels/isa.h"
+
 namespace shardtrain::kernels {
 
+SHARDTRAIN_ISA_BEGIN
 // GPT-2's tanh GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 template <class T>
 void gelu_forward(T* out, const T* x, int64_t n);
@@ -43,4 +46,5 @@ void cast(Out* out, const In* in, int64_t n);
 template <class T>
 void scale(T* x, float s, int64_t n);
 
+SHARDTRAIN_ISA_END
 }  // namespace shardtrain::kernels

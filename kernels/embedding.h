@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "kernels/isa.h"
+
 namespace shardtrain::kernels {
 
 struct EmbeddingShape {
@@ -15,6 +17,7 @@ struct EmbeddingShape {
   int64_t channels;  // C
 };
 
+SHARDTRAIN_ISA_BEGIN
 // out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]
 template <class T>
 void embedding_forward(T* out,                 // (B,T,C)
@@ -55,4 +58,5 @@ template <class T>
 void positions_backward(float* dwpe, const T* dout, int64_t rows, int64_t row0, int64_t seq,
                         int64_t C);
 
+SHARDTRAIN_ISA_END
 }  // namespace shardtrain::kernels

@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "kernels/isa.h"
+
 namespace shardtrain::kernels {
 
 struct RowsShape {
@@ -14,6 +16,7 @@ struct RowsShape {
   int64_t channels;  // C
 };
 
+SHARDTRAIN_ISA_BEGIN
 // out = (x - mean) * rstd * weight + bias, with rstd = 1/sqrt(var + eps) (biased variance).
 template <class T>
 void layernorm_forward(T* out,           // (N,C)
@@ -53,4 +56,5 @@ void layernorm_backward(T* dx,              // (N,C) accumulated
                         const float* rstd,  // (N)
                         RowsShape s);
 
+SHARDTRAIN_ISA_END
 }  // namespace shardtrain::kernels

@@ -1,5 +1,6 @@
 #include "launch/device.h"
 
+#include "runtime/cpu_features.h"
 #include "runtime/error.h"
 
 namespace shardtrain::launch {
@@ -22,6 +23,18 @@ RunDevice make_run_device(const std::string& device, MpiRuntime& mpi, int tp,
   d.dp = mpi.world().split(w % tp, w / tp);
   if (tp > 1) d.tp = mpi.world().split(w / tp, w % tp);
   return d;
+}
+
+void require_cpu_kernels() {
+#if defined(SHARDTRAIN_REQUIRE_X86_64_V3)
+  const std::string missing = missing_x86_64_v3_features();
+  if (!missing.empty()) {
+    throw UserError(
+        str_cat("this CPU (", cpu_features().model, ") lacks ", missing,
+                ", which shardtrain's CPU kernels need (x86-64-v3); build it on this machine "
+                "with -DSHARDTRAIN_NATIVE=ON"));
+  }
+#endif
 }
 
 #if !defined(SHARDTRAIN_GPU_TRAINING)

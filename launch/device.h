@@ -35,6 +35,12 @@ struct RunDevice {
 // `cuda` has no GPU or the build has no CUDA/NCCL.
 RunDevice make_run_device(const std::string& device, MpiRuntime& mpi, int tp, bool record_timeline);
 
+// Throws UserError when this CPU cannot run the CPU kernels of this build: the default build's
+// baseline is x86-64-v3 (AVX2, FMA, ...), and an older CPU would die on its first illegal
+// instruction. Every command that computes (train, sample, export) asks first. (Builds with
+// -DSHARDTRAIN_NATIVE=ON run where they were built, and are not checked.)
+void require_cpu_kernels();
+
 // The cuda part, groups included (launch/device_cuda.cpp, built with CUDA and NCCL).
 void make_cuda_device(RunDevice& d, MpiRuntime& mpi, int tp, bool record_timeline);
 

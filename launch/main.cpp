@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "launch/device.h"
 #include "launch/memplan.h"
 #include "launch/sample.h"
 #include "launch/tokenize.h"
@@ -123,6 +124,7 @@ int main(int argc, char** argv) {
       if (!device.empty()) train.sets.push_back("train.device=" + device);  // wins over --set
       return launch::run_train(train, level, log_all_ranks);
     }
+    if (export_cmd->parsed() || sample_cmd->parsed()) launch::require_cpu_kernels();
     if (export_cmd->parsed()) return launch::run_export(exp);
     if (memplan_cmd->parsed()) return launch::run_memplan(plan);
     if (tokenize_cmd->parsed()) {

@@ -23,6 +23,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "kernels/cpu/cpu_isa.h"
 #include "launch/device.h"
 #include "launch/memory_report.h"
 #include "models/data.h"
@@ -97,10 +98,12 @@ struct Run {
 std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
   auto run = std::make_unique<Run>();
   Config& c = run->config;
+  require_cpu_kernels();
   c = load_config_file(args.config);
   apply_overrides(c, args.sets);
   validate_config(c, mpi.world_size(), ValidateFor::kTrain);
   log_info("effective config:\n", config_to_text(c));
+  log_info("cpu: ", kernels::cpu::cpu_description());
   if (args.dry_run) return run;  // the config alone: no data, no weights
   // The report is written at the end; a directory rank 0 cannot write fails now instead.
   if (!args.memory_report.empty() && mpi.world_rank() == 0) {

@@ -20,6 +20,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-numpy           # reference implementation for parity tests (/usr/bin/python3)
   chromium                              # headless check + screenshot of the HTML memory report
+  qemu-user                             # runs the executable on emulated CPUs without AVX-512
+                                        # and without AVX2 (tests/build/other_cpus.py)
   libopenblas0-openmp                   # Debian's torch links the generic BLAS; this gives the
                                         # PyTorch baseline in bench/ an optimised one (shardtrain
                                         # itself uses no BLAS: oneDNN)

@@ -29,6 +29,7 @@
 #include "kernels/cpu/vec_util.h"
 
 namespace shardtrain::kernels {
+SHARDTRAIN_ISA_BEGIN
 namespace {
 
 // The scalars of one step, as torch computes them (see the file comment).
@@ -151,4 +152,5 @@ ST_INSTANTIATE(BFloat16)
 ST_INSTANTIATE(Half)
 #undef ST_INSTANTIATE
 
+SHARDTRAIN_ISA_END
 }  // namespace shardtrain::kernels

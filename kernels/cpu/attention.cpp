@@ -28,6 +28,7 @@
 #include "kernels/cpu/vec_util.h"
 
 namespace shardtrain::kernels {
+SHARDTRAIN_ISA_BEGIN
 
 using cpu::exp_f32;
 using cpu::scratch;
@@ -342,4 +343,5 @@ ST_INSTANTIATE_ATTENTION(BFloat16)
 ST_INSTANTIATE_ATTENTION(Half)
 #undef ST_INSTANTIATE_ATTENTION
 
+SHARDTRAIN_ISA_END
 }  // namespace shardtrain::kernels

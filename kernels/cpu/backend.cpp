@@ -6,9 +6,14 @@
 
 #include "kernels/backend_dispatch.h"
 #include "kernels/elementwise.h"
+#include "kernels/isa.h"
 
 namespace shardtrain::kernels {
+SHARDTRAIN_ISA_BEGIN
 namespace {
+
+// This copy's kernels (isa.h): the members below share their names.
+namespace isa = SHARDTRAIN_ISA_NAMESPACE;
 
 class CpuBackend final : public Backend {
  public:
@@ -37,9 +42,8 @@ class CpuBackend final : public Backend {
                          const void* weight, const void* bias, RowsShape s, float eps) override {
     with_float_type(t, [&](auto tag) {
       using T = decltype(tag);
-      kernels::layernorm_forward<T>(static_cast<T*>(out), mean, rstd, static_cast<const T*>(x),
-                                    static_cast<const T*>(weight), static_cast<const T*>(bias), s,
-                                    eps);
+      isa::layernorm_forward<T>(static_cast<T*>(out), mean, rstd, static_cast<const T*>(x),
+                                static_cast<const T*>(weight), static_cast<const T*>(bias), s, eps);
     });
   }
   void residual_layernorm_forward(DType t, void* res, void* out, float* mean, float* rstd,
@@ -47,10 +51,10 @@ class CpuBackend final : public Backend {
                                   const void* bias, RowsShape s, float eps) override {
     with_float_type(t, [&](auto tag) {
       using T = decltype(tag);
-      kernels::residual_layernorm_forward<T>(static_cast<T*>(res), static_cast<T*>(out), mean, rstd,
-                                             static_cast<const T*>(a), static_cast<const T*>(b),
-                                             static_cast<const T*>(weight),
-                                             static_cast<const T*>(bias), s, eps);
+      isa::residual_layernorm_forward<T>(static_cast<T*>(res), static_cast<T*>(out), mean, rstd,
+                                         static_cast<const T*>(a), static_cast<const T*>(b),
+                                         static_cast<const T*>(weight), static_cast<const T*>(bias),
+                                         s, eps);
     });
   }
   void layernorm_backward(DType t, void* dx, float* dweight, float* dbias, const void* dout,
@@ -58,80 +62,78 @@ class CpuBackend final : public Backend {
                           RowsShape s) override {
     with_float_type(t, [&](auto tag) {
       using T = decltype(tag);
-      kernels::layernorm_backward<T>(static_cast<T*>(dx), dweight, dbias,
-                                     static_cast<const T*>(dout), static_cast<const T*>(x),
-                                     static_cast<const T*>(weight), mean, rstd, s);
+      isa::layernorm_backward<T>(static_cast<T*>(dx), dweight, dbias, static_cast<const T*>(dout),
+                                 static_cast<const T*>(x), static_cast<const T*>(weight), mean,
+                                 rstd, s);
     });
   }
   void attention_forward(DType t, void* out, float* lse, const void* qkv,
                          AttentionShape s) override {
     with_float_type(t, [&](auto tag) {
       using T = decltype(tag);
-      kernels::attention_forward<T>(static_cast<T*>(out), lse, static_cast<const T*>(qkv), s);
+      isa::attention_forward<T>(static_cast<T*>(out), lse, static_cast<const T*>(qkv), s);
     });
   }
   void attention_backward(DType t, void* dqkv, const void* dout, const void* qkv, const void* out,
                           const float* lse, AttentionShape s) override {
     with_float_type(t, [&](auto tag) {
       using T = decltype(tag);
-      kernels::attention_backward<T>(static_cast<T*>(dqkv), static_cast<const T*>(dout),
-                                     static_cast<const T*>(qkv), static_cast<const T*>(out), lse,
-                                     s);
+      isa::attention_backward<T>(static_cast<T*>(dqkv), static_cast<const T*>(dout),
+                                 static_cast<const T*>(qkv), static_cast<const T*>(out), lse, s);
     });
   }
   void gelu_forward(DType t, void* out, const void* x, int64_t n) override {
     with_float_type(t, [&](auto tag) {
       using T = decltype(tag);
-      kernels::gelu_forward<T>(static_cast<T*>(out), static_cast<const T*>(x), n);
+      isa::gelu_forward<T>(static_cast<T*>(out), static_cast<const T*>(x), n);
     });
   }
   void gelu_backward(DType t, void* dx, const void* x, const void* dout, int64_t n) override {
     with_float_type(t, [&](auto tag) {
       using T = decltype(tag);
-      kernels::gelu_backward<T>(static_cast<T*>(dx), static_cast<const T*>(x),
-                                static_cast<const T*>(dout), n);
+      isa::gelu_backward<T>(static_cast<T*>(dx), static_cast<const T*>(x),
+                            static_cast<const T*>(dout), n);
     });
   }
   void residual_add(DType t, void* out, const void* a, const void* b, int64_t n) override {
     with_float_type(t, [&](auto tag) {
       using T = decltype(tag);
-      kernels::residual_add<T>(static_cast<T*>(out), static_cast<const T*>(a),
-                               static_cast<const T*>(b), n);
+      isa::residual_add<T>(static_cast<T*>(out), static_cast<const T*>(a), static_cast<const T*>(b),
+                           n);
     });
   }
   void bias_backward(DType t, float* dbias, const void* dout, int64_t rows, int64_t cols) override {
     with_float_type(t, [&](auto tag) {
       using T = decltype(tag);
-      kernels::bias_backward<T>(dbias, static_cast<const T*>(dout), rows, cols);
+      isa::bias_backward<T>(dbias, static_cast<const T*>(dout), rows, cols);
     });
   }
   void add_bias(DType t, void* x, const void* bias, int64_t rows, int64_t cols) override {
     with_float_type(t, [&](auto tag) {
       using T = decltype(tag);
-      kernels::add_bias<T>(static_cast<T*>(x), static_cast<const T*>(bias), rows, cols);
+      isa::add_bias<T>(static_cast<T*>(x), static_cast<const T*>(bias), rows, cols);
     });
   }
   void embedding_forward(DType t, void* out, const int32_t* tokens, const void* wte,
                          const void* wpe, EmbeddingShape s) override {
     with_float_type(t, [&](auto tag) {
       using T = decltype(tag);
-      kernels::embedding_forward<T>(static_cast<T*>(out), tokens, static_cast<const T*>(wte),
-                                    static_cast<const T*>(wpe), s);
+      isa::embedding_forward<T>(static_cast<T*>(out), tokens, static_cast<const T*>(wte),
+                                static_cast<const T*>(wpe), s);
     });
   }
   void embedding_backward(DType t, float* dwte, float* dwpe, const void* dout,
                           const int32_t* tokens, EmbeddingShape s) override {
     with_float_type(t, [&](auto tag) {
       using T = decltype(tag);
-      kernels::embedding_backward<T>(dwte, dwpe, static_cast<const T*>(dout), tokens, s);
+      isa::embedding_backward<T>(dwte, dwpe, static_cast<const T*>(dout), tokens, s);
     });
   }
   void cross_entropy_forward(DType t, float* losses, float* lse, const void* logits,
                              const int32_t* targets, LogitsShape s, int64_t valid) override {
     with_float_type(t, [&](auto tag) {
       using T = decltype(tag);
-      kernels::cross_entropy_forward<T>(losses, lse, static_cast<const T*>(logits), targets, s,
-                                        valid);
+      isa::cross_entropy_forward<T>(losses, lse, static_cast<const T*>(logits), targets, s, valid);
     });
   }
   void cross_entropy_backward(DType t, void* dlogits, const void* logits, const float* lse,
@@ -139,8 +141,8 @@ class CpuBackend final : public Backend {
                               int64_t valid) override {
     with_float_type(t, [&](auto tag) {
       using T = decltype(tag);
-      kernels::cross_entropy_backward<T>(static_cast<T*>(dlogits), static_cast<const T*>(logits),
-                                         lse, targets, grad_weight, s, valid);
+      isa::cross_entropy_backward<T>(static_cast<T*>(dlogits), static_cast<const T*>(logits), lse,
+                                     targets, grad_weight, s, valid);
     });
   }
 
@@ -149,15 +151,15 @@ class CpuBackend final : public Backend {
                               int64_t C) override {
     with_float_type(t, [&](auto tag) {
       using T = decltype(tag);
-      kernels::embedding_lookup_slice<T>(static_cast<T*>(out), tokens, static_cast<const T*>(wte),
-                                         vocab_begin, vocab_rows, n, C);
+      isa::embedding_lookup_slice<T>(static_cast<T*>(out), tokens, static_cast<const T*>(wte),
+                                     vocab_begin, vocab_rows, n, C);
     });
   }
   void add_positions(DType t, void* x, const void* wpe, int64_t rows, int64_t row0, int64_t T,
                      int64_t C) override {
     with_float_type(t, [&](auto tag) {
       using S = decltype(tag);
-      kernels::add_positions<S>(static_cast<S*>(x), static_cast<const S*>(wpe), rows, row0, T, C);
+      isa::add_positions<S>(static_cast<S*>(x), static_cast<const S*>(wpe), rows, row0, T, C);
     });
   }
   void embedding_backward_slice(DType t, float* dwte, const void* dout, const int32_t* tokens,
@@ -165,15 +167,15 @@ class CpuBackend final : public Backend {
                                 int64_t C) override {
     with_float_type(t, [&](auto tag) {
       using T = decltype(tag);
-      kernels::embedding_backward_slice<T>(dwte, static_cast<const T*>(dout), tokens, vocab_begin,
-                                           vocab_rows, n, C);
+      isa::embedding_backward_slice<T>(dwte, static_cast<const T*>(dout), tokens, vocab_begin,
+                                       vocab_rows, n, C);
     });
   }
   void positions_backward(DType t, float* dwpe, const void* dout, int64_t rows, int64_t row0,
                           int64_t T, int64_t C) override {
     with_float_type(t, [&](auto tag) {
       using S = decltype(tag);
-      kernels::positions_backward<S>(dwpe, static_cast<const S*>(dout), rows, row0, T, C);
+      isa::positions_backward<S>(dwpe, static_cast<const S*>(dout), rows, row0, T, C);
     });
   }
   void cross_entropy_partial_max(DType t, double* row_max, double* target_logit, const void* logits,
@@ -181,16 +183,15 @@ class CpuBackend final : public Backend {
                                  int64_t valid) override {
     with_float_type(t, [&](auto tag) {
       using T = decltype(tag);
-      kernels::cross_entropy_partial_max<T>(row_max, target_logit, static_cast<const T*>(logits),
-                                            targets, vocab_begin, s, valid);
+      isa::cross_entropy_partial_max<T>(row_max, target_logit, static_cast<const T*>(logits),
+                                        targets, vocab_begin, s, valid);
     });
   }
   void cross_entropy_partial_sumexp(DType t, double* sum, const void* logits, const double* row_max,
                                     LogitsShape s, int64_t valid) override {
     with_float_type(t, [&](auto tag) {
       using T = decltype(tag);
-      kernels::cross_entropy_partial_sumexp<T>(sum, static_cast<const T*>(logits), row_max, s,
-                                               valid);
+      isa::cross_entropy_partial_sumexp<T>(sum, static_cast<const T*>(logits), row_max, s, valid);
     });
   }
   void cross_entropy_backward_slice(DType t, void* dlogits, const void* logits, const float* lse,
@@ -198,9 +199,8 @@ class CpuBackend final : public Backend {
                                     LogitsShape s, int64_t valid) override {
     with_float_type(t, [&](auto tag) {
       using T = decltype(tag);
-      kernels::cross_entropy_backward_slice<T>(static_cast<T*>(dlogits),
-                                               static_cast<const T*>(logits), lse, targets,
-                                               vocab_begin, grad_weight, s, valid);
+      isa::cross_entropy_backward_slice<T>(static_cast<T*>(dlogits), static_cast<const T*>(logits),
+                                           lse, targets, vocab_begin, grad_weight, s, valid);
     });
   }
 
@@ -210,27 +210,28 @@ class CpuBackend final : public Backend {
                              float grad_scale) override {
     with_float_type(t, [&](auto tag) {
       using T = decltype(tag);
-      kernels::adamw_update_segments<T>(param, grad, m, v, static_cast<T*>(compute_param), segments,
-                                        num_segments, p, grad_scale);
+      isa::adamw_update_segments<T>(param, grad, m, v, static_cast<T*>(compute_param), segments,
+                                    num_segments, p, grad_scale);
     });
   }
   void cast_from_f32(DType t, void* out, const float* in, int64_t n) override {
     with_float_type(t, [&](auto tag) {
       using T = decltype(tag);
-      kernels::cast<float, T>(static_cast<T*>(out), in, n);
+      isa::cast<float, T>(static_cast<T*>(out), in, n);
     });
   }
-  void add_f32(float* acc, const float* x, int64_t n) override { kernels::add_f32(acc, x, n); }
+  void add_f32(float* acc, const float* x, int64_t n) override { isa::add_f32(acc, x, n); }
   void sum_squares(double* out, const float* x, int64_t n) override {
-    *out = kernels::sum_squares(x, n);
+    *out = isa::sum_squares(x, n);
   }
 };
 
 }  // namespace
 
-Backend& cpu_backend() {
+Backend& cpu_backend_of_this_isa() {
   static CpuBackend backend;
   return backend;
 }
 
+SHARDTRAIN_ISA_END
 }  // namespace shardtrain::kernels

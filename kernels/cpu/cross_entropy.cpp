@@ -17,6 +17,7 @@
 #include "kernels/cpu/vec_util.h"
 
 namespace shardtrain::kernels {
+SHARDTRAIN_ISA_BEGIN
 
 using cpu::as_f32;
 using cpu::exp_f32;
@@ -86,4 +87,5 @@ ST_INSTANTIATE(BFloat16)
 ST_INSTANTIATE(Half)
 #undef ST_INSTANTIATE
 
+SHARDTRAIN_ISA_END
 }  // namespace shardtrain::kernels

@@ -20,6 +20,7 @@
 #include "kernels/cpu/vec_util.h"
 
 namespace shardtrain::kernels {
+SHARDTRAIN_ISA_BEGIN
 
 using cpu::as_f32;
 using cpu::for_blocks;
@@ -187,4 +188,5 @@ ST_INSTANTIATE(BFloat16)
 ST_INSTANTIATE(Half)
 #undef ST_INSTANTIATE
 
+SHARDTRAIN_ISA_END
 }  // namespace shardtrain::kernels

@@ -13,6 +13,7 @@
 #include "kernels/cpu/vec_util.h"
 
 namespace shardtrain::kernels {
+SHARDTRAIN_ISA_BEGIN
 
 using cpu::as_f32;
 using cpu::out_f32;
@@ -70,4 +71,5 @@ ST_INSTANTIATE(BFloat16)
 ST_INSTANTIATE(Half)
 #undef ST_INSTANTIATE
 
+SHARDTRAIN_ISA_END
 }  // namespace shardtrain::kernels

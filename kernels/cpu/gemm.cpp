@@ -1,10 +1,18 @@
 // gemm.cpp — CPU GEMM through oneDNN's matmul primitive.
 //
 // Transposes are expressed as memory strides (no copies). Building a oneDNN primitive costs
-// far more than a small matmul, so primitives are cached by their full descriptor; a training
-// step reuses a few dozen shapes. alpha is an output scale, beta a sum post-op, bias oneDNN's
-// own bias argument. f16 is computed in fp32: inputs are widened into a thread-local
-// workspace and C is narrowed back (oneDNN's CPU f16 matmul needs AVX512-FP16 hardware).
+// far more than a small matmul, so a plan is made once per full descriptor and cached; a
+// training step reuses a few dozen shapes. alpha is an output scale, beta a sum post-op, bias
+// oneDNN's own bias argument.
+//
+// 16-bit operands: bf16 runs as oneDNN's bf16 matmul (fp32 accumulation) where this CPU has
+// one — AVX-512 (core) and up. Where oneDNN cannot build it (an AVX2-only CPU, or one capped by
+// ONEDNN_MAX_CPU_ISA), and always for f16 (oneDNN's CPU f16 matmul needs AVX512-FP16), the
+// operands are widened to fp32 in a thread-local workspace, the fp32 primitive runs, and a
+// 16-bit C is narrowed back. Both forms multiply exact fp32 products of the 16-bit inputs and
+// accumulate in fp32, so they differ only in summation order. The choice depends on the
+// descriptor and the CPU alone: deterministic on a machine; logged at debug level once per
+// descriptor.
 #include "kernels/gemm.h"
 
 #include <dnnl.hpp>
@@ -14,8 +22,10 @@
 #include <unordered_map>
 #include <vector>
 
+#include "kernels/cpu/cpu_isa.h"
 #include "kernels/elementwise.h"
 #include "runtime/error.h"
+#include "runtime/log.h"
 
 namespace shardtrain::kernels {
 namespace {
@@ -93,26 +103,93 @@ Compiled make_primitive(const GemmDesc& d, bool has_bias) {
   return {pd, dnnl::matmul(pd)};
 }
 
-void run(const GemmDesc& d, const void* a, const void* b, void* c, const void* bias) {
-  static std::mutex mu;
-  static std::map<Key, Compiled> cache;
-  const Compiled* compiled;
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    Key key = key_of(d, bias != nullptr);
-    auto it = cache.find(key);
-    if (it == cache.end()) it = cache.emplace(key, make_primitive(d, bias != nullptr)).first;
-    compiled = &it->second;  // std::map nodes are stable
+// How one descriptor runs: its own primitive, or the fp32 primitive of its widened form.
+struct Plan {
+  bool widened;
+  Compiled compiled;
+};
+
+GemmDesc widened_desc(const GemmDesc& d) {
+  GemmDesc w = d;
+  w.ab_dtype = DType::kF32;
+  w.c_dtype = DType::kF32;
+  return w;
+}
+
+Plan make_plan(const GemmDesc& d, bool has_bias) {
+  const char* why = "f16 matmul is not used on CPUs";
+  if (d.ab_dtype == DType::kF32) return {false, make_primitive(d, has_bias)};
+  if (d.ab_dtype == DType::kBF16) {
+    try {
+      return {false, make_primitive(d, has_bias)};
+    } catch (const dnnl::error& e) {
+      if (e.status != dnnl_unimplemented) throw;
+    }
+    why = "oneDNN has no bf16 matmul at this CPU's ISA";
   }
-  const dnnl::matmul::primitive_desc& pd = compiled->pd;
+  const auto& s = d.shape;
+  log_debug("gemm ", dtype_name(d.ab_dtype), " m=", s.m, " n=", s.n, " k=", s.k, " batch=", s.batch,
+            ": computed in fp32 (", why, "; oneDNN ISA ", cpu::onednn_isa_name(), ")");
+  return {true, make_primitive(widened_desc(d), has_bias)};
+}
+
+const Plan& plan_for(const GemmDesc& d, bool has_bias) {
+  static std::mutex mu;
+  static std::map<Key, Plan> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  Key key = key_of(d, has_bias);
+  auto it = cache.find(key);
+  if (it == cache.end()) it = cache.emplace(key, make_plan(d, has_bias)).first;
+  return it->second;  // std::map nodes are stable
+}
+
+void execute(const Compiled& compiled, const void* a, const void* b, void* c, const void* bias) {
+  const dnnl::matmul::primitive_desc& pd = compiled.pd;
   auto& e = engine();
   std::unordered_map<int, memory> args = {
       {DNNL_ARG_SRC, memory(pd.src_desc(), e.engine, const_cast<void*>(a))},
       {DNNL_ARG_WEIGHTS, memory(pd.weights_desc(), e.engine, const_cast<void*>(b))},
       {DNNL_ARG_DST, memory(pd.dst_desc(), e.engine, c)}};
   if (bias) args.emplace(DNNL_ARG_BIAS, memory(pd.bias_desc(), e.engine, const_cast<void*>(bias)));
-  compiled->prim.execute(e.stream, args);
+  compiled.prim.execute(e.stream, args);
   e.stream.wait();
+}
+
+// Elements a batched operand spans: the last item's start plus one item (gaps between items
+// are widened too; they are read, never written).
+int64_t span(int64_t batch, int64_t stride, int64_t item) {
+  return (batch - 1) * (stride ? stride : item) + item;
+}
+
+template <class T>
+const float* widen_span(std::vector<float>& buf, const void* src, int64_t n) {
+  buf.resize(size_t(n));
+  cast(buf.data(), static_cast<const T*>(src), n);
+  return buf.data();
+}
+
+// The widened form: A, B (and bias) to fp32, the fp32 primitive, C narrowed back item by item
+// (so a strided C's gaps are never written).
+template <class T>
+void run_widened(const GemmDesc& d, const Compiled& compiled, const void* a, const void* b, void* c,
+                 const void* bias) {
+  const auto& s = d.shape;
+  thread_local std::vector<float> wa, wb, wc, wbias;
+  const float* a32 = widen_span<T>(wa, a, span(s.batch, d.stride_a, s.m * s.k));
+  const float* b32 = widen_span<T>(wb, b, span(s.batch, d.stride_b, s.k * s.n));
+  const float* bias32 = bias ? widen_span<T>(wbias, bias, s.n) : nullptr;
+  if (d.c_dtype == DType::kF32) {
+    execute(compiled, a32, b32, c, bias32);
+    return;
+  }
+  const int64_t item = s.m * s.n, stride = d.stride_c ? d.stride_c : item;
+  wc.resize(size_t(span(s.batch, d.stride_c, item)));
+  T* c16 = static_cast<T*>(c);
+  if (d.beta != 0.0f) {
+    for (int64_t i = 0; i < s.batch; ++i) cast(wc.data() + i * stride, c16 + i * stride, item);
+  }
+  execute(compiled, a32, b32, wc.data(), bias32);
+  for (int64_t i = 0; i < s.batch; ++i) cast(c16 + i * stride, wc.data() + i * stride, item);
 }
 
 }  // namespace
@@ -125,34 +202,14 @@ void gemm(const GemmDesc& desc, const void* a, const void* b, void* c, const voi
   // oneDNN scales the bias together with the product; nothing here needs both, so refuse.
   ST_CHECK(bias == nullptr || desc.alpha == 1.0f, "gemm with bias requires alpha == 1");
   if (s.m == 0 || s.n == 0) return;
-  if (desc.ab_dtype != DType::kF16) {
-    run(desc, a, b, c, bias);
-    return;
+  const Plan& plan = plan_for(desc, bias != nullptr);
+  if (!plan.widened) {
+    execute(plan.compiled, a, b, c, bias);
+  } else if (desc.ab_dtype == DType::kBF16) {
+    run_widened<BFloat16>(desc, plan.compiled, a, b, c, bias);
+  } else {
+    run_widened<Half>(desc, plan.compiled, a, b, c, bias);
   }
-  // f16: widen A, B (and bias) to fp32, compute, narrow C if it is f16.
-  ST_CHECK(desc.stride_a == 0 && desc.stride_b == 0 && desc.stride_c == 0,
-           "strided batched f16 gemm is not supported");
-  const int64_t na = s.batch * s.m * s.k, nb = s.batch * s.k * s.n, nc = s.batch * s.m * s.n;
-  thread_local std::vector<float> wa, wb, wc, wbias;
-  wa.resize(size_t(na));
-  wb.resize(size_t(nb));
-  cast(wa.data(), static_cast<const Half*>(a), na);
-  cast(wb.data(), static_cast<const Half*>(b), nb);
-  if (bias) {
-    wbias.resize(size_t(s.n));
-    cast(wbias.data(), static_cast<const Half*>(bias), s.n);
-  }
-  GemmDesc d32 = desc;
-  d32.ab_dtype = DType::kF32;
-  d32.c_dtype = DType::kF32;
-  if (desc.c_dtype == DType::kF32) {
-    run(d32, wa.data(), wb.data(), c, bias ? wbias.data() : nullptr);
-    return;
-  }
-  wc.resize(size_t(nc));
-  if (desc.beta != 0.0f) cast(wc.data(), static_cast<const Half*>(c), nc);
-  run(d32, wa.data(), wb.data(), wc.data(), bias ? wbias.data() : nullptr);
-  cast(static_cast<Half*>(c), wc.data(), nc);
 }
 
 }  // namespace shardtrain::kernels

@@ -17,6 +17,7 @@
 #include "kernels/elementwise.h"
 
 namespace shardtrain::kernels {
+SHARDTRAIN_ISA_BEGIN
 
 using cpu::as_f32;
 using cpu::out_f32;
@@ -147,4 +148,5 @@ ST_INSTANTIATE(BFloat16)
 ST_INSTANTIATE(Half)
 #undef ST_INSTANTIATE
 
+SHARDTRAIN_ISA_END
 }  // namespace shardtrain::kernels

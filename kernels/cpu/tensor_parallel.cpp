@@ -13,9 +13,11 @@
 
 #include "kernels/cross_entropy.h"
 #include "kernels/embedding.h"
+#include "kernels/isa.h"
 #include "runtime/dtype.h"
 
 namespace shardtrain::kernels {
+SHARDTRAIN_ISA_BEGIN
 
 namespace {
 // 64 fp32 channels = 256 bytes of gradient per row: whole cache lines per thread.
@@ -146,4 +148,5 @@ ST_INSTANTIATE(BFloat16)
 ST_INSTANTIATE(Half)
 #undef ST_INSTANTIATE
 
+SHARDTRAIN_ISA_END
 }  // namespace shardtrain::kernels

@@ -1,13 +1,13 @@
 // vec_util.h — shared helpers for the CPU kernels: storage <-> fp32 row conversion, a
 // vectorisable expf, per-thread scratch rows, and the fixed row partition used by reductions.
 //
-// Why these exist: the kernels are plain loops left to the compiler's vectoriser (-O3
-// -march=native, no -ffast-math). dtype.h's scalar conversions branch per element and glibc's
-// expf/tanhf are opaque calls, so loops that use them stay scalar. The branch-free versions here
-// compute every case and select, which the vectoriser turns into blends; widen/narrow are
-// bit-identical to dtype.h (tests/kernels/elementwise_test checks all 65,536 16-bit patterns
-// and a dense sample of fp32 ones). Reductions across rows must not depend on the OpenMP
-// thread count, so they use a partition of the rows that depends only on the row count.
+// Why these exist: the kernels are plain loops left to the compiler's vectoriser (-O3, no
+// -ffast-math; compiled once per ISA level, isa.h). dtype.h's scalar conversions branch per
+// element and glibc's expf/tanhf are opaque calls, so loops that use them stay scalar. The
+// branch-free versions here compute every case and select, which the vectoriser turns into blends;
+// widen/narrow are bit-identical to dtype.h (tests/kernels/elementwise_test checks all 65,536
+// 16-bit patterns and a dense sample of fp32 ones). Reductions across rows must not depend on the
+// OpenMP thread count, so they use a partition of the rows that depends only on the row count.
 #pragma once
 
 #include <algorithm>
@@ -16,9 +16,11 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/isa.h"
 #include "runtime/dtype.h"
 
 namespace shardtrain::kernels::cpu {
+SHARDTRAIN_ISA_BEGIN
 
 // ---- Storage -> fp32 -----------------------------------------------------------------------
 
@@ -213,4 +215,5 @@ inline void for_blocks(int64_t n, F&& body) {
   for (int64_t b = 0; b < blocks; ++b) body(b * kBlock, std::min(kBlock, n - b * kBlock));
 }
 
+SHARDTRAIN_ISA_END
 }  // namespace shardtrain::kernels::cpu

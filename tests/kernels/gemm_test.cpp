@@ -4,6 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <limits>
+#include <vector>
+
 #include "tests/kernels/test_util.h"
 
 namespace shardtrain::kernels {
@@ -91,6 +95,75 @@ TEST(Gemm, BF16) {
 }
 TEST(Gemm, F16) {
   for (const Case& c : kCases) check<Half>(c, 1e-5);
+}
+
+// Batched with gaps between the items (stride > item size): the gaps of A and B hold NaN,
+// which must never reach C, and the gaps of C must come back untouched — also on the path
+// that widens 16-bit operands to fp32 (always f16; bf16 where oneDNN has no bf16 matmul, e.g.
+// under ONEDNN_MAX_CPU_ISA=AVX2). Same bound as above.
+template <class T>
+void check_strided(DType c_dtype) {
+  const int64_t m = 9, n = 6, k = 5, batch = 3, gap = 7;
+  const int64_t sa = m * k + gap, sb = k * n + gap, sc = m * n + gap;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> a32(size_t((batch - 1) * sa + m * k), nan);
+  std::vector<float> b32(size_t((batch - 1) * sb + k * n), nan);
+  std::vector<float> av = random_vector(batch * m * k, 5), bv = random_vector(batch * k * n, 6);
+  for (int64_t i = 0; i < batch; ++i) {
+    std::copy_n(av.begin() + i * m * k, m * k, a32.begin() + i * sa);
+    std::copy_n(bv.begin() + i * k * n, k * n, b32.begin() + i * sb);
+  }
+  auto a = to_storage<T>(a32);
+  auto b = to_storage<T>(b32);
+  std::vector<double> da = to_f64(a), db = to_f64(b);
+  const float kSentinel = 96.0f;  // exact in bf16 and f16
+  std::vector<float> c32(size_t((batch - 1) * sc + m * n), kSentinel);
+  GemmDesc d;
+  d.shape = {m, n, k, batch};
+  d.ab_dtype = dtype_of<T>();
+  d.c_dtype = c_dtype;
+  d.stride_a = sa;
+  d.stride_b = sb;
+  d.stride_c = sc;
+  std::vector<double> got(c32.size());
+  if (c_dtype == DType::kF32) {
+    gemm(d, a.data(), b.data(), c32.data());
+    got.assign(c32.begin(), c32.end());
+  } else {
+    auto c16 = to_storage<T>(c32);
+    gemm(d, a.data(), b.data(), c16.data());
+    got = to_f64(c16);
+  }
+  const double tol = 1e-5 + (c_dtype == DType::kF32          ? 0.0
+                             : dtype_of<T>() == DType::kBF16 ? 1.0 / 256
+                                                             : 1.0 / 2048);
+  std::vector<double> want, have;
+  for (int64_t i = 0; i < batch; ++i) {
+    for (int64_t r = 0; r < m; ++r) {
+      for (int64_t col = 0; col < n; ++col) {
+        double acc = 0;
+        for (int64_t p = 0; p < k; ++p) {
+          acc += da[size_t(i * sa + r * k + p)] * db[size_t(i * sb + p * n + col)];
+        }
+        want.push_back(acc);
+        have.push_back(got[size_t(i * sc + r * n + col)]);
+      }
+    }
+    if (i + 1 < batch) {
+      for (int64_t g = m * n; g < sc; ++g) {
+        ASSERT_EQ(got[size_t(i * sc + g)], kSentinel) << "gap of C written, item " << i;
+      }
+    }
+  }
+  EXPECT_LT(max_rel_error(have, want), tol);
+}
+
+TEST(Gemm, StridedBatched) {
+  check_strided<float>(DType::kF32);
+  check_strided<BFloat16>(DType::kF32);
+  check_strided<BFloat16>(DType::kBF16);
+  check_strided<Half>(DType::kF32);
+  check_strided<Half>(DType::kF16);
 }
 
 }  // namespace
