@@ -2,6 +2,8 @@
 // Built only where CUDA and NCCL were found (launch/CMakeLists.txt).
 #include <cuda_runtime_api.h>
 
+#include <string>
+
 #include "launch/device.h"
 #include "runtime/cuda/device.h"
 #include "runtime/cuda/nccl_comm.h"
@@ -36,6 +38,20 @@ void make_cuda_device(RunDevice& d, MpiRuntime& mpi, int tp, bool record_timelin
                                 : str_cat("node has ", probe.count, " GPUs for ", mpi.local_size(),
                                           " ranks (one GPU per rank)"),
                             "; 'cuda-emu' runs the CUDA kernels on the CPU"));
+  }
+  // The kernels are compiled for sm_80 and sm_90 (mma.sync with bf16 needs Ampere or later):
+  // an older GPU would fail at its first launch with "no kernel image". Agreed like the above.
+  cudaDeviceProp prop{};
+  const bool have_prop = cudaGetDeviceProperties(&prop, mpi.local_rank()) == cudaSuccess;
+  const bool too_old = have_prop && prop.major < 8;
+  double old_gpu[1] = {too_old ? double(mpi.world_rank()) : -1.0};
+  mpi.world().all_reduce_f64(old_gpu, 1, /*max=*/true);
+  if (old_gpu[0] >= 0) {
+    throw UserError(str_cat(
+        "train.device cuda: rank ", int(old_gpu[0]), "'s GPU",
+        too_old ? str_cat(" (", prop.name, ", sm_", prop.major, prop.minor, ")") : std::string(),
+        " is older than sm_80, the oldest shardtrain's CUDA kernels are built "
+        "for; 'cuda-emu' runs them on the CPU"));
   }
   // The NCCL world selects this rank's GPU (its index on the node) before anything is
   // allocated or a stream is made.
