@@ -39,14 +39,19 @@ std::vector<CpuIsa> runnable_isas() {
   return isas;
 }
 
-CpuIsa active_isa() {
-  static const CpuIsa isa = [] {
+bool onednn_has_avx512() {
+  static const bool has = [] {
     const auto onednn = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
     const auto avx512_core = static_cast<unsigned>(dnnl_cpu_isa_avx512_core);
-    const bool onednn_allows = (onednn & avx512_core) == avx512_core;
-    return runnable_isas().back() == CpuIsa::kAvx512 && onednn_allows ? CpuIsa::kAvx512
-                                                                      : CpuIsa::kBaseline;
+    return (onednn & avx512_core) == avx512_core;
   }();
+  return has;
+}
+
+CpuIsa active_isa() {
+  static const CpuIsa isa = runnable_isas().back() == CpuIsa::kAvx512 && onednn_has_avx512()
+                                ? CpuIsa::kAvx512
+                                : CpuIsa::kBaseline;
   return isa;
 }
 

@@ -32,6 +32,9 @@ CpuIsa active_isa();
 // The CPU backend at a level from runnable_isas() (checked).
 Backend& cpu_backend_at(CpuIsa isa);
 
+// oneDNN may use AVX-512 (core) kernels: the CPU has them and ONEDNN_MAX_CPU_ISA allows them.
+bool onednn_has_avx512();
+
 // oneDNN's effective ISA, e.g. "avx512_core_bf16", "avx2" (after ONEDNN_MAX_CPU_ISA).
 std::string onednn_isa_name();
 

@@ -15,10 +15,14 @@
 // descriptor.
 #include "kernels/gemm.h"
 
+#include <immintrin.h>
+
+#include <algorithm>
 #include <dnnl.hpp>
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -103,9 +107,11 @@ Compiled make_primitive(const GemmDesc& d, bool has_bias) {
   return {pd, dnnl::matmul(pd)};
 }
 
-// How one descriptor runs: its own primitive, or the fp32 primitive of its widened form.
+// How one descriptor runs: its own primitive, or the fp32 primitive of its widened form; and
+// whether A is first copied out as op(A) (see make_plan).
 struct Plan {
   bool widened;
+  bool transpose_a;
   Compiled compiled;
 };
 
@@ -116,12 +122,21 @@ GemmDesc widened_desc(const GemmDesc& d) {
   return w;
 }
 
+// A transposed A (the weight gradients X^T dY) on a CPU without AVX-512: oneDNN 2.6 has no
+// brgemm there and its AVX2 sgemm runs that case at half speed (measured on the step of
+// bench/step_bench.py: ~80 GFLOP/s against ~160 for the same shapes untransposed, 2 threads,
+// AMD EPYC capped at AVX2), so A is copied out as op(A) (m,k) first — an m*k copy against
+// an m*n*k product — and the untransposed primitive runs. With AVX-512 the brgemm kernels
+// take either layout at full speed and nothing is copied.
 Plan make_plan(const GemmDesc& d, bool has_bias) {
+  const bool transpose_a = d.trans_a && d.shape.batch == 1 && !cpu::onednn_has_avx512();
+  GemmDesc run = d;
+  run.trans_a = d.trans_a && !transpose_a;
   const char* why = "f16 matmul is not used on CPUs";
-  if (d.ab_dtype == DType::kF32) return {false, make_primitive(d, has_bias)};
+  if (d.ab_dtype == DType::kF32) return {false, transpose_a, make_primitive(run, has_bias)};
   if (d.ab_dtype == DType::kBF16) {
     try {
-      return {false, make_primitive(d, has_bias)};
+      return {false, false, make_primitive(d, has_bias)};
     } catch (const dnnl::error& e) {
       if (e.status != dnnl_unimplemented) throw;
     }
@@ -130,7 +145,7 @@ Plan make_plan(const GemmDesc& d, bool has_bias) {
   const auto& s = d.shape;
   log_debug("gemm ", dtype_name(d.ab_dtype), " m=", s.m, " n=", s.n, " k=", s.k, " batch=", s.batch,
             ": computed in fp32 (", why, "; oneDNN ISA ", cpu::onednn_isa_name(), ")");
-  return {true, make_primitive(widened_desc(d), has_bias)};
+  return {true, transpose_a, make_primitive(widened_desc(run), has_bias)};
 }
 
 const Plan& plan_for(const GemmDesc& d, bool has_bias) {
@@ -168,14 +183,69 @@ const float* widen_span(std::vector<float>& buf, const void* src, int64_t n) {
   return buf.data();
 }
 
+// dst (cols, rows) = the transpose of src (rows, cols), in tiles of 8 x 8 floats: eight rows
+// loaded, transposed in registers (AVX2's unpack/shuffle/permute network), eight contiguous
+// rows stored; the ragged edges element by element. Rows of tiles spread over the threads.
+void transpose_f32(float* dst, const float* src, int64_t rows, int64_t cols) {
+  const int64_t row_tiles = (rows + 7) / 8;
+#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
+  for (int64_t t = 0; t < row_tiles; ++t) {
+    const int64_t r0 = t * 8;
+    int64_t c0 = 0;
+#if defined(__AVX2__)
+    if (r0 + 8 <= rows) {
+      for (; c0 + 8 <= cols; c0 += 8) {
+        __m256 v[8], u[8];
+        for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(src + (r0 + i) * cols + c0);
+        for (int i = 0; i < 8; i += 2) {
+          u[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);
+          u[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);
+        }
+        for (int i = 0; i < 8; i += 4) {
+          v[i] = _mm256_shuffle_ps(u[i], u[i + 2], 0x44);
+          v[i + 1] = _mm256_shuffle_ps(u[i], u[i + 2], 0xee);
+          v[i + 2] = _mm256_shuffle_ps(u[i + 1], u[i + 3], 0x44);
+          v[i + 3] = _mm256_shuffle_ps(u[i + 1], u[i + 3], 0xee);
+        }
+        for (int i = 0; i < 4; ++i) {
+          _mm256_storeu_ps(dst + (c0 + i) * rows + r0,
+                           _mm256_permute2f128_ps(v[i], v[i + 4], 0x20));
+          _mm256_storeu_ps(dst + (c0 + i + 4) * rows + r0,
+                           _mm256_permute2f128_ps(v[i], v[i + 4], 0x31));
+        }
+      }
+    }
+#endif
+    const int64_t r1 = std::min(rows, r0 + 8);
+    for (int64_t c = c0; c < cols; ++c) {
+      for (int64_t r = r0; r < r1; ++r) dst[c * rows + r] = src[r * cols + c];
+    }
+  }
+}
+
+// buf (cols, rows) = the transpose of src (rows, cols) in fp32 (16-bit values widened first).
+template <class T>
+const float* transposed_f32(std::vector<float>& buf, const void* src, int64_t rows, int64_t cols) {
+  buf.resize(size_t(rows * cols));
+  if constexpr (std::is_same_v<T, float>) {
+    transpose_f32(buf.data(), static_cast<const float*>(src), rows, cols);
+  } else {
+    thread_local std::vector<float> wide;
+    transpose_f32(buf.data(), widen_span<T>(wide, src, rows * cols), rows, cols);
+  }
+  return buf.data();
+}
+
 // The widened form: A, B (and bias) to fp32, the fp32 primitive, C narrowed back item by item
 // (so a strided C's gaps are never written).
 template <class T>
-void run_widened(const GemmDesc& d, const Compiled& compiled, const void* a, const void* b, void* c,
+void run_widened(const GemmDesc& d, const Plan& plan, const void* a, const void* b, void* c,
                  const void* bias) {
   const auto& s = d.shape;
+  const Compiled& compiled = plan.compiled;
   thread_local std::vector<float> wa, wb, wc, wbias;
-  const float* a32 = widen_span<T>(wa, a, span(s.batch, d.stride_a, s.m * s.k));
+  const float* a32 = plan.transpose_a ? transposed_f32<T>(wa, a, s.k, s.m)
+                                      : widen_span<T>(wa, a, span(s.batch, d.stride_a, s.m * s.k));
   const float* b32 = widen_span<T>(wb, b, span(s.batch, d.stride_b, s.k * s.n));
   const float* bias32 = bias ? widen_span<T>(wbias, bias, s.n) : nullptr;
   if (d.c_dtype == DType::kF32) {
@@ -203,12 +273,15 @@ void gemm(const GemmDesc& desc, const void* a, const void* b, void* c, const voi
   ST_CHECK(bias == nullptr || desc.alpha == 1.0f, "gemm with bias requires alpha == 1");
   if (s.m == 0 || s.n == 0) return;
   const Plan& plan = plan_for(desc, bias != nullptr);
-  if (!plan.widened) {
+  if (!plan.widened && !plan.transpose_a) {
     execute(plan.compiled, a, b, c, bias);
+  } else if (!plan.widened) {  // fp32, A copied out transposed
+    thread_local std::vector<float> wa;
+    execute(plan.compiled, transposed_f32<float>(wa, a, s.k, s.m), b, c, bias);
   } else if (desc.ab_dtype == DType::kBF16) {
-    run_widened<BFloat16>(desc, plan.compiled, a, b, c, bias);
+    run_widened<BFloat16>(desc, plan, a, b, c, bias);
   } else {
-    run_widened<Half>(desc, plan.compiled, a, b, c, bias);
+    run_widened<Half>(desc, plan, a, b, c, bias);
   }
 }
 
