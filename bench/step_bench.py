@@ -10,6 +10,16 @@ ratio. --dtype bf16 compares shardtrain's bf16 training with PyTorch's CPU autoc
 (autocast to bfloat16, timed with torch.cuda.synchronize(); needs a CUDA build of torch and
 --dtype bf16: shardtrain's attention kernels take 16-bit inputs). Not run here: no GPU.
 
+On the CPU it also prints, from the same run: the step's achieved GFLOP/s (model FLOPs per
+token 6 N + 12 L C T, PaLM's count, N = the matmul parameters incl. the tied head: 34.6 M here),
+and the machine's GEMM peak — the better of two runs of bench/gemm_peak, before and after (kernels::gemm, i.e. oneDNN) at the step's largest
+GEMM shape and at 2048^3 on the same threads — with the CPU (model, oneDNN ISA, kernel level) of
+each figure. Where PyTorch's CPU autocast cannot run (torch 1.13's bf16 matmul needs AVX-512;
+on an AVX2 CPU it raises "could not create a primitive descriptor iterator") the bf16 run is
+compared with PyTorch's fp32 step, which is what such a user runs instead, and says so.
+ONEDNN_MAX_CPU_ISA=AVX2 (with ATEN_CPU_CAPABILITY=avx2 for torch) measures an AVX-512 machine
+as an AVX2 one.
+
   /usr/bin/python3 bench/step_bench.py --shardtrain build/bin/shardtrain [--dtype f32|bf16]
                                        [--device cpu|cuda]
 """
@@ -92,6 +102,31 @@ def bench_torch(tokens, dtype, steps, threads, warmup, device):
     return statistics.median(rates[warmup:])
 
 
+def model_flops_per_token():
+    """6 N + 12 L C T (PaLM, appendix B): N = L * 12 C^2 (attention and MLP matmuls) + C V (the
+    tied head); 12 L C T counts the attention scores and their weighted sum, forward+backward."""
+    n = L * 12 * C * C + C * V
+    return 6 * n + 12 * L * C * T
+
+
+def gemm_peaks(exe, dtype, threads):
+    """kernels::gemm's GFLOP/s at the step's largest GEMM (the head: B*T x V x C) and 2048^3."""
+    peak = os.path.join(os.path.dirname(os.path.abspath(exe)), "gemm_peak")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    out = subprocess.run([peak, dtype, str(B * T), str(V), str(C), "2048", "2048", "2048"],
+                         check=True, capture_output=True, text=True, env=env).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def torch_cpu_name():
+    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
+                  if ln.startswith("model name")), "unknown CPU")
+    caps = [ln.split(":", 1)[1].strip() for ln in torch.__config__.show().splitlines()
+            if "CPU capability usage" in ln]
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "not capped")
+    return f"{model}; ATen {caps[0] if caps else '?'}, oneDNN (mkldnn) ISA {onednn}"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shardtrain", required=True)
@@ -104,18 +139,43 @@ def main():
     if a.device == "cuda" and (a.dtype != "bf16" or not torch.cuda.is_available()):
         sys.exit("--device cuda needs --dtype bf16 and a GPU visible to torch")
     tokens = np.random.default_rng(0).integers(0, V, size=B * T * (a.steps + 1) + 1)
+    # The GEMM peak is measured before and after the two steps and the higher kept: shared
+    # machines here swing by up to 1.7x within seconds, and the step's share of the peak must
+    # not be flattered by a slow moment of the peak's own measurement.
+    peaks_before = gemm_peaks(a.shardtrain, a.dtype, a.threads) if a.device == "cpu" else []
     with tempfile.TemporaryDirectory() as tmp:
         shard = os.path.join(tmp, "bench.bin")
         ref.write_shard(shard, tokens, V)
         ours = bench_shardtrain(a.shardtrain, tmp, shard, a.dtype, a.steps, a.threads, a.warmup,
                                 a.device)
-    theirs = bench_torch(tokens, a.dtype, a.steps, a.threads, a.warmup, a.device)
+    baseline = a.dtype
+    try:
+        theirs = bench_torch(tokens, a.dtype, a.steps, a.threads, a.warmup, a.device)
+    except RuntimeError as e:
+        if a.dtype != "bf16" or a.device != "cpu":
+            raise
+        print(f"pytorch bf16 autocast cannot run on this CPU ({str(e).splitlines()[0]}); "
+              "comparing with its fp32 step")
+        baseline = "f32"
+        theirs = bench_torch(tokens, "f32", a.steps, a.threads, a.warmup, a.device)
     where = "1 GPU" if a.device == "cuda" else f"{a.threads} threads"
     print(f"GPT d={C} L={L} H={H} T={T} V={V} B={B}, {a.dtype}, {where}, "
           f"median of {a.steps - a.warmup} steps")
     print(f"  shardtrain: {ours:10.0f} tokens/s")
-    print(f"  pytorch {torch.__version__}: {theirs:10.0f} tokens/s")
+    print(f"  pytorch {torch.__version__} ({baseline}): {theirs:10.0f} tokens/s")
     print(f"  ratio shardtrain / pytorch: {ours / theirs:.2f}x")
+    if a.device == "cpu":
+        fpt = model_flops_per_token()
+        achieved = ours * fpt / 1e9
+        peaks = [max(p, q, key=lambda x: x["gflops"])
+                 for p, q in zip(peaks_before, gemm_peaks(a.shardtrain, a.dtype, a.threads))]
+        print(f"  model FLOPs per token {fpt / 1e6:.1f} M: shardtrain achieves "
+              f"{achieved:.1f} GFLOP/s, pytorch {theirs * fpt / 1e9:.1f}")
+        for p in peaks:
+            print(f"  {p['dtype']} GEMM peak {p['m']}x{p['n']}x{p['k']}: {p['gflops']:.1f} GFLOP/s"
+                  f" -> the step reaches {achieved / p['gflops'] * 100:.0f} % of it")
+        print(f"  CPU (shardtrain): {peaks[0]['cpu']}")
+        print(f"  CPU (pytorch):    {torch_cpu_name()}")
 
 
 if __name__ == "__main__":
