@@ -14,9 +14,10 @@ On the CPU it also prints, from the same run: the step's achieved GFLOP/s (model
 token 6 N + 12 L C T, PaLM's count, N = the matmul parameters incl. the tied head: 34.6 M here),
 and the machine's GEMM peak — the better of two runs of bench/gemm_peak (kernels::gemm, i.e.
 oneDNN), before and after the steps, at the step's largest GEMM shape and at 2048^3 on the same
-threads — with the CPU (model, oneDNN ISA, kernel level) of each figure. Where PyTorch's CPU autocast cannot run (torch 1.13's bf16 matmul needs AVX-512;
-on an AVX2 CPU it raises "could not create a primitive descriptor iterator") the bf16 run is
-compared with PyTorch's fp32 step, which is what such a user runs instead, and says so.
+threads — with the CPU (model, oneDNN ISA, kernel level) of each figure. Where PyTorch's CPU
+autocast cannot run (torch 1.13's bf16 matmul needs AVX-512; on an AVX2 CPU it raises "could not
+create a primitive descriptor iterator") the bf16 run is compared with PyTorch's fp32 step,
+which is what such a user runs instead, and says so.
 ONEDNN_MAX_CPU_ISA=AVX2 (with ATEN_CPU_CAPABILITY=avx2 for torch) measures an AVX-512 machine
 as an AVX2 one.
 
