@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/backend_dispatch.h"
 #include "tests/kernels/test_util.h"
 
 namespace shardtrain::kernels {
@@ -39,40 +40,24 @@ using testing::random_vector;
 using Bytes = std::vector<uint8_t>;
 using Outputs = std::vector<std::vector<double>>;
 
+// Storage bytes of type t holding v (testing::to_storage), and back (testing::to_f64).
 Bytes encode(DType t, const std::vector<float>& v) {
-  Bytes b(v.size() * size_t(dtype_bytes(t)));
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (t == DType::kF32) {
-      std::memcpy(b.data() + 4 * i, &v[i], 4);
-    } else if (t == DType::kBF16) {
-      BFloat16 x = from_float<BFloat16>(v[i]);
-      std::memcpy(b.data() + 2 * i, &x, 2);
-    } else {
-      Half x = from_float<Half>(v[i]);
-      std::memcpy(b.data() + 2 * i, &x, 2);
-    }
-  }
+  Bytes b;
+  with_float_type(t, [&](auto tag) {
+    const auto typed = testing::to_storage<decltype(tag)>(v);
+    const auto* p = reinterpret_cast<const uint8_t*>(typed.data());
+    b.assign(p, p + typed.size() * sizeof(tag));
+  });
   return b;
 }
 
 std::vector<double> decode(DType t, const Bytes& b) {
-  const size_t n = b.size() / size_t(dtype_bytes(t));
-  std::vector<double> v(n);
-  for (size_t i = 0; i < n; ++i) {
-    if (t == DType::kF32) {
-      float x;
-      std::memcpy(&x, b.data() + 4 * i, 4);
-      v[i] = x;
-    } else if (t == DType::kBF16) {
-      BFloat16 x;
-      std::memcpy(&x, b.data() + 2 * i, 2);
-      v[i] = to_float(x);
-    } else {
-      Half x;
-      std::memcpy(&x, b.data() + 2 * i, 2);
-      v[i] = to_float(x);
-    }
-  }
+  std::vector<double> v;
+  with_float_type(t, [&](auto tag) {
+    std::vector<decltype(tag)> typed(b.size() / sizeof(tag));
+    std::memcpy(typed.data(), b.data(), b.size());
+    v = testing::to_f64(typed);
+  });
   return v;
 }
 
