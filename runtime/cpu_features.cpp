@@ -33,8 +33,6 @@ const CpuFeatures& cpu_features() {
     c.model = brand_string();
     c.x86_64_v3 = __builtin_cpu_supports("x86-64-v3");
     c.x86_64_v4 = __builtin_cpu_supports("x86-64-v4");
-    c.avx512_bf16 = __builtin_cpu_supports("avx512bf16");
-    c.amx_bf16 = __builtin_cpu_supports("amx-bf16");
     return c;
   }();
   return f;

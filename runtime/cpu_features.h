@@ -15,8 +15,6 @@ struct CpuFeatures {
   std::string model;  // cpuid brand string, e.g. "AMD EPYC 9B14 96-Core Processor"
   bool x86_64_v3;     // AVX, AVX2, BMI1/2, F16C, FMA, LZCNT, MOVBE (and the OS saves ymm)
   bool x86_64_v4;     // x86-64-v3 + AVX-512 F, BW, CD, DQ, VL (and the OS saves zmm)
-  bool avx512_bf16;
-  bool amx_bf16;
 };
 
 const CpuFeatures& cpu_features();
