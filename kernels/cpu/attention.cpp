@@ -6,9 +6,10 @@
 // scratch — widened once for 16-bit storage — and K (and V in backward) also transposed to
 // (D, Tp), Tp = T rounded up to the key tile, zero-padded. All five products (S = Q K^T,
 // O += P V; backward also dP = dO V^T, dQ += dS K, dK += dS^T Q, dV += P^T dO) then go through
-// one register-blocked micro-kernel (gemm_acc): a 4-row x 64-column accumulator block held in
-// registers over the whole inner dimension, vectorised along the contiguous output row, so no
-// sum is reassociated (no -ffast-math needed) and each loaded row of B feeds four FMAs. The
+// one register-blocked micro-kernel (gemm_acc): an accumulator block (4 rows x 64 columns with
+// AVX-512, 3 x 32 with AVX2) held in registers over the whole inner dimension, vectorised
+// along the contiguous output row, so no sum is reassociated (no -ffast-math needed) and each
+// loaded row of B feeds one FMA per row of the block. The
 // softmax is online: per query row a running max m, sum l and output accumulator, rescaled by
 // exp(m_old - m_new) when a key tile raises the max; the T x T score matrix never exists
 // (scratch per pair is a few T x D arrays plus two kQueryTile x kKeyTile tiles). Masked keys
@@ -41,9 +42,19 @@ namespace {
 constexpr int64_t kKeyTile = 64;
 constexpr int64_t kQueryTile = 32;
 static_assert(kKeyTile % kQueryTile == 0);
-// The micro-kernel's register block: kRowBlock output rows x up to 64 columns = 16 zmm
-// accumulators, so each loaded row of B feeds kRowBlock FMAs.
+// The micro-kernel's register block: kRowBlock output rows x up to kWideChunk columns of fp32
+// accumulators, each loaded row of B feeding kRowBlock FMAs. AVX-512: 4 x 64 = 16 of the 32 zmm.
+// AVX2 has 16 ymm, so 3 x 32 = 12 accumulators plus a broadcast A and the B loads fit; 4 x 64
+// there spills every accumulator (bench/attention_bench at the step's shape, AMD EPYC capped at
+// AVX2, 2 threads: forward 3.9 -> 2.6 ms, backward 8.4 -> 4.9 ms; 4 x 32 and 2 x 32 spill or
+// stall too, ~3.5 / 7.5 ms).
+#if defined(SHARDTRAIN_CPU_ISA_AVX512) || defined(__AVX512F__)
 constexpr int64_t kRowBlock = 4;
+constexpr int64_t kWideChunk = 64;
+#else
+constexpr int64_t kRowBlock = 3;
+constexpr int64_t kWideChunk = 32;
+#endif
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -111,13 +122,16 @@ inline void block_kernel(float* C, int64_t ldc, View A, const float* B, int64_t 
   }
 }
 
-// kR rows of C across all N columns, in chunks of 64, 32, 16, then single columns.
+// kR rows of C across all N columns, in chunks of kWideChunk, 32, 16, then single columns.
 template <int64_t kR>
 inline void row_block(float* C, int64_t ldc, int64_t N, View A, const float* B, int64_t ldb,
                       int64_t k0, int64_t k1) {
   int64_t n = 0;
-  for (; n + 64 <= N; n += 64) block_kernel<kR, 64>(C + n, ldc, A, B + n, ldb, k0, k1);
-  for (; n + 32 <= N; n += 32) block_kernel<kR, 32>(C + n, ldc, A, B + n, ldb, k0, k1);
+  for (; n + kWideChunk <= N; n += kWideChunk)
+    block_kernel<kR, kWideChunk>(C + n, ldc, A, B + n, ldb, k0, k1);
+  if constexpr (kWideChunk > 32) {
+    for (; n + 32 <= N; n += 32) block_kernel<kR, 32>(C + n, ldc, A, B + n, ldb, k0, k1);
+  }
   for (; n + 16 <= N; n += 16) block_kernel<kR, 16>(C + n, ldc, A, B + n, ldb, k0, k1);
   for (; n < N; ++n) block_kernel<kR, 1>(C + n, ldc, A, B + n, ldb, k0, k1);
 }
