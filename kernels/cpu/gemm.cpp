@@ -18,6 +18,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <dnnl.hpp>
 #include <map>
 #include <mutex>
@@ -107,11 +108,18 @@ Compiled make_primitive(const GemmDesc& d, bool has_bias) {
   return {pd, dnnl::matmul(pd)};
 }
 
+// Where op(A) = A^T comes from on a CPU without AVX-512 (see make_plan).
+enum class TransposedA {
+  kInPlace,  // oneDNN reads the strided A (always with AVX-512, and every batched GEMM)
+  kCopyA,    // A is copied out as op(A) (m,k), then the untransposed product runs
+  kSwapped,  // C^T (n,m) = op(B)^T A runs untransposed (B copied out as (n,k)), C = its transpose
+};
+
 // How one descriptor runs: its own primitive, or the fp32 primitive of its widened form; and
-// whether A is first copied out as op(A) (see make_plan).
+// how a transposed A is handled.
 struct Plan {
   bool widened;
-  bool transpose_a;
+  TransposedA trans_a;
   Compiled compiled;
 };
 
@@ -125,18 +133,44 @@ GemmDesc widened_desc(const GemmDesc& d) {
 // A transposed A (the weight gradients X^T dY) on a CPU without AVX-512: oneDNN 2.6 has no
 // brgemm there and its AVX2 sgemm runs that case at half speed (measured on the step of
 // bench/step_bench.py: ~80 GFLOP/s against ~160 for the same shapes untransposed, 2 threads,
-// AMD EPYC capped at AVX2), so A is copied out as op(A) (m,k) first — an m*k copy against
-// an m*n*k product — and the untransposed primitive runs. With AVX-512 the brgemm kernels
-// take either layout at full speed and nothing is copied.
-Plan make_plan(const GemmDesc& d, bool has_bias) {
-  const bool transpose_a = d.trans_a && d.shape.batch == 1 && !cpu::onednn_has_avx512();
+// AMD EPYC capped at AVX2), so one operand is copied out first and an untransposed primitive
+// runs: either A as op(A) (m,k) — an m*k copy — or, when B is the smaller operand, B as
+// op(B)^T (n,k) for the product C^T = op(B)^T A, whose (n,m) result is transposed into C — an
+// n*k + m*n copy. The smaller copy wins: for the tied head's gradient (m = vocab 8192, n = 256,
+// k = 2048 tokens) that is 2.6 M elements instead of 16.8 M (11 ms of the direct form's 51 ms
+// there). The choice depends on the shape alone. With AVX-512 the brgemm kernels take either
+// layout at full speed and nothing is copied.
+TransposedA transposed_a_form(const GemmDesc& d, bool has_bias) {
+  const auto& s = d.shape;
+  if (!d.trans_a || s.batch != 1 || cpu::onednn_has_avx512()) return TransposedA::kInPlace;
+  const bool swappable = !d.trans_b && !has_bias;
+  return swappable && s.n * (s.k + s.m) < s.k * s.m ? TransposedA::kSwapped : TransposedA::kCopyA;
+}
+
+// The untransposed fp32-or-native primitive a plan runs: d itself, with A copied out, or the
+// swapped product C^T (n,m) = op(B)^T (n,k) A (k,m) with alpha and no beta (added in the
+// transpose back).
+GemmDesc primitive_desc_of(const GemmDesc& d, TransposedA form) {
   GemmDesc run = d;
-  run.trans_a = d.trans_a && !transpose_a;
+  if (form == TransposedA::kCopyA) run.trans_a = false;
+  if (form == TransposedA::kSwapped) {
+    run.shape = {d.shape.n, d.shape.m, d.shape.k, 1};
+    run.trans_a = run.trans_b = false;
+    run.beta = 0.0f;
+    run.c_dtype = DType::kF32;
+    run.stride_a = run.stride_b = run.stride_c = 0;
+  }
+  return run;
+}
+
+Plan make_plan(const GemmDesc& d, bool has_bias) {
+  const TransposedA form = transposed_a_form(d, has_bias);
+  const GemmDesc run = primitive_desc_of(d, form);
   const char* why = "f16 matmul is not used on CPUs";
-  if (d.ab_dtype == DType::kF32) return {false, transpose_a, make_primitive(run, has_bias)};
+  if (d.ab_dtype == DType::kF32) return {false, form, make_primitive(run, has_bias)};
   if (d.ab_dtype == DType::kBF16) {
     try {
-      return {false, false, make_primitive(d, has_bias)};
+      return {false, TransposedA::kInPlace, make_primitive(d, has_bias)};
     } catch (const dnnl::error& e) {
       if (e.status != dnnl_unimplemented) throw;
     }
@@ -145,7 +179,7 @@ Plan make_plan(const GemmDesc& d, bool has_bias) {
   const auto& s = d.shape;
   log_debug("gemm ", dtype_name(d.ab_dtype), " m=", s.m, " n=", s.n, " k=", s.k, " batch=", s.batch,
             ": computed in fp32 (", why, "; oneDNN ISA ", cpu::onednn_isa_name(), ")");
-  return {true, transpose_a, make_primitive(widened_desc(run), has_bias)};
+  return {true, form, make_primitive(widened_desc(run), has_bias)};
 }
 
 const Plan& plan_for(const GemmDesc& d, bool has_bias) {
@@ -183,10 +217,13 @@ const float* widen_span(std::vector<float>& buf, const void* src, int64_t n) {
   return buf.data();
 }
 
-// dst (cols, rows) = the transpose of src (rows, cols), in tiles of 8 x 8 floats: eight rows
-// loaded, transposed in registers (AVX2's unpack/shuffle/permute network), eight contiguous
-// rows stored; the ragged edges element by element. Rows of tiles spread over the threads.
-void transpose_f32(float* dst, const float* src, int64_t rows, int64_t cols) {
+// dst (cols, rows) = the transpose of src (rows, cols), plus beta * dst when kAccumulate (one
+// fused multiply-add per element, so either path rounds the same), in tiles of 8 x 8 floats:
+// eight rows loaded, transposed in registers (AVX2's unpack/shuffle/permute network), eight
+// contiguous rows stored; the ragged edges element by element. Rows of tiles spread over the
+// threads.
+template <bool kAccumulate>
+void transpose_into(float* dst, const float* src, int64_t rows, int64_t cols, float beta) {
   const int64_t row_tiles = (rows + 7) / 8;
 #pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
   for (int64_t t = 0; t < row_tiles; ++t) {
@@ -194,6 +231,11 @@ void transpose_f32(float* dst, const float* src, int64_t rows, int64_t cols) {
     int64_t c0 = 0;
 #if defined(__AVX2__)
     if (r0 + 8 <= rows) {
+      const __m256 vbeta = _mm256_set1_ps(beta);
+      auto store = [&](float* p, __m256 x) {
+        if constexpr (kAccumulate) x = _mm256_fmadd_ps(vbeta, _mm256_loadu_ps(p), x);
+        _mm256_storeu_ps(p, x);
+      };
       for (; c0 + 8 <= cols; c0 += 8) {
         __m256 v[8], u[8];
         for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(src + (r0 + i) * cols + c0);
@@ -208,58 +250,84 @@ void transpose_f32(float* dst, const float* src, int64_t rows, int64_t cols) {
           v[i + 3] = _mm256_shuffle_ps(u[i + 1], u[i + 3], 0xee);
         }
         for (int i = 0; i < 4; ++i) {
-          _mm256_storeu_ps(dst + (c0 + i) * rows + r0,
-                           _mm256_permute2f128_ps(v[i], v[i + 4], 0x20));
-          _mm256_storeu_ps(dst + (c0 + i + 4) * rows + r0,
-                           _mm256_permute2f128_ps(v[i], v[i + 4], 0x31));
+          store(dst + (c0 + i) * rows + r0, _mm256_permute2f128_ps(v[i], v[i + 4], 0x20));
+          store(dst + (c0 + i + 4) * rows + r0, _mm256_permute2f128_ps(v[i], v[i + 4], 0x31));
         }
       }
     }
 #endif
     const int64_t r1 = std::min(rows, r0 + 8);
     for (int64_t c = c0; c < cols; ++c) {
-      for (int64_t r = r0; r < r1; ++r) dst[c * rows + r] = src[r * cols + c];
+      for (int64_t r = r0; r < r1; ++r) {
+        float& out = dst[c * rows + r];
+        out = kAccumulate ? std::fma(beta, out, src[r * cols + c]) : src[r * cols + c];
+      }
     }
+  }
+}
+
+// n values of storage type T as fp32: the values themselves for fp32, else widened into buf.
+template <class T>
+const float* as_f32(std::vector<float>& buf, const void* src, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    return static_cast<const float*>(src);
+  } else {
+    return widen_span<T>(buf, src, n);
   }
 }
 
 // buf (cols, rows) = the transpose of src (rows, cols) in fp32 (16-bit values widened first).
 template <class T>
 const float* transposed_f32(std::vector<float>& buf, const void* src, int64_t rows, int64_t cols) {
+  thread_local std::vector<float> wide;
   buf.resize(size_t(rows * cols));
-  if constexpr (std::is_same_v<T, float>) {
-    transpose_f32(buf.data(), static_cast<const float*>(src), rows, cols);
-  } else {
-    thread_local std::vector<float> wide;
-    transpose_f32(buf.data(), widen_span<T>(wide, src, rows * cols), rows, cols);
-  }
+  transpose_into<false>(buf.data(), as_f32<T>(wide, src, rows * cols), rows, cols, 0.0f);
   return buf.data();
 }
 
-// The widened form: A, B (and bias) to fp32, the fp32 primitive, C narrowed back item by item
-// (so a strided C's gaps are never written).
+// Everything but a native primitive on the operands as stored: the plan's fp32 primitive on
+// fp32 operands (16-bit ones widened; A or B copied out transposed where the plan says), and a
+// 16-bit C narrowed back item by item (so a strided C's gaps are never written). T is the
+// storage type of A and B.
 template <class T>
-void run_widened(const GemmDesc& d, const Plan& plan, const void* a, const void* b, void* c,
-                 const void* bias) {
+void run_f32(const GemmDesc& d, const Plan& plan, const void* a, const void* b, void* c,
+             const void* bias) {
   const auto& s = d.shape;
-  const Compiled& compiled = plan.compiled;
-  thread_local std::vector<float> wa, wb, wc, wbias;
-  const float* a32 = plan.transpose_a ? transposed_f32<T>(wa, a, s.k, s.m)
-                                      : widen_span<T>(wa, a, span(s.batch, d.stride_a, s.m * s.k));
-  const float* b32 = widen_span<T>(wb, b, span(s.batch, d.stride_b, s.k * s.n));
-  const float* bias32 = bias ? widen_span<T>(wbias, bias, s.n) : nullptr;
-  if (d.c_dtype == DType::kF32) {
-    execute(compiled, a32, b32, c, bias32);
-    return;
-  }
+  thread_local std::vector<float> wa, wb, wc, wbias, wt;
+  const float* a32 = plan.trans_a == TransposedA::kCopyA
+                         ? transposed_f32<T>(wa, a, s.k, s.m)
+                         : as_f32<T>(wa, a, span(s.batch, d.stride_a, s.m * s.k));
+  const float* b32 = plan.trans_a == TransposedA::kSwapped
+                         ? transposed_f32<T>(wb, b, s.k, s.n)
+                         : as_f32<T>(wb, b, span(s.batch, d.stride_b, s.k * s.n));
+  const float* bias32 = bias ? as_f32<T>(wbias, bias, s.n) : nullptr;
   const int64_t item = s.m * s.n, stride = d.stride_c ? d.stride_c : item;
-  wc.resize(size_t(span(s.batch, d.stride_c, item)));
-  T* c16 = static_cast<T*>(c);
-  if (d.beta != 0.0f) {
-    for (int64_t i = 0; i < s.batch; ++i) cast(wc.data() + i * stride, c16 + i * stride, item);
+  float* c32 = static_cast<float*>(c);
+  if (d.c_dtype != DType::kF32) {
+    wc.resize(size_t(span(s.batch, d.stride_c, item)));
+    c32 = wc.data();
+    if (d.beta != 0.0f) {
+      for (int64_t i = 0; i < s.batch; ++i)
+        cast(c32 + i * stride, static_cast<const T*>(c) + i * stride, item);
+    }
   }
-  execute(compiled, a32, b32, wc.data(), bias32);
-  for (int64_t i = 0; i < s.batch; ++i) cast(c16 + i * stride, wc.data() + i * stride, item);
+  if (plan.trans_a == TransposedA::kSwapped) {  // C^T = op(B)^T A, then C = (C^T)^T + beta C
+    wt.resize(size_t(item));
+    execute(plan.compiled, b32, a32, wt.data(), nullptr);
+    if (d.beta != 0.0f) {
+      transpose_into<true>(c32, wt.data(), s.n, s.m, d.beta);
+    } else {
+      transpose_into<false>(c32, wt.data(), s.n, s.m, 0.0f);
+    }
+  } else {
+    execute(plan.compiled, a32, b32, c32, bias32);
+  }
+  if constexpr (!std::is_same_v<T, float>) {
+    if (d.c_dtype != DType::kF32) {
+      for (int64_t i = 0; i < s.batch; ++i)
+        cast(static_cast<T*>(c) + i * stride, c32 + i * stride, item);
+    }
+  }
 }
 
 }  // namespace
@@ -273,15 +341,14 @@ void gemm(const GemmDesc& desc, const void* a, const void* b, void* c, const voi
   ST_CHECK(bias == nullptr || desc.alpha == 1.0f, "gemm with bias requires alpha == 1");
   if (s.m == 0 || s.n == 0) return;
   const Plan& plan = plan_for(desc, bias != nullptr);
-  if (!plan.widened && !plan.transpose_a) {
+  if (!plan.widened && plan.trans_a == TransposedA::kInPlace) {
     execute(plan.compiled, a, b, c, bias);
-  } else if (!plan.widened) {  // fp32, A copied out transposed
-    thread_local std::vector<float> wa;
-    execute(plan.compiled, transposed_f32<float>(wa, a, s.k, s.m), b, c, bias);
+  } else if (desc.ab_dtype == DType::kF32) {
+    run_f32<float>(desc, plan, a, b, c, bias);
   } else if (desc.ab_dtype == DType::kBF16) {
-    run_widened<BFloat16>(desc, plan, a, b, c, bias);
+    run_f32<BFloat16>(desc, plan, a, b, c, bias);
   } else {
-    run_widened<Half>(desc, plan, a, b, c, bias);
+    run_f32<Half>(desc, plan, a, b, c, bias);
   }
 }
 

@@ -25,10 +25,20 @@ struct Case {
 };
 
 const Case kCases[] = {
-    {1, 1, 1, 1, false, false, false, 1, 0},     {7, 5, 3, 1, false, false, true, 1, 0},
-    {33, 17, 65, 1, false, true, false, 1, 0},   {33, 17, 65, 1, true, false, false, 1, 1},
-    {16, 48, 64, 1, true, true, false, 0.5f, 0}, {64, 192, 64, 3, false, false, false, 1, 0},
-    {100, 1, 37, 2, false, true, false, 2, 1},   {1, 256, 80, 1, false, false, true, 1, 0.5f},
+    {1, 1, 1, 1, false, false, false, 1, 0},
+    {7, 5, 3, 1, false, false, true, 1, 0},
+    {33, 17, 65, 1, false, true, false, 1, 0},
+    {33, 17, 65, 1, true, false, false, 1, 1},
+    {16, 48, 64, 1, true, true, false, 0.5f, 0},
+    {64, 192, 64, 3, false, false, false, 1, 0},
+    {100, 1, 37, 2, false, true, false, 2, 1},
+    {1, 256, 80, 1, false, false, true, 1, 0.5f},
+    // A^T B without AVX-512 copies out the smaller operand (kernels/cpu/gemm.cpp): B here
+    // (n (k + m) < k m, C = the transpose of C^T, beta added in the transpose back; ragged
+    // 8 x 8 tiles), A in the next one.
+    {70, 9, 40, 1, true, false, false, 0.5f, 0.25f},
+    {70, 9, 40, 1, true, false, false, 1, 0},
+    {9, 70, 40, 1, true, false, false, 2, 1},
 };
 
 template <class T>
