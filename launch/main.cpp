@@ -113,7 +113,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "shardtrain: error: %s\nRun 'shardtrain --help' for usage.\n", e.what());
+    std::fprintf(stderr, "shardtrain: error: %s (see shardtrain --help)\n", e.what());
     return 2;
   }
 
