@@ -3,10 +3,11 @@
 // Self-contained on purpose: a report is copied off clusters and opened from disk, often with
 // no network, so there is no external script, style or font; charts are SVG drawn by the
 // inline script from the report JSON, which write_memory_report substitutes for @REPORT_DATA@.
-// The page proves it rendered: the #status element reads REPORT_RENDERED_OK only if every
-// chart was drawn without an exception; errors (window.onerror, console.error, unhandled
-// promise rejections) are listed in #errors. tests/launch/memory_report_html.py checks both in
-// headless Chromium.
+// The page proves it rendered without showing it to the reader: <body data-render> turns from
+// "pending" to "ok" only when every chart was drawn without an exception, and to "error" on
+// the first error (window.onerror, console.error, unhandled promise rejections), which is
+// listed in #errors. tests/launch/memory_checks.py (check html) reads both, and the drawn
+// charts and table, from the DOM of headless Chromium.
 #pragma once
 
 namespace shardtrain::launch {
@@ -22,7 +23,6 @@ inline constexpr const char* kMemoryReportPage = R"PAGE(<!doctype html>
   h1 { font-size: 20px; margin: 0 0 4px; }
   h2 { font-size: 16px; margin: 22px 0 6px; }
   #summary { color: #444; margin: 0 0 6px; }
-  #status { font-size: 11px; color: #888; }
   #errors { color: #b00; white-space: pre-wrap; margin: 0; }
   .legend span { display: inline-block; margin-right: 14px; font-size: 12px; }
   .legend i { display: inline-block; width: 11px; height: 11px; margin-right: 4px;
@@ -35,10 +35,9 @@ inline constexpr const char* kMemoryReportPage = R"PAGE(<!doctype html>
   .note { color: #666; font-size: 12px; max-width: 1100px; }
 </style>
 </head>
-<body>
+<body data-render="pending">
 <h1>shardtrain memory report</h1>
 <p id="summary"></p>
-<div id="status">rendering</div>
 <pre id="errors"></pre>
 <script>
 // Installed before anything else runs, so even a broken page reports why.
@@ -47,8 +46,7 @@ function __reportError(text) {
   window.__reportErrors.push(text);
   var e = document.getElementById("errors");
   if (e) e.textContent = "page errors:\n" + window.__reportErrors.join("\n");
-  var s = document.getElementById("status");
-  if (s) s.textContent = "REPORT_ERROR";
+  document.body.setAttribute("data-render", "error");
 }
 window.onerror = function (msg, src, line, col) {
   __reportError(msg + " (line " + line + ":" + col + ")");
@@ -334,7 +332,7 @@ highest peak measured on any rank. The total row compares the peak of the sum.</
   })();
 
   if (window.__reportErrors.length === 0) {
-    document.getElementById("status").textContent = "REPORT_RENDERED_OK";
+    document.body.setAttribute("data-render", "ok");
   }
 })();
 </script>

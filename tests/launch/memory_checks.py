@@ -8,12 +8,15 @@
                   (metrics line of rank 0 and every rank's report); every rank's peak
                   activations within 10% of the prediction; the peak total within 10%. The exact
                   differences of every category are printed.
-  html            one run's DIR/memory_report.html loaded in headless Chromium: the page's own
-                  marker (REPORT_RENDERED_OK, written only when every chart was drawn without an
-                  exception) must be in the DOM and the error list (window.onerror,
-                  console.error, unhandled rejections) empty; a screenshot is taken
-                  (--screenshot PATH, e.g. docs/memory_report.png). Exit 77 (ctest: skipped)
-                  when no chromium is installed.
+  html            one run's DIR/memory_report.html loaded in headless Chromium; from the DOM
+                  the browser leaves: <body data-render="ok"> (set by the page's script only
+                  when every chart was drawn without an exception; nothing a reader sees), the
+                  error list (window.onerror, console.error, unhandled rejections) empty, and
+                  the drawn content itself: the summary text, shapes in the timeline chart, a
+                  rank option per rank, the comparison table with a row per category and a
+                  total;
+                  a screenshot is taken (--screenshot PATH, e.g. docs/memory_report.png). Exit
+                  77 (ctest: skipped) when no chromium is installed.
 """
 import argparse
 import json
@@ -162,15 +165,31 @@ def html(exe, tmp, screenshot):
             "--window-size=1200,1250"]
     dom = subprocess.run(base + ["--dump-dom", "file://" + page], capture_output=True,
                          text=True, timeout=120)
-    status = re.search(r'<div id="status">([^<]*)</div>', dom.stdout)
+    state = re.search(r'<body[^>]*\bdata-render="([^"]*)"', dom.stdout)
     errors = re.search(r'<pre id="errors">([^<]*)</pre>', dom.stdout)
-    print(f"chromium: exit {dom.returncode}; status marker: "
-          f"{status.group(1) if status else None!r}; errors: "
-          f"{errors.group(1) if errors else None!r}")
-    if dom.returncode != 0 or not status or status.group(1) != "REPORT_RENDERED_OK":
-        failures.append("the page did not render (no REPORT_RENDERED_OK marker)")
+    summary = re.search(r'<p id="summary">([^<]+)</p>', dom.stdout)
+    table = re.search(r'<table id="cmp">(.*?)</table>', dom.stdout, re.S)
+    rows = re.findall(r"<tr><td>([a-z_]+)</td>", table.group(1)) if table else []
+    print(f"chromium: exit {dom.returncode}; body data-render: "
+          f"{state.group(1) if state else None!r}; errors: "
+          f"{errors.group(1) if errors else None!r}; summary: "
+          f"{summary.group(1)[:80] if summary else None!r}; comparison rows: {rows}")
+    if dom.returncode != 0 or not state or state.group(1) != "ok":
+        failures.append("the page did not render (body data-render is not \"ok\")")
     if not errors or errors.group(1).strip():
         failures.append(f"the page reported errors: {errors.group(1) if errors else 'no list'}")
+    if not summary:
+        failures.append("the summary line is empty")
+    timeline = re.search(r'<svg id="timeline"[^>]*>(.*?)</svg>', dom.stdout, re.S)
+    shapes = len(re.findall(r"<(?:path|rect|polyline)\b", timeline.group(1))) if timeline else 0
+    print(f"timeline shapes: {shapes}")
+    if shapes == 0:
+        failures.append("the timeline chart is empty")
+    if sorted(rows) != sorted(CATEGORIES + ("total",)):
+        failures.append(f"the comparison table has rows {rows}, expected {list(CATEGORIES)}"
+                        " and total")
+    if "REPORT_" in re.sub(r"<[^>]*>", "", dom.stdout.split("<script", 1)[0]):
+        failures.append("the page shows a test marker to its reader")
     # Every rank appears in the selector; every category in the comparison table.
     if dom.stdout.count("<option") != report["world"]:
         failures.append("the rank selector does not list every rank")
