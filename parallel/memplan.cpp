@@ -122,6 +122,11 @@ class EngineReplay {
     deferred_.clear();
     while (!pending_.empty()) complete_oldest();
   }
+  // ZeroEngine::grad_sq_sum: a scratch of one double per parameter, freed at once.
+  void grad_sq_sum(int64_t slots) {
+    t_.add(kWork, 8 * slots);
+    t_.add(kWork, -8 * slots);
+  }
   void adamw_step() {  // drops every gathered copy
     for (size_t u = 0; u < gathered_.size(); ++u) {
       if (gathered_[u]) t_.add(kParams, -padded_[u] * esz_c_);
@@ -319,6 +324,7 @@ MemPlan plan_memory(const MemPlanInput& in) {
   // 3. Transients: replay train step, evaluation forward, train step (the evaluation leaves
   //    stage 3's embeddings gathered into the next step). Two micro-steps stand for any
   //    grad_accum > 1 (each starts by completing the previous one's reductions).
+  const int64_t slots = ZeroEngine::grad_sq_slots(models::gpt_layout(plan_dims(in)));
   EngineReplay replay(in, padded, shard);
   const int L = int(in.L);
   for (int pass = 0; pass < 2; ++pass) {
@@ -329,6 +335,7 @@ MemPlan plan_memory(const MemPlanInput& in) {
       replay_backward(replay, L);
     }
     replay.finish_backward();
+    replay.grad_sq_sum(slots);
     replay.adamw_step();
     if (pass == 0) {
       replay.begin_pass();

@@ -272,6 +272,12 @@ void ZeroEngine::finish_backward() {
   }
 }
 
+int64_t ZeroEngine::grad_sq_slots(const std::vector<models::UnitLayout>& layout) {
+  int64_t n = 0;
+  for (const auto& u : layout) n += int64_t(u.params.size());
+  return n;
+}
+
 double ZeroEngine::grad_sq_sum() {
   // Over the owned shard at every stage, so the sum (and its rounding) is the same for all:
   // one sum per run of adjacent counted parameters in a unit's shard (padding past the last
@@ -298,13 +304,13 @@ double ZeroEngine::grad_sq_sum() {
     }
   }
   std::vector<double> sums(ranges.size(), 0.0);
-  if (!ranges.empty()) {
-    Tensor out = Tensor::empty({2 * int64_t(ranges.size())}, DType::kF32, alloc_,
-                               MemCategory::kWorkspace, "grad_sq_sums");
-    auto* dev = static_cast<double*>(out.raw());
-    for (size_t i = 0; i < ranges.size(); ++i) be_.sum_squares(dev + i, ranges[i].g, ranges[i].n);
-    be_.download(sums.data(), dev, int64_t(sums.size()) * 8);
-  }
+  const int64_t slots = grad_sq_slots(layout_);
+  ST_CHECK(int64_t(ranges.size()) <= slots, "grad_sq_sum: ", ranges.size(), " runs > ", slots);
+  Tensor out = Tensor::empty({2 * slots}, DType::kF32, alloc_, MemCategory::kWorkspace,
+                             "grad_sq_sums");  // on every rank, even one that owns no run
+  auto* dev = static_cast<double*>(out.raw());
+  for (size_t i = 0; i < ranges.size(); ++i) be_.sum_squares(dev + i, ranges[i].g, ranges[i].n);
+  if (!ranges.empty()) be_.download(sums.data(), dev, int64_t(sums.size()) * 8);
   double local = 0.0;
   for (double x : sums) local += x;
   dp_.all_reduce_f64(&local, 1, /*max=*/false);

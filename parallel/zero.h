@@ -94,6 +94,9 @@ class ZeroEngine final : public models::ParamSource {
   // Sum of squared gradient elements over the whole model, all ranks: each element counted
   // once (ZeRO shards partition it over dp; replicated tp parameters count on tp rank 0).
   double grad_sq_sum();
+  // Its scratch: one double per parameter of `layout` (the most runs a rank can have), so the
+  // bytes are the same on every rank and memplan predicts them.
+  static int64_t grad_sq_slots(const std::vector<models::UnitLayout>& layout);
   // AdamW on the owned shard (grads * grad_scale first), then parameters made whole again.
   void adamw_step(const proto::OptimizerConfig& o, double lr, int64_t step, float grad_scale);
 
