@@ -36,7 +36,13 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--resume", train.resume, "auto | checkpoint directory");
   train_cmd->add_option("--metrics", train.metrics, "write one JSON line per step here");
   train_cmd->add_option("--memory-report", train.memory_report, "write the memory report here");
-  train_cmd->add_option("--export-final", train.export_final, "write final weights (safetensors)");
+  train_cmd->add_option("--export-final", train.export_final,
+                        "write the final weights: FILE.safetensors, or a Hugging Face model "
+                        "directory");
+  std::string train_tokenizer;
+  train_cmd->add_option("--tokenizer", train_tokenizer,
+                        "tokenizer.bpe of the data, exported with the model "
+                        "(same as --set data.tokenizer=...)");
   std::string device;
   train_cmd
       ->add_option("--device", device,
@@ -67,7 +73,10 @@ int main(int argc, char** argv) {
   export_cmd->add_option("--in", exp.in, "checkpoint directory");
   export_cmd->add_option("--config", exp.config, "or: export this config's initial weights");
   export_cmd->add_option("--set", exp.sets, "override a config field (with --config)");
-  export_cmd->add_option("--out", exp.out, "output .safetensors file")->required();
+  export_cmd->add_option("--out", exp.out, "FILE.safetensors, or a Hugging Face model directory")
+      ->required();
+  export_cmd->add_option("--tokenizer", exp.tokenizer,
+                         "tokenizer.bpe written into the directory (default: data.tokenizer)");
 
   launch::TokenizeArgs tok;
   CLI::App* tokenize_cmd =
@@ -122,6 +131,7 @@ int main(int argc, char** argv) {
     log_configure(/*rank=*/0, /*world_size=*/1, log_all_ranks, level);
     if (train_cmd->parsed()) {
       if (!device.empty()) train.sets.push_back("train.device=" + device);  // wins over --set
+      if (!train_tokenizer.empty()) train.sets.push_back("data.tokenizer=" + train_tokenizer);
       return launch::run_train(train, level, log_all_ranks);
     }
     if (export_cmd->parsed() || sample_cmd->parsed()) launch::require_cpu_kernels();
