@@ -90,10 +90,15 @@ int main(int argc, char** argv) {
 
   launch::SampleArgs smp;
   CLI::App* sample_cmd = app.add_subcommand("sample", "generate text from trained weights");
-  sample_cmd->add_option("--ckpt", smp.ckpt, "weights (.safetensors)")->required();
-  sample_cmd->add_option("--tokenizer", smp.tokenizer, "tokenizer.bpe of the training data")
+  sample_cmd->add_option("--ckpt", smp.ckpt, "weights: .safetensors file or model directory")
       ->required();
+  sample_cmd->add_option("--tokenizer", smp.tokenizer, "tokenizer.bpe of the training data");
   sample_cmd->add_option("--prompt", smp.prompt, "text to continue");
+  sample_cmd->add_option("--prompt-ids", smp.prompt_ids, "or: token ids to continue (1,2,3)")
+      ->delimiter(',');
+  sample_cmd->add_option("--logits-out", smp.logits_out,
+                         "write the prompt's logits (positions x vocabulary, fp32) here");
+  sample_cmd->add_flag("--print-ids", smp.print_ids, "print token ids instead of text");
   sample_cmd->add_option("--tokens", smp.tokens, "tokens to generate (default 200)");
   sample_cmd->add_option("--temperature", smp.temperature, "softmax temperature (default 0.8)");
   sample_cmd->add_option("--top-k", smp.top_k, "sample among the k most likely (default 40)");
