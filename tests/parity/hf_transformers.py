@@ -29,6 +29,9 @@ import tempfile
 
 import numpy as np
 
+# Everything is loaded from local directories; no hub look-up, ever.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 try:
     import torch
     import transformers
