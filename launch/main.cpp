@@ -36,7 +36,13 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--resume", train.resume, "auto | checkpoint directory");
   train_cmd->add_option("--metrics", train.metrics, "write one JSON line per step here");
   train_cmd->add_option("--memory-report", train.memory_report, "write the memory report here");
-  train_cmd->add_option("--export-final", train.export_final, "write final weights (safetensors)");
+  train_cmd->add_option("--export-final", train.export_final,
+                        "write the final weights: FILE.safetensors, or a Hugging Face model "
+                        "directory");
+  std::string train_tokenizer;
+  train_cmd->add_option("--tokenizer", train_tokenizer,
+                        "tokenizer.bpe of the data, exported with the model "
+                        "(same as --set data.tokenizer=...)");
   std::string device;
   train_cmd
       ->add_option("--device", device,
@@ -67,7 +73,10 @@ int main(int argc, char** argv) {
   export_cmd->add_option("--in", exp.in, "checkpoint directory");
   export_cmd->add_option("--config", exp.config, "or: export this config's initial weights");
   export_cmd->add_option("--set", exp.sets, "override a config field (with --config)");
-  export_cmd->add_option("--out", exp.out, "output .safetensors file")->required();
+  export_cmd->add_option("--out", exp.out, "FILE.safetensors, or a Hugging Face model directory")
+      ->required();
+  export_cmd->add_option("--tokenizer", exp.tokenizer,
+                         "tokenizer.bpe written into the directory (default: data.tokenizer)");
 
   launch::TokenizeArgs tok;
   CLI::App* tokenize_cmd =
@@ -81,10 +90,15 @@ int main(int argc, char** argv) {
 
   launch::SampleArgs smp;
   CLI::App* sample_cmd = app.add_subcommand("sample", "generate text from trained weights");
-  sample_cmd->add_option("--ckpt", smp.ckpt, "weights (.safetensors)")->required();
-  sample_cmd->add_option("--tokenizer", smp.tokenizer, "tokenizer.bpe of the training data")
+  sample_cmd->add_option("--ckpt", smp.ckpt, "weights: .safetensors file or model directory")
       ->required();
+  sample_cmd->add_option("--tokenizer", smp.tokenizer, "tokenizer.bpe of the training data");
   sample_cmd->add_option("--prompt", smp.prompt, "text to continue");
+  sample_cmd->add_option("--prompt-ids", smp.prompt_ids, "or: token ids to continue (1,2,3)")
+      ->delimiter(',');
+  sample_cmd->add_option("--logits-out", smp.logits_out,
+                         "write the prompt's logits (positions x vocabulary, fp32) here");
+  sample_cmd->add_flag("--print-ids", smp.print_ids, "print token ids instead of text");
   sample_cmd->add_option("--tokens", smp.tokens, "tokens to generate (default 200)");
   sample_cmd->add_option("--temperature", smp.temperature, "softmax temperature (default 0.8)");
   sample_cmd->add_option("--top-k", smp.top_k, "sample among the k most likely (default 40)");
@@ -122,6 +136,7 @@ int main(int argc, char** argv) {
     log_configure(/*rank=*/0, /*world_size=*/1, log_all_ranks, level);
     if (train_cmd->parsed()) {
       if (!device.empty()) train.sets.push_back("train.device=" + device);  // wins over --set
+      if (!train_tokenizer.empty()) train.sets.push_back("data.tokenizer=" + train_tokenizer);
       return launch::run_train(train, level, log_all_ranks);
     }
     if (export_cmd->parsed() || sample_cmd->parsed()) launch::require_cpu_kernels();

@@ -8,14 +8,18 @@
 namespace shardtrain::launch {
 
 struct SampleArgs {
-  std::string ckpt;               // a .safetensors file written by train --export-final or export
+  std::string ckpt;               // weights written by train --export-final or export: a
+                                  // .safetensors file or a model directory
   std::string tokenizer;          // the tokenizer file the training data was encoded with
   std::vector<std::string> sets;  // model fields for files without shardtrain metadata
   std::string prompt;
+  std::vector<int32_t> prompt_ids;  // or: the prompt as token ids (no tokenizer needed)
   int tokens = 200;
   double temperature = 0.8;
-  int top_k = 40;
+  int top_k = 40;  // 1: greedy (the most likely id, the smallest on a tie)
   uint64_t seed = 1;
+  std::string logits_out;  // the prompt's logits, (prompt length, V) fp32, as safetensors
+  bool print_ids = false;  // print the ids (prompt and generated) instead of the text
 };
 
 int run_sample(const SampleArgs& args);

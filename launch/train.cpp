@@ -25,6 +25,7 @@
 
 #include "kernels/cpu/cpu_isa.h"
 #include "launch/device.h"
+#include "launch/hf_export.h"
 #include "launch/memory_report.h"
 #include "models/data.h"
 #include "models/gpt.h"
@@ -90,6 +91,7 @@ struct Run {
   bool has_resumed = false;
   std::string layout_text;
   Communicator* world = nullptr;
+  HfExportPlan export_final;  // --export-final: where, checked at set-up (path empty: none)
 };
 
 // No collective may follow a step that can fail on one rank alone (files, weights): a failing
@@ -108,6 +110,10 @@ std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
   // The report is written at the end; a directory rank 0 cannot write fails now instead.
   if (!args.memory_report.empty() && mpi.world_rank() == 0) {
     prepare_memory_report_dir(args.memory_report);
+  }
+  // The export target and tokenizer are checked now, not after the last step.
+  if (!args.export_final.empty()) {
+    run->export_final = plan_hf_export(args.export_final, "", c, mpi.world_rank() == 0);
   }
   if (c.precision().grad_accum_dtype() != proto::F32) {
     throw UserError("precision.grad_accum_dtype: only F32 gradient accumulation is built so far");
@@ -303,9 +309,8 @@ void train_loop(Run& run, const TrainArgs& args) {
       save(step);
     }
   }
-  if (!args.export_final.empty()) {
-    engine.export_hf(args.export_final, model_text(c));
-    log_info("wrote ", args.export_final);
+  if (!run.export_final.path.empty()) {
+    write_hf_export(run.export_final, engine, c.model(), model_text(c), world_rank == 0);
   }
 }
 
@@ -382,6 +387,7 @@ int run_export(const ExportArgs& args) {
     apply_overrides(config, args.sets);
   }
   validate_config(config, /*world_size=*/0, ValidateFor::kPlan);
+  const HfExportPlan plan = plan_hf_export(args.out, args.tokenizer, config);
   MpiRuntime mpi(nullptr, nullptr);
   auto self = mpi.world().split(mpi.world_rank(), 0);  // a group of one
   TrackingAllocator alloc;
@@ -392,8 +398,7 @@ int run_export(const ExportArgs& args) {
   } else {
     init_weights(engine, config);
   }
-  engine.export_hf(args.out, model_text(config));
-  log_info("wrote ", args.out);
+  write_hf_export(plan, engine, config.model(), model_text(config), /*writer=*/true);
   return 0;
 }
 

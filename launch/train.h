@@ -14,7 +14,7 @@ struct TrainArgs {
   std::string resume;
   std::string metrics;
   std::string memory_report;
-  std::string export_final;
+  std::string export_final;  // a .safetensors file or a model directory (launch/hf_export.h)
   bool dry_run = false;
   // Hidden: no allocator timeline (peaks and counters are still kept), to measure its cost.
   bool no_memory_timeline = false;
@@ -32,7 +32,8 @@ struct ExportArgs {
   std::string in;      // checkpoint directory
   std::string config;  // or: a config, exporting its initial weights (init_from or seeded)
   std::vector<std::string> sets;
-  std::string out;
+  std::string out;        // a .safetensors file or a model directory (launch/hf_export.h)
+  std::string tokenizer;  // tokenizer.bpe for the directory (default: data.tokenizer)
 };
 
 int run_export(const ExportArgs& args);

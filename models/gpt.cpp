@@ -12,8 +12,6 @@ namespace {
 
 namespace k = shardtrain::kernels;
 
-constexpr float kLayerNormEps = 1e-5f;  // GPT-2 (REFERENCE.md)
-
 // Parameter indices inside a block unit, in Hugging Face order.
 enum BlockParam {
   kLn1W,
@@ -174,10 +172,10 @@ void Gpt<S>::layer_norm(Tensor& full, Tensor& mean, Tensor& rstd, const S* x, co
   const k::RowsShape s{rows_, dims_.C};
   if (add != nullptr) {
     be_.residual_layernorm_forward(dt_, res, out, mean.data<float>(), rstd.data<float>(), x, add,
-                                   weight, bias, s, kLayerNormEps);
+                                   weight, bias, s, float(kGptLayerNormEps));
   } else {
     be_.layernorm_forward(dt_, out, mean.data<float>(), rstd.data<float>(), x, weight, bias, s,
-                          kLayerNormEps);
+                          float(kGptLayerNormEps));
   }
   gather_rows(out, full.data<S>());
 }

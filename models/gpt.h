@@ -39,6 +39,9 @@
 
 namespace shardtrain::models {
 
+// LayerNorm's epsilon, GPT-2's (REFERENCE.md); exports write it into config.json.
+constexpr double kGptLayerNormEps = 1e-5;
+
 struct GptDims {
   int64_t L;       // layers
   int64_t H;       // heads

@@ -13,6 +13,7 @@
 #include <map>
 #include <sstream>
 
+#include "runtime/atomic_file.h"
 #include "runtime/crc32c.h"
 #include "runtime/error.h"
 #include "runtime/log.h"
@@ -32,28 +33,6 @@ std::string step_dir_name(int64_t step) {
   char name[32];
   std::snprintf(name, sizeof name, "step_%08lld", (long long)step);
   return name;
-}
-
-void fsync_path(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-}
-
-// Writes `bytes` to `path` through a temporary name, fsynced, then renamed into place.
-void write_atomically(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp";
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (f == nullptr) throw UserError(str_cat(path, ": cannot write"));
-  bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
-  ok = std::fflush(f) == 0 && ::fsync(fileno(f)) == 0 && ok;
-  ok = std::fclose(f) == 0 && ok;
-  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    throw UserError(str_cat(path, ": write failed (disk full?)"));
-  }
 }
 
 // Contiguous global segments of local run [begin, end) of parameter p.
