@@ -428,7 +428,8 @@ std::string inspect_checkpoint(const std::string& dir) {
   }
   const auto& mc = m.config().model();
   os << dir << ": format " << m.format_version() << ", step " << m.step() << ", data position "
-     << m.data_position() << ", loss scale " << m.loss_scaler().scale() << "\n"
+     << m.data_position() << ", loss scale " << m.loss_scaler().scale() << " (clean steps "
+     << m.loss_scaler().clean_steps() << ", overflows " << m.loss_scaler().overflows() << ")\n"
      << "  model: " << mc.n_layer() << " layers, " << mc.n_head() << " heads, width "
      << mc.d_model() << ", vocab " << mc.vocab_size() << ", context " << mc.seq_len() << "\n"
      << "  saved by: " << m.saved_layout() << "\n"

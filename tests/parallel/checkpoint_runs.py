@@ -15,6 +15,7 @@
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -27,21 +28,44 @@ def losses(lines, first):
     return [l["loss"] for l in lines if l["step"] >= first]
 
 
+def scaler_state(env, ckpt):
+    """The loss-scaler line of `shardtrain inspect`: scale, clean steps, overflows."""
+    out = subprocess.run([env.shardtrain, "inspect", ckpt], capture_output=True, text=True,
+                         check=True).stdout
+    m = re.search(r"loss scale (\S+) \(clean steps (\d+), overflows (\d+)\)", out)
+    return m.groups() if m else None
+
+
 def resume_exact(env, tmp):
     failures = []
     for compute in ("F32", "F16"):
         root = os.path.join(tmp, f"ck_{compute}")
+        # fp16: growth every 3 clean steps, so the scale doubles at steps 3, 6, 9 and the saved
+        # growth counter (2 at step 5) decides when the resumed run doubles. A power-of-two
+        # scale cancels exactly, so the losses alone would not see a broken restore.
         sets = ["parallel.zero_stage=2", f"precision.compute={compute}", f"checkpoint.dir={root}",
-                "checkpoint.every=5"]
+                "checkpoint.every=5", "precision.loss_scale.growth_interval=3"]
         straight, _, _ = env.run(2, sets)
         resumed, _, _ = env.run(2, sets + [f"checkpoint.dir={root}_2"],
                                 ["--resume", os.path.join(root, "step_00000005")])
         same = losses(straight, 6) == losses(resumed, 6)
+        scales = [l["loss_scale"] for l in straight if l["step"] >= 6]
+        same_scales = scales == [l["loss_scale"] for l in resumed]
+        saved = scaler_state(env, os.path.join(root, "step_00000005"))
+        final = (scaler_state(env, os.path.join(root, "step_00000010")),
+                 scaler_state(env, os.path.join(f"{root}_2", "step_00000010")))
         print(f"{compute}: steps 6-10 straight {losses(straight, 6)}\n"
-              f"     resumed {losses(resumed, 6)}: bitwise equal {same}; loss scales "
-              f"{[l['loss_scale'] for l in resumed]}")
+              f"     resumed {losses(resumed, 6)}: bitwise equal {same}; loss scales straight "
+              f"{scales}, resumed {[l['loss_scale'] for l in resumed]}; scaler saved at step 5 "
+              f"{saved}, at step 10 straight {final[0]}, resumed {final[1]}")
         if not same or [l["step"] for l in resumed] != [6, 7, 8, 9, 10]:
             failures.append(f"{compute}: resumed run differs from the straight run")
+        if not same_scales or final[0] != final[1] or final[0] is None:
+            failures.append(f"{compute}: the resumed loss scaler differs from the straight run's")
+        if compute == "F16" and (saved != ("131072", "2", "0") or scales[0] == scales[-1]):
+            # Hand count: 65536 doubled once after steps 1-3; steps 4-5 clean.
+            failures.append(f"F16: step 5 saved scaler {saved}, expected 131072 with 2 clean "
+                            "steps, and the scale must grow during steps 6-10")
     # A checkpoint whose tensors disagree with the config is refused, naming file and tensor.
     _, _, p = env.run(2, ["model.d_model=32", f"checkpoint.dir={root}_3"],
                       ["--resume", os.path.join(root, "step_00000005")], check=False)

@@ -11,7 +11,9 @@ small GPT and compares what the runs report (metrics JSON lines, exported weight
   zero_memory      model-state bytes per rank = the ZeRO paper's formula for the dtypes, up to
                    padding (each unit padded to a multiple of dp x 16 elements).
   mixed_precision  bf16 and fp16 track fp32 on the corpus (a slice of the KJV) over 50 steps.
-  overflow         an injected inf on one rank: every rank skips that step, the scale halves.
+  overflow         an injected inf on one rank: every rank skips that step, the scale halves;
+                   and real fp16 overflows (loss scale 2^40, 2^30): skipped on every rank,
+                   weights untouched, the scale backs off until training proceeds.
   fault            a rank failing at step k, or killed, ends the job within 10 s, non-zero.
   cuda_emu         a 2-layer GPT trains 5 steps on the GPU code path with the emulated CUDA
                    kernels (np 1, ZeRO 2/3 at np 2, tp 2 + sequence parallel), matching the
@@ -247,6 +249,45 @@ def overflow(env):
     warned = p.stderr.count("step 3: non-finite gradients, step skipped on every rank")
     if warned != 2:
         failures.append(f"{warned} of 2 ranks reported skipping step 3")
+    return failures + real_overflow(env)
+
+
+def real_overflow(env):
+    """Overflows that really happen in the fp16 backward: a loss scale of 2^40 makes the
+    logits' gradient (scale / 256 tokens per step, times p - onehot) exceed fp16's 65504, so
+    inf reaches the weight gradients through the backward itself, not by injection."""
+    failures = []
+    f16 = ["precision.compute=F16", "parallel.zero_stage=2"]
+    # 1. Every step overflows: each is skipped on every rank, the scale halves per step
+    #    (hysteresis 1), and the weights stay bitwise the initial ones.
+    init = os.path.join(env.tmp, "overflow_init.safetensors")
+    subprocess.run([env.shardtrain, "export", "--config", env.config, "--out", init], check=True,
+                   capture_output=True)
+    lines, w, p = env.run(2, f16 + ["precision.loss_scale.initial=1099511627776", "train.steps=3",
+                                    "train.log_every=1"], ["--log-all-ranks"])
+    got = [(l["loss_scale"], l["skipped"]) for l in lines]
+    want = [(2.0 ** 40, True), (2.0 ** 39, True), (2.0 ** 38, True)]
+    warned = p.stderr.count("non-finite gradients, step skipped on every rank")
+    same = w == open(init, "rb").read()
+    print(f"scale 2^40: (loss_scale, skipped) by step {got}; warnings {warned} (of 6); weights "
+          f"bitwise the initial ones: {same}")
+    if got != want or warned != 6 or not same:
+        failures.append("at scale 2^40 every step must overflow, be skipped on both ranks, halve "
+                        "the scale and leave the weights untouched")
+    # 2. From 2^30 the scaler backs off to a scale that fits and training proceeds.
+    lines, _, _ = env.run(2, f16 + ["precision.loss_scale.initial=1073741824", "train.steps=30",
+                                    "train.log_every=1"])
+    skipped = [l["step"] for l in lines if l["skipped"]]
+    halved = all(b["loss_scale"] == a["loss_scale"] / 2 for a, b in zip(lines, lines[1:])
+                 if a["skipped"])
+    clean = [l for l in lines if not l["skipped"]]
+    print(f"scale 2^30: skipped steps {skipped}; trained at {clean[0]['loss_scale'] if clean else None}"
+          f" from step {clean[0]['step'] if clean else None}; loss {lines[0]['loss']:.3f} -> "
+          f"{lines[-1]['loss']:.3f}")
+    if not lines[0]["skipped"] or not halved or len(clean) < 10 or \
+            lines[-1]["loss"] > lines[0]["loss"] - 0.3:
+        failures.append("from 2^30 the first step must overflow, each overflow halve the scale, "
+                        "and training then proceed (>= 10 clean steps, loss down by 0.3)")
     return failures
 
 
