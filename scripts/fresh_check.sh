@@ -56,6 +56,17 @@ grep -lh '^Acquire::' /etc/apt/apt.conf.d/* 2>/dev/null | while read -r f; do
   cp "$f" "$root/etc/apt/apt.conf.d/"
 done
 cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+# pip inside the root (setup.sh's virtual environment) reaches PyPI as this machine does: its
+# local certificate authorities (ca-certificates, which setup.sh installs, adds them to the
+# bundle; e.g. a site's TLS proxy) and its pip.conf (index, proxy, certificate bundle).
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+  mkdir -p "$root/usr/local/share/ca-certificates"
+  cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+  if [[ -x $root/usr/sbin/update-ca-certificates ]]; then
+    chroot "$root" /usr/sbin/update-ca-certificates >/dev/null
+  fi
+fi
+if [[ -f /etc/pip.conf ]]; then cp /etc/pip.conf "$root/etc/pip.conf"; fi
 for m in proc sys dev; do
   mount --rbind "/$m" "$root/$m"
   mount --make-rslave "$root/$m"
