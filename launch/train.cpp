@@ -224,7 +224,11 @@ void train_loop(Run& run, const TrainArgs& args) {
     st.scaler.set_clean_steps(scaler.clean_steps());
     st.scaler.set_overflows(scaler.overflows());
     parallel::SaveFault fault;
-    if (step == args.save_fault_step) fault.rank = args.fault_rank;
+    if (step == args.save_fault_step) {
+      fault.rank = args.fault_rank;
+      ST_CHECK(parallel::SaveFault::parse(args.save_fault_point, &fault.point),
+               "--fault-point ", args.save_fault_point);
+    }
     parallel::save_checkpoint(ck.dir(), c, st, engine, *run.world, ck.keep(), run.layout_text,
                               fault);
   };

@@ -22,7 +22,8 @@ struct TrainArgs {
   // makes its gradients non-finite at step overflow_step.
   int64_t fault_step = -1;
   int64_t overflow_step = -1;
-  int64_t save_fault_step = -1;  // fault_rank dies half-way through this step's checkpoint
+  int64_t save_fault_step = -1;  // fault_rank dies during this step's checkpoint save,
+  std::string save_fault_point = "mid_piece";  // at this point (parallel::SaveFault)
   int fault_rank = 0;
 };
 

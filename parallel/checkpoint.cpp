@@ -12,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <utility>
 
 #include "runtime/atomic_file.h"
 #include "runtime/crc32c.h"
@@ -142,9 +143,46 @@ std::vector<std::string> all_gather_strings(Communicator& comm, const std::strin
 
 }  // namespace
 
+namespace {
+
+constexpr std::pair<const char*, SaveFault::Point> kSaveFaultPoints[] = {
+    {"mid_piece", SaveFault::Point::kMidPiece},
+    {"after_fsync", SaveFault::Point::kAfterFsync},
+    {"before_manifest", SaveFault::Point::kBeforeManifest},
+    {"after_manifest", SaveFault::Point::kAfterManifest},
+    {"before_rename", SaveFault::Point::kBeforeRename},
+    {"after_rename", SaveFault::Point::kAfterRename},
+    {"before_latest", SaveFault::Point::kBeforeLatest},
+    {"after_latest", SaveFault::Point::kAfterLatest},
+};
+
+// The test hook: dies here if this rank was told to die at this point.
+void fault_point(const SaveFault& fault, int rank, SaveFault::Point point) {
+  if (fault.rank != rank || fault.point != point) return;
+  const char* name = "";
+  for (const auto& [n, p] : kSaveFaultPoints) name = p == point ? n : name;
+  std::fprintf(stderr, "shardtrain: [rank %d] injected death during checkpoint save (%s)\n",
+               rank, name);
+  std::fflush(stderr);
+  std::_Exit(9);
+}
+
+}  // namespace
+
+bool SaveFault::parse(const std::string& name, Point* out) {
+  for (const auto& [n, p] : kSaveFaultPoints) {
+    if (name == n) {
+      *out = p;
+      return true;
+    }
+  }
+  return false;
+}
+
 void save_checkpoint(const std::string& root, const Config& config, const TrainState& state,
                      ZeroEngine& engine, Communicator& world, int keep,
                      const std::string& layout_text, SaveFault fault) {
+  using Point = SaveFault::Point;
   const auto t0 = std::chrono::steady_clock::now();
   const std::string name = step_dir_name(state.step);
   const std::string final_dir = root + "/" + name, tmp_dir = final_dir + ".tmp";
@@ -204,14 +242,14 @@ void save_checkpoint(const std::string& root, const Config& config, const TrainS
                                   offset += bytes;
                                 });
       }
-      if (rank == fault.rank && ri == runs.size() / 2) {
-        std::fflush(f);
-        std::fprintf(stderr, "shardtrain: [rank %d] injected death during checkpoint save\n", rank);
-        std::_Exit(9);  // test hook: die half-way through the file
+      if (ri == runs.size() / 2) {
+        std::fflush(f);  // what was written so far reaches the file: a torn file, not none
+        fault_point(fault, rank, Point::kMidPiece);
       }
     }
     ok = std::fflush(f) == 0 && ::fsync(fileno(f)) == 0 && ok;
     ok = std::fclose(f) == 0 && ok;
+    fault_point(fault, rank, Point::kAfterFsync);
     if (!ok) throw UserError(str_cat(path, ": write failed (disk full?)"));
     written = double(offset);
   } catch (const UserError& e) {
@@ -262,16 +300,22 @@ void save_checkpoint(const std::string& root, const Config& config, const TrainS
     }
     std::string text;
     m.SerializeToString(&text);
+    fault_point(fault, rank, Point::kBeforeManifest);
     write_atomically(tmp_dir + "/" + kManifest, text);
     fsync_path(tmp_dir);
+    fault_point(fault, rank, Point::kAfterManifest);
     std::error_code ec;
     fs::remove_all(final_dir, ec);  // a re-save of the same step replaces it
+    fault_point(fault, rank, Point::kBeforeRename);
     if (std::rename(tmp_dir.c_str(), final_dir.c_str()) != 0) {
       throw UserError(str_cat(final_dir, ": cannot commit the checkpoint directory"));
     }
+    fault_point(fault, rank, Point::kAfterRename);
     fsync_path(root);
+    fault_point(fault, rank, Point::kBeforeLatest);
     write_atomically(root + "/latest", name + "\n");
     fsync_path(root);
+    fault_point(fault, rank, Point::kAfterLatest);
     // Keep the newest `keep`; drop older ones and leftovers of interrupted saves.
     std::vector<std::string> steps;
     for (const auto& e : fs::directory_iterator(root)) {

@@ -36,9 +36,23 @@ struct TrainState {
   proto::LossScalerState scaler;
 };
 
-// Test hook: the rank that should die half-way through writing its file, or -1.
+// Test hook: `rank` (or -1: none) dies (_Exit) at `point` of the save, in commit order.
+// kMidPiece and kAfterFsync apply to any rank; the others are rank 0's commit steps.
 struct SaveFault {
+  enum class Point {
+    kMidPiece,        // half-way through this rank's pieces
+    kAfterFsync,      // this rank's file written and fsynced
+    kBeforeManifest,  // every rank's pieces written, no manifest yet
+    kAfterManifest,   // manifest written into STEP.tmp and synced
+    kBeforeRename,    // just before STEP.tmp is renamed to STEP
+    kAfterRename,     // STEP complete, `latest` still names the previous checkpoint
+    kBeforeLatest,    // the rename synced to disk, `latest` not yet replaced
+    kAfterLatest,     // `latest` names STEP; older checkpoints not yet pruned
+  };
   int rank = -1;
+  Point point = Point::kMidPiece;
+  // "mid_piece", "after_fsync", ... ("after_latest"); false for any other name.
+  static bool parse(const std::string& name, Point* out);
 };
 
 // Collective over `world`. Keeps the newest `keep` checkpoints under `root`.

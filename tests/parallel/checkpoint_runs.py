@@ -9,8 +9,11 @@
                  checkpoint resumes bitwise like the original. bf16 (saved at np=4 tp=2 ZeRO-3)
                  resumes at np=2 ZeRO-1 and np=1 ZeRO-0 within 1e-3 (16-bit activations round
                  differently per layout).
-  save_fault     a rank killed half-way through writing step 4's checkpoint: `latest` still
-                 names step 2, which inspects clean and resumes.
+  save_fault     a rank killed at one point of step 4's save (--rank, --point: each rank's
+                 pieces half-written or fsynced, rank 0 before / after the manifest, the
+                 directory rename and the `latest` update): the disk holds what that point
+                 leaves, `latest` inspects clean, and `--resume auto` continues from it
+                 bitwise like an uninterrupted run.
 """
 import argparse
 import json
@@ -111,26 +114,61 @@ def cross_layout(env, tmp):
     return failures
 
 
-def save_fault(env, tmp):
+# Where a crash during the step-4 save can happen (parallel/checkpoint.h, SaveFault::Point),
+# in commit order, and what must be on disk afterwards: STEP.tmp, the complete STEP, and the
+# checkpoint `latest` names. Before the rename the save is invisible; after it the new
+# directory is complete but only `latest` makes it the one `--resume auto` takes.
+SAVE_FAULT_POINTS = {
+    "mid_piece": dict(tmp=True, manifest=False, final=False, latest="step_00000002"),
+    "after_fsync": dict(tmp=True, manifest=False, final=False, latest="step_00000002"),
+    "before_manifest": dict(tmp=True, manifest=False, final=False, latest="step_00000002"),
+    "after_manifest": dict(tmp=True, manifest=True, final=False, latest="step_00000002"),
+    "before_rename": dict(tmp=True, manifest=True, final=False, latest="step_00000002"),
+    "after_rename": dict(tmp=False, manifest=None, final=True, latest="step_00000002"),
+    "before_latest": dict(tmp=False, manifest=None, final=True, latest="step_00000002"),
+    "after_latest": dict(tmp=False, manifest=None, final=True, latest="step_00000004"),
+}
+
+
+def save_fault(env, tmp, rank, point):
+    """Rank `rank` dies at `point` of step 4's save (checkpoint.every 2, np 2, ZeRO 2): the
+    job ends non-zero, the disk holds what SAVE_FAULT_POINTS says (so the crash happened where
+    intended), whatever `latest` names inspects clean, and `--resume auto` continues from it
+    bitwise like an uninterrupted run."""
+    failures = []
+    want = SAVE_FAULT_POINTS[point]
     root = os.path.join(tmp, "fault")
     sets = ["parallel.zero_stage=2", f"checkpoint.dir={root}", "checkpoint.every=2"]
-    _, _, p = env.run(2, sets, ["--inject-save-fault", "4", "--fault-rank", "1"], check=False)
+    straight, _, _ = env.run(2, sets + [f"checkpoint.dir={tmp}/straight"])
+    _, _, p = env.run(2, sets, ["--inject-save-fault", "4", "--fault-rank", str(rank),
+                                "--fault-point", point], check=False)
+    died = f"[rank {rank}] injected death during checkpoint save ({point})" in p.stderr
+    entries = sorted(os.listdir(root))
     latest = open(os.path.join(root, "latest")).read().strip()
-    print(f"run killed during the step-4 save: exit {p.returncode}; latest -> {latest}; "
-          f"entries {sorted(os.listdir(root))}")
-    failures = []
-    if p.returncode == 0 or latest != "step_00000002":
-        failures.append("latest must still name step_00000002 after a crash mid-save")
-    ins = subprocess.run([env.shardtrain, "inspect", os.path.join(root, latest)],
-                         capture_output=True, text=True)
+    tmp_dir, final = os.path.join(root, "step_00000004.tmp"), os.path.join(root, "step_00000004")
+    got = dict(tmp=os.path.isdir(tmp_dir),
+               manifest=os.path.exists(os.path.join(tmp_dir, "manifest.pb"))
+               if os.path.isdir(tmp_dir) else None,
+               final=os.path.isdir(final), latest=latest)
+    print(f"rank {rank} killed at {point}: exit {p.returncode}, died there: {died}; entries "
+          f"{entries}; state {got}")
+    if p.returncode == 0 or not died:
+        failures.append(f"the run must die at {point} on rank {rank}")
+    if got != want:
+        failures.append(f"after a crash at {point}: {got}, expected {want}")
+    for ckpt in [latest] + (["step_00000004"] if got["final"] else []):
+        ins = subprocess.run([env.shardtrain, "inspect", os.path.join(root, ckpt)],
+                             capture_output=True, text=True)
+        if ins.returncode != 0 or "every checksum verified" not in ins.stdout:
+            failures.append(f"{ckpt} must inspect clean: {ins.stderr.strip()}")
     # --resume auto reads checkpoint.dir: the crashed run's root.
     resumed, _, r = env.run(2, sets, ["--resume", "auto"], check=False)
-    print(f"inspect: {ins.returncode}; resume auto from {root}: exit {r.returncode}, steps "
-          f"{[l['step'] for l in resumed]}")
-    if ins.returncode != 0 or "every checksum verified" not in ins.stdout:
-        failures.append("the previous checkpoint must inspect clean")
-    if r.returncode != 0 or [l["step"] for l in resumed] != list(range(3, 11)):
-        failures.append("resume auto must continue from step 3")
+    first = int(latest[5:]) + 1
+    same = losses(resumed, first) == losses(straight, first)
+    print(f"resume auto from {latest}: exit {r.returncode}, steps {[l['step'] for l in resumed]}, "
+          f"losses bitwise equal to the uninterrupted run's: {same}")
+    if r.returncode != 0 or [l["step"] for l in resumed] != list(range(first, 11)) or not same:
+        failures.append(f"resume auto must continue from step {first} like the uninterrupted run")
     return failures
 
 
@@ -138,13 +176,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shardtrain", required=True)
     ap.add_argument("--check", required=True)
+    ap.add_argument("--rank", type=int, default=1, help="save_fault: the rank that dies")
+    ap.add_argument("--point", default="mid_piece", choices=sorted(SAVE_FAULT_POINTS),
+                    help="save_fault: where it dies")
     a = ap.parse_args()
     os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
     os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     with tempfile.TemporaryDirectory() as tmp:
         env = tr.Env(a.shardtrain, tmp)
         failures = {"resume_exact": resume_exact, "cross_layout": cross_layout,
-                    "save_fault": save_fault}[a.check](env, tmp)
+                    "save_fault": lambda e, t: save_fault(e, t, a.rank, a.point)}[a.check](env, tmp)
     for f in failures:
         print("FAIL:", f)
     sys.exit(1 if failures else 0)
