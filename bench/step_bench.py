@@ -22,7 +22,10 @@ ONEDNN_MAX_CPU_ISA=AVX2 (with ATEN_CPU_CAPABILITY=avx2 for torch) measures an AV
 as an AVX2 one.
 
   /usr/bin/python3 bench/step_bench.py --shardtrain build/bin/shardtrain [--dtype f32|bf16]
-                                       [--device cpu|cuda]
+                                       [--device cpu|cuda] [--model small|gpt2_124m]
+--model gpt2_124m (GPT-2 small, B 16, T 1024) is the GPU figure: on cuda it also prints the
+step time, TFLOP/s of both and their MFU against the peak shardtrain's metrics name for this GPU
+(PyTorch with scaled_dot_product_attention, i.e. FlashAttention).
 """
 import argparse
 import json
@@ -40,8 +43,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import gpt_reference as ref  # noqa: E402
 
 C, L, H, T, V, B = 256, 4, 4, 256, 8192, 8
+# --model gpt2_124m: GPT-2 small (configs/gpt2_124m.pbtxt) at micro-batch 16, for GPUs.
+MODELS = {"small": (256, 4, 4, 256, 8192, 8), "gpt2_124m": (768, 12, 12, 1024, 50257, 16)}
 
-CONFIG = f"""
+def config_text():
+    return f"""
 model {{ n_layer: {L} n_head: {H} d_model: {C} vocab_size: {V} seq_len: {T} }}
 precision {{ compute: {{dtype}} }}
 optimizer {{ lr: 3e-4 weight_decay: 0.1 grad_clip: 1.0 }}
@@ -53,15 +59,19 @@ train {{ steps: {{steps}} seed: 1 log_every: 1000 threads: {{threads}} }}
 def bench_shardtrain(exe, tmp, shard, dtype, steps, threads, warmup, device):
     cfg = os.path.join(tmp, "bench.pbtxt")
     with open(cfg, "w") as f:
-        f.write(CONFIG.replace("{dtype}", "BF16" if dtype == "bf16" else "F32")
+        f.write(config_text().replace("{dtype}", "BF16" if dtype == "bf16" else "F32")
                 .replace("{shard}", shard).replace("{steps}", str(steps))
                 .replace("{threads}", str(threads)))
     metrics = os.path.join(tmp, "m.jsonl")
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     subprocess.run([exe, "train", "--config", cfg, "--metrics", metrics, "--device", device],
                    check=True, env=env, stdout=subprocess.DEVNULL)
-    rates = [json.loads(l)["tokens_per_s"] for l in open(metrics)][warmup:]
-    return statistics.median(rates)
+    lines = [json.loads(l) for l in open(metrics)][warmup:]
+    LAST_METRICS[:] = lines
+    return statistics.median(l["tokens_per_s"] for l in lines)
+
+
+LAST_METRICS = []  # shardtrain's metrics lines after the warm-up, of the last bench_shardtrain
 
 
 def bench_torch(tokens, dtype, steps, threads, warmup, device):
@@ -83,7 +93,7 @@ def bench_torch(tokens, dtype, steps, threads, warmup, device):
                   p + "mlp.c_fc.bias": torch.zeros(4 * C),
                   p + "mlp.c_proj.weight": torch.randn(4 * C, C, generator=g) * 0.02,
                   p + "mlp.c_proj.bias": torch.zeros(C)})
-    model = ref.Gpt(w, L, H).to(device)
+    model = ref.Gpt(w, L, H, sdpa=device == "cuda").to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rates = []
@@ -136,7 +146,10 @@ def main():
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--model", default="small", choices=sorted(MODELS))
     a = ap.parse_args()
+    global C, L, H, T, V, B
+    C, L, H, T, V, B = MODELS[a.model]
     if a.device == "cuda" and (a.dtype != "bf16" or not torch.cuda.is_available()):
         sys.exit("--device cuda needs --dtype bf16 and a GPU visible to torch")
     tokens = np.random.default_rng(0).integers(0, V, size=B * T * (a.steps + 1) + 1)
@@ -165,6 +178,23 @@ def main():
     print(f"  shardtrain: {ours:10.0f} tokens/s")
     print(f"  pytorch {torch.__version__} ({baseline}): {theirs:10.0f} tokens/s")
     print(f"  ratio shardtrain / pytorch: {ours / theirs:.2f}x")
+    if a.device == "cuda":
+        fpt = model_flops_per_token()
+        ms = statistics.median(l["step_ms"] for l in LAST_METRICS)
+        print(f"  shardtrain step {ms:.1f} ms; model FLOPs per token {fpt / 1e6:.1f} M: "
+              f"shardtrain {ours * fpt / 1e12:.1f} TFLOP/s, pytorch {theirs * fpt / 1e12:.1f}")
+        mfu = [l for l in LAST_METRICS if "mfu" in l]
+        if mfu:  # the peak shardtrain matched to this GPU's name: tflops / mfu
+            peak = mfu[-1]["tflops"] / mfu[-1]["mfu"]
+            print(f"  MFU against {peak:.0f} TFLOP/s dense bf16: shardtrain "
+                  f"{ours * fpt / 1e12 / peak:.1%}, pytorch {theirs * fpt / 1e12 / peak:.1%}")
+        print(f"  GPU: {torch.cuda.get_device_name(0)}")
+        print("RESULT " + json.dumps({"model": a.model, "tokens_per_s": ours,
+                                       "pytorch_tokens_per_s": theirs, "step_ms": ms,
+                                       "tflops": ours * fpt / 1e12,
+                                       "pytorch_tflops": theirs * fpt / 1e12,
+                                       "mfu": mfu[-1]["mfu"] if mfu else None,
+                                       "gpu": torch.cuda.get_device_name(0)}))
     if a.device == "cpu":
         fpt = model_flops_per_token()
         achieved = ours * fpt / 1e9

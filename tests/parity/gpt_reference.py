@@ -42,9 +42,11 @@ def read_safetensors(path):
 
 
 class Gpt(torch.nn.Module):
-    def __init__(self, weights, n_layer, n_head):
+    def __init__(self, weights, n_layer, n_head, sdpa=False):
+        """sdpa: attention through F.scaled_dot_product_attention (torch >= 2.0; on a GPU the
+        FlashAttention kernels), for speed comparisons; the default spells it out."""
         super().__init__()
-        self.n_layer, self.n_head = n_layer, n_head
+        self.n_layer, self.n_head, self.sdpa = n_layer, n_head, sdpa
         self.p = torch.nn.ParameterDict(
             {k.replace(".", "__"): torch.nn.Parameter(v.clone()) for k, v in weights.items()})
 
@@ -56,16 +58,20 @@ class Gpt(torch.nn.Module):
         C = self.w("wte.weight").shape[1]
         H, D = self.n_head, C // self.n_head
         x = self.w("wte.weight")[idx] + self.w("wpe.weight")[:T]
-        mask = torch.ones(T, T, dtype=torch.bool).tril()
+        mask = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
         for i in range(self.n_layer):
             h = lambda n: self.w(f"h.{i}.{n}")
             a = F.layer_norm(x, (C,), h("ln_1.weight"), h("ln_1.bias"), 1e-5)
             qkv = a @ h("attn.c_attn.weight") + h("attn.c_attn.bias")
             q, k, v = qkv.split(C, dim=2)
             q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))
-            att = (q @ k.transpose(-2, -1)) / math.sqrt(D)
-            att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-            y = (att @ v).transpose(1, 2).reshape(B, T, C)
+            if self.sdpa:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                att = (q @ k.transpose(-2, -1)) / math.sqrt(D)
+                att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+                y = att @ v
+            y = y.transpose(1, 2).reshape(B, T, C)
             x = x + y @ h("attn.c_proj.weight") + h("attn.c_proj.bias")
             m = F.layer_norm(x, (C,), h("ln_2.weight"), h("ln_2.bias"), 1e-5)
             m = F.gelu(m @ h("mlp.c_fc.weight") + h("mlp.c_fc.bias"), approximate="tanh")

@@ -18,6 +18,7 @@
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
 #include "runtime/dtype.h"
+#include "tests/gpu_skip.h"
 
 namespace shardtrain::kernels {
 namespace {
@@ -36,7 +37,7 @@ const std::string& no_gpu_reason() {
   return reason;
 }
 #define SKIP_WITHOUT_GPU \
-  if (!no_gpu_reason().empty()) GTEST_SKIP() << no_gpu_reason()
+  if (!no_gpu_reason().empty()) ST_GPU_UNAVAILABLE(no_gpu_reason())
 
 struct Case {
   GemmShape shape;  // (m, n, k, batch)

@@ -1,7 +1,7 @@
 // gpu_ops_test.cpp — the GPU op set on a real GPU (namespace cuda, device memory), against the
 // CPU backend on the same table of cases the emulator runs (tests/kernels/gpu_ops_cases.inc).
 // Built only when nvcc is found (SHARDTRAIN_HAVE_CUDA), labelled `gpu`. Without a usable GPU
-// every case GTEST_SKIP()s with the reason: cudaGetDeviceCount's error (35, insufficient
+// every case GTEST_SKIP()s (fails with SHARDTRAIN_REQUIRE_GPU=1) with the reason: cudaGetDeviceCount's error (35, insufficient
 // driver, or 100, no device, on the machines here) is detected, reported and cleared, never
 // treated as a crash.
 #include <cuda_runtime_api.h>
@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/cuda/ops.h"
+#include "tests/gpu_skip.h"
 
 namespace shardtrain::kernels {
 namespace {
@@ -66,5 +67,5 @@ class DeviceVec {
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess); \
   } while (0)
 #define ST_SKIP_WITHOUT_DEVICE \
-  if (!device_unavailable_reason().empty()) GTEST_SKIP() << device_unavailable_reason()
+  if (!device_unavailable_reason().empty()) ST_GPU_UNAVAILABLE(device_unavailable_reason())
 #include "tests/kernels/gpu_ops_cases.inc"

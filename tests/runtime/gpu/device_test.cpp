@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "runtime/allocator.h"
+#include "tests/gpu_skip.h"
 
 namespace shardtrain {
 namespace {
@@ -22,7 +23,7 @@ const CudaDeviceCount& probe() {
 }
 
 #define SKIP_WITHOUT_DEVICE \
-  if (probe().count == 0) GTEST_SKIP() << probe().reason
+  if (probe().count == 0) ST_GPU_UNAVAILABLE(probe().reason)
 
 TEST(CudaDeviceProbe, ReportsDevicesOrAReadableReason) {
   const CudaDeviceCount p = cuda_device_count();

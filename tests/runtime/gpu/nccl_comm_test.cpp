@@ -13,6 +13,7 @@
 
 #include "runtime/cuda/device.h"
 #include "runtime/dtype.h"
+#include "tests/gpu_skip.h"
 #include "tests/parallel/mpi_test_main.h"
 
 namespace shardtrain {
@@ -50,7 +51,7 @@ class NcclEnvironment final : public ::testing::Environment {
 };
 
 #define SKIP_WITHOUT_GPUS \
-  if (!unavailable_reason().empty()) GTEST_SKIP() << unavailable_reason()
+  if (!unavailable_reason().empty()) ST_GPU_UNAVAILABLE(unavailable_reason())
 
 float contribution(int rank, int64_t i) { return float(rank + 1) + float(i % 3); }
 float expected_sum(int n, int64_t i) { return float(n * (n + 1) / 2) + float(n) * float(i % 3); }
