@@ -115,7 +115,8 @@ def bench_torch(tokens, dtype, steps, threads, warmup, device):
 
 def model_flops_per_token():
     """6 N + 12 L C T (PaLM, appendix B): N = L * 12 C^2 (attention and MLP matmuls) + C V (the
-    tied head); 12 L C T counts the attention scores and their weighted sum, forward+backward."""
+    tied head); 12 L C T counts the attention scores and their weighted sum, forward+backward.
+    models/flops.h (train's `tflops` and `mfu`) is the same formula."""
     n = L * 12 * C * C + C * V
     return 6 * n + 12 * L * C * T
 

@@ -28,6 +28,9 @@ struct RunDevice {
   kernels::Backend* backend = nullptr;       // owned, or the CPU singleton
   std::unique_ptr<Communicator> world;       // cuda: the NCCL world the groups split from
   std::unique_ptr<Communicator> dp, tp;      // tp: null when tp == 1
+  // cuda: this rank's GPU as cudaGetDeviceProperties names it ("NVIDIA H100 80GB HBM3"), which
+  // picks the MFU peak (runtime/gpu_peak.h); empty on cpu and cuda-emu, which have no peak.
+  std::string gpu_name;
 };
 
 // Collective over the MPI world. World = dp x tp with the tp ranks of a group adjacent: world

@@ -66,6 +66,7 @@ void make_cuda_device(RunDevice& d, MpiRuntime& mpi, int tp, bool record_timelin
   d.dp = on_stream(world->split(w % tp, w / tp), stream);
   if (tp > 1) d.tp = on_stream(world->split(w / tp, w % tp), stream);
   d.world = std::move(world);
+  if (have_prop) d.gpu_name = prop.name;
 }
 
 }  // namespace shardtrain::launch

@@ -6,6 +6,12 @@
 // AdamW. The loss is the mean over every target token of the step's global batch, so each
 // micro-step's backward is weighted by loss_scale / (B * T * grad_accum * dp).
 //
+// Throughput per step (metrics and the progress line): `tflops` is the step's model FLOPs
+// (models/flops.h: 6 N + 12 L C T per token, PaLM's count) over its time, per device, i.e.
+// divided by the world size (dp x tp: each rank does its share); `mfu` divides that by the
+// GPU's dense bf16/fp16 peak where runtime/gpu_peak.h knows the GPU (cuda only); `eta_s` is the
+// steps left times the mean step time of the recent steps (RecentStepTime below).
+//
 // Failure: problems found while setting up (config, data files, weights) are agreed on by
 // all ranks, reported once by the lowest failing rank, and every rank exits 2. A failure
 // during training is one rank's: it is reported and MPI_Abort ends the whole job at once.
@@ -18,9 +24,11 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <deque>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <thread>
 
 #include "kernels/cpu/cpu_isa.h"
@@ -28,6 +36,7 @@
 #include "launch/hf_export.h"
 #include "launch/memory_report.h"
 #include "models/data.h"
+#include "models/flops.h"
 #include "models/gpt.h"
 #include "parallel/checkpoint.h"
 #include "parallel/loss_scaler.h"
@@ -35,6 +44,7 @@
 #include "parallel/zero.h"
 #include "runtime/config.h"
 #include "runtime/error.h"
+#include "runtime/gpu_peak.h"
 #include "runtime/log.h"
 #include "runtime/mpi_comm.h"
 
@@ -74,6 +84,49 @@ void init_weights(parallel::ZeroEngine& engine, const Config& c) {
   } else {
     engine.init_random(c.train().seed());
   }
+}
+
+// The time one step takes now, for the ETA: the mean of the last kWindow steps' times, leaving
+// out the first step this process runs (fresh or resumed), which also builds the oneDNN /
+// cuBLASLt plans, grows the allocator's cache and first-touches every buffer (2-5x a later
+// step of the tiny test GPT on the cpu backend here). Until a second step exists the first is
+// all there is. Ten steps follow a change of speed (another job on the node) within ten steps
+// and average out the step-to-step noise (up to 1.7x on shared cores). Evaluation and
+// checkpoint time are not step time, so the ETA leaves them out too.
+class RecentStepTime {
+ public:
+  static constexpr size_t kWindow = 10;
+  // Adds one step's time in seconds; returns the estimate of a step's time from here on.
+  double add(double secs) {
+    if (steps_++ == 0) return secs;
+    window_.push_back(secs);
+    if (window_.size() > kWindow) window_.pop_front();
+    double sum = 0.0;  // oldest first, as tests/parallel/train_runs.py recomputes it
+    for (double s : window_) sum += s;
+    return sum / double(window_.size());
+  }
+
+ private:
+  int64_t steps_ = 0;
+  std::deque<double> window_;
+};
+
+// "42s", "12m05s", "1h02m", "3d04h": two units at most, the last one rounded.
+std::string format_eta(double secs) {
+  char text[32];
+  secs = std::max(secs, 0.0);
+  const long long s = std::llround(secs), m = std::llround(secs / 60),
+                  h = std::llround(secs / 3600);
+  if (s < 60) {
+    std::snprintf(text, sizeof text, "%llds", s);
+  } else if (s < 3600) {
+    std::snprintf(text, sizeof text, "%lldm%02llds", s / 60, s % 60);
+  } else if (m < 24 * 60) {
+    std::snprintf(text, sizeof text, "%lldh%02lldm", m / 60, m % 60);
+  } else {
+    std::snprintf(text, sizeof text, "%lldd%02lldh", h / 24, h % 24);
+  }
+  return text;
 }
 
 // Everything a run needs, built before the first step.
@@ -226,14 +279,29 @@ void train_loop(Run& run, const TrainArgs& args) {
     parallel::SaveFault fault;
     if (step == args.save_fault_step) {
       fault.rank = args.fault_rank;
-      ST_CHECK(parallel::SaveFault::parse(args.save_fault_point, &fault.point),
-               "--fault-point ", args.save_fault_point);
+      ST_CHECK(parallel::SaveFault::parse(args.save_fault_point, &fault.point), "--fault-point ",
+               args.save_fault_point);
     }
     parallel::save_checkpoint(ck.dir(), c, st, engine, *run.world, ck.keep(), run.layout_text,
                               fault);
   };
   std::vector<int32_t> inputs(size_t(run.B * run.T)), targets(size_t(run.B * run.T));
   const int64_t tokens_per_step = run.B * run.T * run.accum * run.dev.dp->size();
+  // Model FLOPs of a whole step, shared by the world's dp x tp ranks.
+  const int64_t world_size = run.dev.dp->size() * run.dims.tp;
+  const double flops_per_token = models::gpt_train_flops_per_token(run.dims, run.T);
+  const double step_flops = flops_per_token * double(tokens_per_step);
+  const std::optional<double> peak_tflops = gpu_dense_peak_tflops(run.dev.gpu_name, dtype_of<S>());
+  std::string mfu_note;  // cpu and cuda-emu have no GPU to name, and no peak
+  if (peak_tflops) {
+    mfu_note = str_cat("; mfu against ", run.dev.gpu_name, "'s ", *peak_tflops, " TFLOP/s");
+  } else if (!run.dev.gpu_name.empty()) {
+    mfu_note = str_cat("; no mfu: no ", dtype_name(dtype_of<S>()), " peak for ", run.dev.gpu_name,
+                       " in runtime/gpu_peak.h");
+  }
+  log_info("model FLOPs: ", flops_per_token, " per token (6 N + 12 L C T), ", step_flops,
+           " per step, shared by ", world_size, " devices", mfu_note);
+  RecentStepTime recent;
   const int world_rank =
       run.dev.dp->rank() * int(run.dims.tp) + (run.dev.tp ? run.dev.tp->rank() : 0);
   const int64_t first_step = run.has_resumed ? run.resumed.step + 1 : 1;
@@ -273,6 +341,8 @@ void train_loop(Run& run, const TrainArgs& args) {
                loss_scale, " -> ", scaler.scale());
     }
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double eta_s = double(run.steps - step) * recent.add(secs);
+    const double tflops = step_flops / secs / double(world_size) / 1e12;
     const int64_t comm_bytes = run.dev.dp->bytes_sent() - comm_before;
     const int64_t tp_comm_bytes = run.dev.tp ? run.dev.tp->bytes_sent() - tp_comm_before : 0;
 
@@ -289,10 +359,13 @@ void train_loop(Run& run, const TrainArgs& args) {
                         {"skipped", skipped},
                         {"tokens_per_s", double(tokens_per_step) / secs},
                         {"step_ms", secs * 1e3},
+                        {"eta_s", eta_s},
+                        {"tflops", tflops},
                         {"mem_peak_bytes", mem.peak_total},
                         {"mem_live_bytes", live},
                         {"comm_bytes", comm_bytes},
                         {"tp_comm_bytes", tp_comm_bytes}};
+    if (peak_tflops) m["mfu"] = tflops / *peak_tflops;  // absent, not null, without a peak
     const bool do_eval = run.val && (step % c.train().eval_every() == 0 || step == run.steps);
     if (do_eval) {
       run.dev.alloc->set_phase("eval");
@@ -305,7 +378,11 @@ void train_loop(Run& run, const TrainArgs& args) {
                     "step %5lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | %.1f ms",
                     (long long)step, (long long)run.steps, loss, lr, grad_norm,
                     double(tokens_per_step) / secs, secs * 1e3);
-      std::string text = line;
+      std::string text = str_cat(line, " | eta ", format_eta(eta_s));
+      if (peak_tflops) {
+        std::snprintf(line, sizeof line, " | mfu %.1f%%", 100.0 * tflops / *peak_tflops);
+        text += line;
+      }
       if (do_eval) text += str_cat(" | val_loss ", m["val_loss"].get<double>());
       log_info(text);
     }
