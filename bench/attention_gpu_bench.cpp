@@ -25,13 +25,13 @@ namespace {
 
 namespace kernels = shardtrain::kernels;
 
-#define BENCH_CHECK(expr)                                                                \
-  do {                                                                                   \
-    const cudaError_t e_ = (expr);                                                       \
-    if (e_ != cudaSuccess) {                                                             \
+#define BENCH_CHECK(expr)                                                                   \
+  do {                                                                                      \
+    const cudaError_t e_ = (expr);                                                          \
+    if (e_ != cudaSuccess) {                                                                \
       std::fprintf(stderr, "attention_gpu_bench: %s: %s\n", #expr, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                      \
-    }                                                                                    \
+      std::exit(1);                                                                         \
+    }                                                                                       \
   } while (0)
 
 // Median milliseconds of fn over 20 event-timed calls after 3 warm-ups.
@@ -81,15 +81,15 @@ void run(const char* dtype, kernels::AttentionShape s, const char* gpu) {
   BENCH_CHECK(cudaMalloc(reinterpret_cast<void**>(&lse), size_t(s.batch * s.heads * s.seq) * 4));
   BENCH_CHECK(cudaMalloc(reinterpret_cast<void**>(&ws),
                          size_t(kernels::cuda::attention_backward_workspace_numel(s)) * 4));
-  const double fwd = median_ms([&] {
-    BENCH_CHECK(kernels::cuda::attention_forward<T>(out, lse, qkv, s, nullptr));
-  });
+  const double fwd = median_ms(
+      [&] { BENCH_CHECK(kernels::cuda::attention_forward<T>(out, lse, qkv, s, nullptr)); });
   const double bwd = median_ms([&] {
     BENCH_CHECK(kernels::cuda::attention_backward<T>(dqkv, dout, qkv, out, lse, ws, s, nullptr));
   });
   const double pairs = double(s.batch * s.heads) * double(s.seq) * double(s.seq + 1) / 2;
   const double product = 2.0 * double(s.head_dim) * pairs;
-  for (auto [pass, ms, products] : {std::tuple{"forward", fwd, 2.0}, std::tuple{"backward", bwd, 5.0}}) {
+  for (auto [pass, ms, products] :
+       {std::tuple{"forward", fwd, 2.0}, std::tuple{"backward", bwd, 5.0}}) {
     std::printf(
         "{\"impl\": \"shardtrain\", \"dtype\": \"%s\", \"pass\": \"%s\", \"B\": %lld, \"T\": %lld, "
         "\"H\": %lld, \"D\": %lld, \"ms\": %.4f, \"tflops\": %.2f, \"gpu\": \"%s\"}\n",

@@ -161,8 +161,8 @@ void fault_point(const SaveFault& fault, int rank, SaveFault::Point point) {
   if (fault.rank != rank || fault.point != point) return;
   const char* name = "";
   for (const auto& [n, p] : kSaveFaultPoints) name = p == point ? n : name;
-  std::fprintf(stderr, "shardtrain: [rank %d] injected death during checkpoint save (%s)\n",
-               rank, name);
+  std::fprintf(stderr, "shardtrain: [rank %d] injected death during checkpoint save (%s)\n", rank,
+               name);
   std::fflush(stderr);
   std::_Exit(9);
 }

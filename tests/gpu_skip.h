@@ -18,10 +18,10 @@ inline bool gpu_required() {
 }  // namespace shardtrain::testing
 
 // In a test body (or a void helper): skip, or fail under SHARDTRAIN_REQUIRE_GPU=1.
-#define ST_GPU_UNAVAILABLE(reason)                                    \
-  do {                                                                \
-    if (::shardtrain::testing::gpu_required()) {                      \
-      GTEST_FAIL() << "SHARDTRAIN_REQUIRE_GPU=1, but " << (reason);   \
-    }                                                                 \
-    GTEST_SKIP() << (reason);                                         \
+#define ST_GPU_UNAVAILABLE(reason)                                  \
+  do {                                                              \
+    if (::shardtrain::testing::gpu_required()) {                    \
+      GTEST_FAIL() << "SHARDTRAIN_REQUIRE_GPU=1, but " << (reason); \
+    }                                                               \
+    GTEST_SKIP() << (reason);                                       \
   } while (0)

@@ -1,9 +1,9 @@
 // gpu_ops_test.cpp — the GPU op set on a real GPU (namespace cuda, device memory), against the
 // CPU backend on the same table of cases the emulator runs (tests/kernels/gpu_ops_cases.inc).
 // Built only when nvcc is found (SHARDTRAIN_HAVE_CUDA), labelled `gpu`. Without a usable GPU
-// every case GTEST_SKIP()s (fails with SHARDTRAIN_REQUIRE_GPU=1) with the reason: cudaGetDeviceCount's error (35, insufficient
-// driver, or 100, no device, on the machines here) is detected, reported and cleared, never
-// treated as a crash.
+// every case GTEST_SKIP()s (fails with SHARDTRAIN_REQUIRE_GPU=1) with the reason:
+// cudaGetDeviceCount's error (35, insufficient driver, or 100, no device, on the machines here) is
+// detected, reported and cleared, never treated as a crash.
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
