@@ -432,12 +432,10 @@ def cuda_emu(env):
         # >= 3x the measurement; a broken kernel moves them by tens of percent.
         loss = max(rel(e["loss"], c["loss"]) for e, c in zip(got, cpu))
         norm = max(rel(e["grad_norm"], c["grad_norm"]) for e, c in zip(got, cpu))
-        g, c = read_weights(w), read_weights(cpu_w)
-        if set(g) != set(w0) or set(c) != set(w0):
+        if set(read_weights(w)) != set(w0) or set(read_weights(cpu_w)) != set(w0):
             failures.append(f"np={np_} {sets}: exported tensor names differ")
             continue
-        change = {k: float(np.linalg.norm((g[k] - w0[k]) - (c[k] - w0[k])) /
-                           max(np.linalg.norm(c[k] - w0[k]), 1e-30)) for k in w0}
+        change = weight_changes(w, cpu_w, w0)
         where = max(change, key=change.get)
         print(f"np={np_} {' '.join(sets)}: cuda-emu vs cpu, worst per step: loss {loss:.2e} "
               f"(losses {[round(e['loss'], 5) for e in got]}), grad_norm {norm:.2e}; weight "
@@ -466,120 +464,71 @@ def cuda_emu(env):
     return failures
 
 
+def weight_changes(w, ref_w, w0):
+    """Per tensor: |change of w - change of ref| / |change of ref| (L2), changes from w0."""
+    g, r = read_weights(w), read_weights(ref_w)
+    return {k: float(np.linalg.norm((g[k] - w0[k]) - (r[k] - w0[k])) /
+                     max(np.linalg.norm(r[k] - w0[k]), 1e-30)) for k in w0}
+
+
 def cuda_gpu(env):
-    """ctest -L gpu: train.device cuda on real GPUs (one per rank) matches cuda-emu, the same
-    host code and kernel source run on the CPU, and keeps ZeRO's bitwise promise across stages.
-    Skips (exit 77) with shardtrain's own reason where no GPU can be used."""
+    """ctest -L gpu and gpu-bundle/gpu_check.sh: train.device cuda on real GPUs (one per rank)
+    matches cuda-emu, the same host code and kernel source run on the CPU, with cuda_emu's
+    probe settings and bounds (per step loss 5e-4, grad_norm 2e-3; each tensor's weight change
+    3e-2), in bf16 and fp16; with two GPUs also ZeRO 3 and its bitwise equality to ZeRO 0.
+    Skips (exit 77) with shardtrain's reason where no GPU can be used, or fails under
+    SHARDTRAIN_REQUIRE_GPU=1."""
     failures = []
-    base = ["train.steps=5", "model.d_model=128", "model.n_head=2", "data.micro_batch=2",
-            "precision.compute=BF16"]
-    for np_, sets in [(1, []), (2, ["parallel.zero_stage=3"])]:
+    base = ["optimizer.eps=1", "optimizer.lr=0.3", "optimizer.min_lr=0.03", "train.steps=5",
+            "model.d_model=128", "model.n_head=2", "data.micro_batch=2"]
+    init = os.path.join(env.tmp, "cuda_gpu_init.safetensors")
+    cmd = [env.shardtrain, "export", "--config", env.config, "--out", init]
+    for s in base:
+        cmd += ["--set", s]
+    subprocess.run(cmd, check=True, capture_output=True)
+    w0 = read_weights(open(init, "rb").read())
+    runs = [(1, ["precision.compute=BF16"]), (1, ["precision.compute=F16"])]
+    if env_np() >= 2:
+        runs.append((2, ["precision.compute=BF16", "parallel.zero_stage=3"]))
+    for np_, sets in runs:
         got, w, p = env.run(np_, base + sets, extra=["--device", "cuda"], check=False)
         if p.returncode == 2 and "train.device cuda: " in p.stderr:
             reason = [x for x in p.stderr.splitlines() if "train.device cuda: " in x][0]
             if np_ == 1:
                 print(f"SKIP: {reason}")
-                sys.exit(77)
+                sys.exit(1 if os.environ.get("SHARDTRAIN_REQUIRE_GPU") == "1" else 77)
             print(f"np={np_} not run: {reason}")  # fewer GPUs than ranks
             break
-        if p.returncode != 0:
-            failures.append(f"np={np_} cuda run failed ({p.returncode}): {p.stderr[-2000:]}")
+        if p.returncode != 0 or len(got) != 5:
+            failures.append(f"np={np_} {sets}: cuda run failed ({p.returncode}): "
+                            f"{p.stderr[-2000:]}")
             continue
-        ref, _, _ = env.run(np_, base + sets, extra=["--device", "cuda-emu"])
-        # Tolerance: as cuda_emu against the CPU: cuBLASLt's GEMMs sum in their own order
-        # (fp32 accumulation over K <= 512 here), a few bf16 ulps per value, averaged over the
-        # loss's tokens; 1% fails a broken kernel or a missing stream dependency.
-        worst = max(rel(g["loss"], r["loss"]) for g, r in zip(got, ref))
-        print(f"np={np_} {' '.join(sets)}: cuda {[round(g['loss'], 5) for g in got]} vs "
-              f"cuda-emu {[round(r['loss'], 5) for r in ref]}: worst rel diff {worst:.2e}")
-        if len(got) != 5 or worst > 0.01:
-            failures.append(f"np={np_} {sets}: cuda differs from cuda-emu by {worst:.2e}")
+        ref, ref_w, _ = env.run(np_, base + sets, extra=["--device", "cuda-emu"])
+        loss = max(rel(g["loss"], r["loss"]) for g, r in zip(got, ref))
+        norm = max(rel(g["grad_norm"], r["grad_norm"]) for g, r in zip(got, ref))
+        change = weight_changes(w, ref_w, w0)
+        where = max(change, key=change.get)
+        print(f"np={np_} {' '.join(sets)}: cuda vs cuda-emu, worst per step: loss {loss:.2e} "
+              f"(losses {[round(g['loss'], 5) for g in got]}), grad_norm {norm:.2e}; weight "
+              f"change {change[where]:.2e} ({where}); step_ms {[g['step_ms'] for g in got]}")
+        if loss > 5e-4 or norm > 2e-3 or change[where] > 3e-2:
+            failures.append(f"np={np_} {sets}: cuda differs from cuda-emu: loss {loss:.2e}, "
+                            f"grad_norm {norm:.2e}, change of {where} {change[where]:.2e}")
         if np_ == 2:
-            s0, w0, _ = env.run(np_, base + ["parallel.zero_stage=0"], extra=["--device", "cuda"])
-            same = [a["loss"] for a in s0] == [b["loss"] for b in got] and w0 == w
+            s0, w0_, _ = env.run(np_, base + ["precision.compute=BF16", "parallel.zero_stage=0"],
+                                 extra=["--device", "cuda"])
+            same = [a["loss"] for a in s0] == [b["loss"] for b in got] and w0_ == w
             print(f"cuda np=2 ZeRO 0 vs ZeRO 3 bitwise equal: {same}")
             if not same:
                 failures.append("cuda ZeRO 0 and ZeRO 3 differ")
     return failures
 
 
-def model_flops_per_token(L, C, V, T):
-    """Training FLOPs per token, PaLM appendix B / Megatron-LM (Narayanan et al. 2021), written
-    out here apart from models/flops.h: 6 x the matmul parameters (12 L C^2 per layer plus the
-    tied head C V, the model's vocabulary) plus 12 L C T for Q K^T and P V, forward and
-    backward, the full T x T square (no causal halving)."""
-    return 6 * (12 * L * C * C + C * V) + 12 * L * C * T
+def env_np():
+    return NP
 
 
-def parse_eta(text):
-    """'42s' / '12m05s' / '1h02m' / '3d04h' -> (seconds, half the last unit: the rounding)."""
-    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-    parts = re.findall(r"(\d+)([dhms])", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        return None, None
-    return sum(int(n) * units[u] for n, u in parts), units[parts[-1][1]] / 2
-
-
-def metrics(env):
-    """tflops, eta_s and mfu in the metrics lines, and the eta in the progress line. tflops is
-    per device: the whole step's model FLOPs over its time, divided by the world size (dp x tp).
-    eta_s is the steps left times the mean step time of the last (up to) 10 steps, the run's
-    first step left out (warm-up; it alone is used at step 1), recomputed here from the lines'
-    own step_ms; the lines are the only clock both sides share, so the bounds are rounding only:
-    1e-6 for tflops (JSON prints doubles to round-trip), 1e-9 for eta_s (ms vs s, summation).
-    mfu exists only on `cuda` with a GPU in runtime/gpu_peak.h: never here."""
-    failures = []
-    cfg = open(env.config).read()
-    vocab = int(re.search(r"vocab_size: (\d+)", cfg).group(1))
-    emu = ["train.device=cuda-emu", "precision.compute=BF16", "model.d_model=128",
-           "model.n_head=2", "data.micro_batch=2", "train.steps=5"]
-    # (name, np, sets, C, B, dp): L 2, T 32, grad_accum 1 from CONFIG.
-    runs = [("cpu dp 2", 2, [], 64, 4, 2),
-            ("cpu tp 2", 2, ["parallel.tp=2"], 64, 4, 1),
-            ("cuda-emu", 1, emu, 128, 2, 1)]
-    for name, np_, sets, C, B, dp in runs:
-        lines, _, p = env.run(np_, sets + ["train.log_every=1"])
-        L, T, steps = 2, 32, len(lines)
-        fpt = model_flops_per_token(L, C, vocab, T)
-        tokens = B * T * dp
-        worst_tflops = max(rel(m["tflops"], fpt * tokens / (m["step_ms"] / 1e3) / np_ / 1e12)
-                           for m in lines)
-        ms = [m["step_ms"] for m in lines]
-        want = [(steps - k - 1) * (ms[0] if k == 0 else sum(ms[max(1, k - 9):k + 1]) /
-                                   len(ms[max(1, k - 9):k + 1])) / 1e3 for k in range(steps)]
-        worst_eta = max(abs(m["eta_s"] - w) / max(w, 1e-30) if w > 0 else abs(m["eta_s"])
-                        for m, w in zip(lines, want))
-        etas = [m["eta_s"] for m in lines]
-        # Decreasing-ish: the ETA of a step with at least 4x the steps left of a later one is
-        # larger, unless the recent mean step time grew 4x in between (never on a quiet run).
-        rising = [(i + 1, j + 1) for i in range(steps) for j in range(i + 1, steps - 1)
-                  if steps - i - 1 >= 4 * (steps - j - 1) and etas[i] <= etas[j]]
-        progress = {int(g[0]): g[1] for g in
-                    re.findall(r"step\s+(\d+)/\d+ \|[^\n]*\| eta (\S+)", p.stdout)}
-        shown = []
-        for m in lines:
-            secs, half = parse_eta(progress.get(m["step"], ""))
-            shown.append(secs is not None and abs(secs - m["eta_s"]) <= half + 1e-6)
-        print(f"{name}: {steps} steps, tflops {lines[-1]['tflops']:.3e} (model FLOPs/token "
-              f"{fpt}, {tokens} tokens/step, world {np_}): worst rel diff {worst_tflops:.1e}; "
-              f"eta_s {[round(e, 4) for e in etas]}: worst rel diff {worst_eta:.1e}; first step "
-              f"{ms[0]:.1f} ms, later {min(ms[1:]):.1f}-{max(ms[1:]):.1f} ms; progress etas "
-              f"{[progress.get(m['step']) for m in lines]}")
-        if steps != (5 if "cuda-emu" in name else 10):
-            failures.append(f"{name}: {steps} metrics lines")
-        if worst_tflops > 1e-6:
-            failures.append(f"{name}: tflops differs from the model-FLOPs formula by "
-                            f"{worst_tflops:.2e} (bound 1e-6)")
-        if worst_eta > 1e-9 or etas[-1] != 0 or rising:
-            failures.append(f"{name}: eta_s {etas} vs steps left x recent step time {want}: "
-                            f"{worst_eta:.2e} (bound 1e-9), last {etas[-1]}, not falling {rising}")
-        if any("mfu" in m for m in lines) or "mfu" in p.stdout:
-            failures.append(f"{name}: an mfu field without a GPU peak")
-        if not all(shown):
-            failures.append(f"{name}: progress line etas {progress} do not show eta_s {etas}")
-    return failures
-
-
+NP = 2
 PARAMS = UNITS = 0
 
 
@@ -591,6 +540,8 @@ def main():
     ap.add_argument("--np", type=int, default=2)
     ap.add_argument("--corpus", default=None)
     a = ap.parse_args()
+    global NP
+    NP = a.np
     os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
     os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     # Parameters of the test GPT (L=2, C=64, V=96 padded to 128, T=32): wte 128*64, wpe 32*64,
