@@ -167,6 +167,29 @@ void fault_point(const SaveFault& fault, int rank, SaveFault::Point point) {
   std::_Exit(9);
 }
 
+// Renames `tmp` to `final`. A re-save of the same step (a run resumed from an older
+// checkpoint into the same root) finds `final` there, and `latest` may name it: the two are
+// swapped atomically (renameat2 RENAME_EXCHANGE), so `final` is always a complete checkpoint,
+// then the old one (now at `tmp`) is removed. Where the file system cannot swap, the old one
+// is removed first, and a crash in between leaves `final` missing (resume then says so).
+// `before_rename` runs just before the name changes (the crash tests' hook).
+template <class F>
+void commit_directory(const std::string& tmp, const std::string& final_dir, F before_rename) {
+  std::error_code ec;
+  if (fs::exists(final_dir, ec)) {
+    before_rename();
+    if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) == 0) {
+      fs::remove_all(tmp, ec);
+      return;
+    }
+    fs::remove_all(final_dir, ec);
+  }
+  before_rename();
+  if (std::rename(tmp.c_str(), final_dir.c_str()) != 0) {
+    throw UserError(str_cat(final_dir, ": cannot commit the checkpoint directory"));
+  }
+}
+
 }  // namespace
 
 bool SaveFault::parse(const std::string& name, Point* out) {
@@ -305,11 +328,7 @@ void save_checkpoint(const std::string& root, const Config& config, const TrainS
     fsync_path(tmp_dir);
     fault_point(fault, rank, Point::kAfterManifest);
     std::error_code ec;
-    fs::remove_all(final_dir, ec);  // a re-save of the same step replaces it
-    fault_point(fault, rank, Point::kBeforeRename);
-    if (std::rename(tmp_dir.c_str(), final_dir.c_str()) != 0) {
-      throw UserError(str_cat(final_dir, ": cannot commit the checkpoint directory"));
-    }
+    commit_directory(tmp_dir, final_dir, [&] { fault_point(fault, rank, Point::kBeforeRename); });
     fault_point(fault, rank, Point::kAfterRename);
     fsync_path(root);
     fault_point(fault, rank, Point::kBeforeLatest);

@@ -14,6 +14,9 @@
                  directory rename and the `latest` update): the disk holds what that point
                  leaves, `latest` inspects clean, and `--resume auto` continues from it
                  bitwise like an uninterrupted run.
+  resave_fault   the same for a re-save of the step `latest` names (a run resumed from an
+                 older checkpoint into the same root), killed just before / after the
+                 directory swap: that step stays complete at every instant.
 """
 import argparse
 import json
@@ -172,6 +175,45 @@ def save_fault(env, tmp, rank, point):
     return failures
 
 
+def resave_fault(env, tmp, point):
+    """A re-save of the step `latest` names: a run saves at 2 and 4 (latest -> step 4), then
+    a run resumed from step 2 into the same root dies at `point` of its own step-4 save. The
+    old step 4 is replaced atomically, so step 4 is complete at every instant: it inspects
+    clean and `--resume auto` continues from it bitwise like an uninterrupted run."""
+    failures = []
+    root = os.path.join(tmp, "resave")
+    sets = ["parallel.zero_stage=2", f"checkpoint.dir={root}", "checkpoint.every=2",
+            "checkpoint.keep=5"]
+    straight, _, _ = env.run(2, sets + [f"checkpoint.dir={tmp}/straight"])
+    # The first run stops at step 5 (an injected failure) with step 4 saved: the schedule is
+    # the 10-step one throughout, so every run here shares one trajectory.
+    env.run(2, sets, ["--inject-fault", "5", "--fault-rank", "1"], check=False)
+    _, _, p = env.run(2, sets, ["--resume", os.path.join(root, "step_00000002"),
+                                "--inject-save-fault", "4", "--fault-rank", "0",
+                                "--fault-point", point], check=False)
+    died = f"[rank 0] injected death during checkpoint save ({point})" in p.stderr
+    latest = open(os.path.join(root, "latest")).read().strip()
+    entries = sorted(os.listdir(root))
+    print(f"re-save of step 4, rank 0 killed at {point}: exit {p.returncode}, died there: "
+          f"{died}; latest -> {latest}; entries {entries}")
+    want_tmp = point == "before_rename"
+    if p.returncode == 0 or not died or latest != "step_00000004" or \
+            ("step_00000004.tmp" in entries) != want_tmp:
+        failures.append(f"the re-save must die at {point} with latest -> step 4 and "
+                        f"step_00000004.tmp {'present' if want_tmp else 'gone'}")
+    ins = subprocess.run([env.shardtrain, "inspect", os.path.join(root, latest)],
+                         capture_output=True, text=True)
+    if ins.returncode != 0 or "every checksum verified" not in ins.stdout:
+        failures.append(f"{latest} must inspect clean: {ins.stderr.strip()}")
+    resumed, _, r = env.run(2, sets, ["--resume", "auto"], check=False)
+    same = losses(resumed, 5) == losses(straight, 5)
+    print(f"resume auto: exit {r.returncode}, steps {[l['step'] for l in resumed]}, bitwise "
+          f"equal to the uninterrupted run: {same}")
+    if r.returncode != 0 or [l["step"] for l in resumed] != list(range(5, 11)) or not same:
+        failures.append("resume auto must continue from step 5 like the uninterrupted run")
+    return failures
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shardtrain", required=True)
@@ -185,7 +227,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         env = tr.Env(a.shardtrain, tmp)
         failures = {"resume_exact": resume_exact, "cross_layout": cross_layout,
-                    "save_fault": lambda e, t: save_fault(e, t, a.rank, a.point)}[a.check](env, tmp)
+                    "save_fault": lambda e, t: save_fault(e, t, a.rank, a.point),
+                    "resave_fault": lambda e, t: resave_fault(e, t, a.point)}[a.check](env, tmp)
     for f in failures:
         print("FAIL:", f)
     sys.exit(1 if failures else 0)
