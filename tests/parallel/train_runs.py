@@ -524,6 +524,83 @@ def cuda_gpu(env):
     return failures
 
 
+def model_flops_per_token(L, C, V, T):
+    """Training FLOPs per token, PaLM appendix B / Megatron-LM (Narayanan et al. 2021), written
+    out here apart from models/flops.h: 6 x the matmul parameters (12 L C^2 per layer plus the
+    tied head C V, the model's vocabulary) plus 12 L C T for Q K^T and P V, forward and
+    backward, the full T x T square (no causal halving)."""
+    return 6 * (12 * L * C * C + C * V) + 12 * L * C * T
+
+
+def parse_eta(text):
+    """'42s' / '12m05s' / '1h02m' / '3d04h' -> (seconds, half the last unit: the rounding)."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    parts = re.findall(r"(\d+)([dhms])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None, None
+    return sum(int(n) * units[u] for n, u in parts), units[parts[-1][1]] / 2
+
+
+def metrics(env):
+    """tflops, eta_s and mfu in the metrics lines, and the eta in the progress line. tflops is
+    per device: the whole step's model FLOPs over its time, divided by the world size (dp x tp).
+    eta_s is the steps left times the mean step time of the last (up to) 10 steps, the run's
+    first step left out (warm-up; it alone is used at step 1), recomputed here from the lines'
+    own step_ms; the lines are the only clock both sides share, so the bounds are rounding only:
+    1e-6 for tflops (JSON prints doubles to round-trip), 1e-9 for eta_s (ms vs s, summation).
+    mfu exists only on `cuda` with a GPU in runtime/gpu_peak.h: never here."""
+    failures = []
+    cfg = open(env.config).read()
+    vocab = int(re.search(r"vocab_size: (\d+)", cfg).group(1))
+    emu = ["train.device=cuda-emu", "precision.compute=BF16", "model.d_model=128",
+           "model.n_head=2", "data.micro_batch=2", "train.steps=5"]
+    # (name, np, sets, C, B, dp): L 2, T 32, grad_accum 1 from CONFIG.
+    runs = [("cpu dp 2", 2, [], 64, 4, 2),
+            ("cpu tp 2", 2, ["parallel.tp=2"], 64, 4, 1),
+            ("cuda-emu", 1, emu, 128, 2, 1)]
+    for name, np_, sets, C, B, dp in runs:
+        lines, _, p = env.run(np_, sets + ["train.log_every=1"])
+        L, T, steps = 2, 32, len(lines)
+        fpt = model_flops_per_token(L, C, vocab, T)
+        tokens = B * T * dp
+        worst_tflops = max(rel(m["tflops"], fpt * tokens / (m["step_ms"] / 1e3) / np_ / 1e12)
+                           for m in lines)
+        ms = [m["step_ms"] for m in lines]
+        want = [(steps - k - 1) * (ms[0] if k == 0 else sum(ms[max(1, k - 9):k + 1]) /
+                                   len(ms[max(1, k - 9):k + 1])) / 1e3 for k in range(steps)]
+        worst_eta = max(abs(m["eta_s"] - w) / max(w, 1e-30) if w > 0 else abs(m["eta_s"])
+                        for m, w in zip(lines, want))
+        etas = [m["eta_s"] for m in lines]
+        # Decreasing-ish: the ETA of a step with at least 4x the steps left of a later one is
+        # larger, unless the recent mean step time grew 4x in between (never on a quiet run).
+        rising = [(i + 1, j + 1) for i in range(steps) for j in range(i + 1, steps - 1)
+                  if steps - i - 1 >= 4 * (steps - j - 1) and etas[i] <= etas[j]]
+        progress = {int(g[0]): g[1] for g in
+                    re.findall(r"step\s+(\d+)/\d+ \|[^\n]*\| eta (\S+)", p.stdout)}
+        shown = []
+        for m in lines:
+            secs, half = parse_eta(progress.get(m["step"], ""))
+            shown.append(secs is not None and abs(secs - m["eta_s"]) <= half + 1e-6)
+        print(f"{name}: {steps} steps, tflops {lines[-1]['tflops']:.3e} (model FLOPs/token "
+              f"{fpt}, {tokens} tokens/step, world {np_}): worst rel diff {worst_tflops:.1e}; "
+              f"eta_s {[round(e, 4) for e in etas]}: worst rel diff {worst_eta:.1e}; first step "
+              f"{ms[0]:.1f} ms, later {min(ms[1:]):.1f}-{max(ms[1:]):.1f} ms; progress etas "
+              f"{[progress.get(m['step']) for m in lines]}")
+        if steps != (5 if "cuda-emu" in name else 10):
+            failures.append(f"{name}: {steps} metrics lines")
+        if worst_tflops > 1e-6:
+            failures.append(f"{name}: tflops differs from the model-FLOPs formula by "
+                            f"{worst_tflops:.2e} (bound 1e-6)")
+        if worst_eta > 1e-9 or etas[-1] != 0 or rising:
+            failures.append(f"{name}: eta_s {etas} vs steps left x recent step time {want}: "
+                            f"{worst_eta:.2e} (bound 1e-9), last {etas[-1]}, not falling {rising}")
+        if any("mfu" in m for m in lines) or "mfu" in p.stdout:
+            failures.append(f"{name}: an mfu field without a GPU peak")
+        if not all(shown):
+            failures.append(f"{name}: progress line etas {progress} do not show eta_s {etas}")
+    return failures
+
+
 def env_np():
     return NP
 
