@@ -45,7 +45,11 @@ step() {
   fi
   say "step $n $name (time box ${box} s): $*"
   local t0=$SECONDS rc
-  timeout --kill-after=5 "$box" "$@" >"$out/step_$n.log" 2>&1
+  if declare -F "$1" >/dev/null; then  # a function of this script: run it in a child bash
+    timeout --kill-after=5 "$box" bash -c "$(declare -f "$1"); $*" >"$out/step_$n.log" 2>&1
+  else
+    timeout --kill-after=5 "$box" "$@" >"$out/step_$n.log" 2>&1
+  fi
   rc=$?
   cat "$out/step_$n.log" >>"$log"
   local status=passed
@@ -64,6 +68,7 @@ say "bundle $(tr '\n' ' ' <"$here/BUNDLE")"
 say "CUDA libraries from: ${SHARDTRAIN_CUDA_LIBS:-none found}"
 
 st="$here/bin/shardtrain"
+export here st  # the step functions run in child shells
 probe() {
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,memory.total \
     --format=csv
@@ -102,7 +107,7 @@ else
   printf '%s\t%s\t%s\t%s\n' 3 sanitizer "not run (no compute-sanitizer)" 0 >>"$records"
 fi
 
-step 4 train_cuda_vs_emu 90 python3 "$here/tests/parallel/train_runs.py" --shardtrain "$st" \
+step 4 train_cuda_vs_emu 90 env SHARDTRAIN_REQUIRE_GPU=1 python3 "$here/tests/parallel/train_runs.py" --shardtrain "$st" \
   --check cuda_gpu --np 1
 step 5 gpt2_124m 90 python3 "$here/bench/step_bench.py" --shardtrain "$st" --device cuda \
   --dtype bf16 --model gpt2_124m --steps 20 --warmup 5

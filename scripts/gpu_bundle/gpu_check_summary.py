@@ -15,11 +15,12 @@ def read(out, n):
 
 
 def gtest_counts(text):
-    counts = {}
-    for what in ("PASSED", "SKIPPED", "FAILED"):
-        counts[what.lower()] = sum(int(m) for m in re.findall(rf"\[  {what}  \] (\d+) tests?", text))
-    counts["failed_tests"] = sorted(set(re.findall(r"\[  FAILED  \] (\S+\.\S+)", text)))[:40]
-    return counts
+    """Totals over every gtest run in `text` (--gtest_brief=1 prints failures only)."""
+    ran = sum(int(m) for m in re.findall(r"\[==========\] (\d+) tests? from .* ran", text))
+    passed = sum(int(m) for m in re.findall(r"\[  PASSED  \] (\d+) tests?", text))
+    failed = sorted(set(re.findall(r"\[  FAILED  \] ([^\s,]+)[^\n]*\(\d+ ms\)", text)))
+    return {"ran": ran, "passed": passed, "failed": len(failed),
+            "skipped": ran - passed - len(failed), "failed_tests": failed[:40]}
 
 
 def main():
