@@ -9,7 +9,8 @@
 #   - every executable's libraries resolve inside the bundle, to glibc, or to CUDA's own;
 #   - bin/mpirun -np 1 and -np 2 bin/shardtrain train --device cpu, and -np 1 --device
 #     cuda-emu (bf16), train a small GPT from another working directory;
-#   - gpu_check.sh says that there is no GPU and exits 77.
+#   - gpu_check.sh says that there is no GPU and exits 77; with a stand-in nvidia-smi it runs
+#     every step, each recorded in summary.json, and no GPU test skips (they fail instead).
 # Exit 77 (skipped) where no mount namespace can be made or the build has no CUDA targets.
 set -uo pipefail
 build=$(readlink -f "$1")
@@ -105,6 +106,27 @@ out=$(OUT="$tmp/out" "$b/gpu_check.sh" 2>&1)
 code=$?
 echo "gpu_check.sh: exit $code: $out"
 if [[ $code -ne 77 || $out != *"no GPU on this machine"* ]]; then fail=1; echo "FAIL: gpu_check.sh"; fi
+# The check's own plumbing, with a stand-in nvidia-smi that names an H200: every step runs and
+# is recorded in summary.json, and under SHARDTRAIN_REQUIRE_GPU=1 no GPU test may skip.
+mkdir -p "$tmp/fakebin"
+printf '#!/bin/sh\n[ "$1" = -L ] && echo "GPU 0: NVIDIA H200" && exit 0\necho "name, driver_version, clocks.sm, clocks.max.sm, clocks.mem, memory.total"\necho "NVIDIA H200, 580, 345 MHz, 1980 MHz, 3201 MHz, 143771 MiB"\n' >"$tmp/fakebin/nvidia-smi"
+chmod +x "$tmp/fakebin/nvidia-smi"
+PATH="$tmp/fakebin:/usr/bin:$PATH" OUT="$tmp/out2" "$b/gpu_check.sh" >"$tmp/check2.log" 2>&1
+code=$?
+summary=$(/usr/bin/python3 - "$tmp/out2/summary.json" <<'PY' 2>&1
+import json, sys
+d = json.load(open(sys.argv[1]))
+steps = {s["name"]: s["status"] for s in d["steps"]}
+g = d["figures"].get("gpu_tests", {})
+ok = (steps.get("probe") == "passed" and steps.get("gpu_tests", "").startswith("failed")
+      and g.get("failed", 0) > 1000 and g.get("skipped") == 0
+      and steps.get("train_cuda_vs_emu", "").startswith("failed")
+      and d["figures"].get("gpu", {}).get("name") == "NVIDIA H200")
+print(("ok" if ok else "bad"), steps, {k: v for k, v in g.items() if k != "failed_tests"})
+PY
+)
+echo "gpu_check.sh with a stand-in nvidia-smi: exit $code; $summary"
+if [[ $code -ne 1 || $summary != ok* ]]; then fail=1; echo "FAIL: gpu_check.sh plumbing"; tail -30 "$tmp/check2.log"; fi
 exit $fail
 EOF
 unshare --mount --propagation private bash "$tmp/inside.sh" "$b" "$tmp"
