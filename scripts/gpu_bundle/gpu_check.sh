@@ -126,7 +126,8 @@ with open(os.path.join(d, "t.bin"), "wb") as f:
     f.write(h + b"\0" * (64 - len(h)))
     f.write(struct.pack(f"<{n}H", *[random.randrange(50257) for _ in range(n)]))
 EOF
-  ncu --clock-control none --print-summary per-kernel --csv "$st" train \
+  ncu --clock-control none --metrics gpu__time_duration.sum --print-summary per-kernel --csv \
+    "$st" train \
     --config "$here/configs/gpt2_124m.pbtxt" --set "data.train=$cfg/t.bin" \
     --set "data.val=$cfg/t.bin" \
     --set data.micro_batch=4 --set data.grad_accum=1 --set train.steps=2 \
