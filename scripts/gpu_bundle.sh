@@ -93,14 +93,14 @@ for e in "${exes[@]}"; do
   cat >"$out/bin/$e" <<'EOF'
 #!/usr/bin/env bash
 source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/env.sh"
-exec "$SHARDTRAIN_BUNDLE/libexec/$(basename "${BASH_SOURCE[0]}")" "$@"
+LD_LIBRARY_PATH="$SHARDTRAIN_LD_LIBRARY_PATH" exec "$SHARDTRAIN_BUNDLE/libexec/$(basename "${BASH_SOURCE[0]}")" "$@"
 EOF
   chmod 755 "$out/bin/$e"
 done
 cat >"$out/bin/mpirun" <<'EOF'
 #!/usr/bin/env bash
 source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/env.sh"
-exec "$SHARDTRAIN_BUNDLE/libexec/orterun" "$@"
+LD_LIBRARY_PATH="$SHARDTRAIN_LD_LIBRARY_PATH" exec "$SHARDTRAIN_BUNDLE/libexec/orterun" "$@"
 EOF
 chmod 755 "$out/bin/mpirun"
 

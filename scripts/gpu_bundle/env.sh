@@ -57,7 +57,13 @@ if [[ -z ${SHARDTRAIN_CUDA_LIBS+x} ]]; then
   export SHARDTRAIN_CUDA_LIBS
 fi
 
-export LD_LIBRARY_PATH="$SHARDTRAIN_BUNDLE/lib${SHARDTRAIN_CUDA_LIBS:+:$SHARDTRAIN_CUDA_LIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The library path of the bundle's own programs. Only the wrappers put it into LD_LIBRARY_PATH,
+# for the program they start: the bundle's libstdc++, libz, libgomp ... are older than a GPU
+# machine's and must not reach its other programs (python3 and torch, compute-sanitizer, ncu).
+if [[ -z ${SHARDTRAIN_LD_LIBRARY_PATH:-} ]]; then
+  SHARDTRAIN_LD_LIBRARY_PATH="$SHARDTRAIN_BUNDLE/lib${SHARDTRAIN_CUDA_LIBS:+:$SHARDTRAIN_CUDA_LIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export SHARDTRAIN_LD_LIBRARY_PATH
+fi
 export PATH="$SHARDTRAIN_BUNDLE/bin:$PATH"
 
 # Open MPI 4 reads its install paths from these (opal/mca/installdirs/env), PMIx its plugin

@@ -86,16 +86,18 @@ gpu_tests() {
 step 2 gpu_tests 100 gpu_tests
 
 sanitize() {
-  local exe="$SHARDTRAIN_BUNDLE/libexec/gpu_ops_test" rc=0
+  # The wrapper (bin/gpu_ops_test) sets the bundle's library path for the test alone;
+  # compute-sanitizer follows it into the test (--target-processes all).
+  local exe="$here/bin/gpu_ops_test" rc=0
   # memcheck: every attention case (forward and backward, bf16 and fp16, the whole table).
-  compute-sanitizer --tool memcheck --error-exitcode 3 "$exe" \
+  compute-sanitizer --tool memcheck --target-processes all --error-exitcode 3 "$exe" \
     --gtest_filter='*attention*' --gtest_brief=1 || rc=1
   # racecheck, forward and backward: T = 100 (not a multiple of the 64-row tile), and
   # head_dim 128 with T = 129.
   local c
   for c in attention_1_100_3_64_bf16 attention_backward_1_100_2_64_bf16 \
            attention_1_65_1_128_bf16 attention_backward_1_129_1_128_bf16; do
-    compute-sanitizer --tool racecheck --error-exitcode 3 "$exe" \
+    compute-sanitizer --tool racecheck --target-processes all --error-exitcode 3 "$exe" \
       --gtest_filter="*MatchesCpuBackend/$c" --gtest_brief=1 || rc=1
   done
   return $rc

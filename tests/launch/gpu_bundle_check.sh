@@ -87,7 +87,7 @@ fail=0
 # Libraries: inside the bundle, glibc, or the CUDA runtime's own folders.
 source "$b/bin/env.sh"
 for e in "$b"/libexec/*; do
-  bad=$(ldd "$e" 2>&1 | grep -vE "=> ($b/lib/|${SHARDTRAIN_CUDA_LIBS//:/\/|}/)" |
+  bad=$(LD_LIBRARY_PATH="$SHARDTRAIN_LD_LIBRARY_PATH" ldd "$e" 2>&1 | grep -vE "=> ($b/lib/|${SHARDTRAIN_CUDA_LIBS//:/\/|}/)" |
         grep -E "not found|=> /" | grep -vE "/lib(c|m|dl|pthread|rt|resolv|util)\.so|ld-linux" || true)
   if [[ -n $bad ]]; then echo "FAIL: $(basename "$e") loads from outside the bundle: $bad"; fail=1; fi
 done
@@ -111,9 +111,13 @@ if [[ $code -ne 77 || $out != *"no GPU on this machine"* ]]; then fail=1; echo "
 mkdir -p "$tmp/fakebin"
 printf '#!/bin/sh\n[ "$1" = -L ] && echo "GPU 0: NVIDIA H200" && exit 0\necho "name, driver_version, clocks.sm, clocks.max.sm, clocks.mem, memory.total"\necho "NVIDIA H200, 580, 345 MHz, 1980 MHz, 3201 MHz, 143771 MiB"\n' >"$tmp/fakebin/nvidia-smi"
 chmod +x "$tmp/fakebin/nvidia-smi"
+# python3 is the GPU machine's own, with its own libz and libstdc++; here those files are hidden
+# (the bundle carries copies), so it gets the bundle's copies in their place.
+printf '#!/bin/sh\nLD_LIBRARY_PATH="%s/lib" exec /usr/bin/python3 "$@"\n' "$b" >"$tmp/fakebin/python3"
+chmod +x "$tmp/fakebin/python3"
 PATH="$tmp/fakebin:/usr/bin:$PATH" OUT="$tmp/out2" "$b/gpu_check.sh" >"$tmp/check2.log" 2>&1
 code=$?
-summary=$(/usr/bin/python3 - "$tmp/out2/summary.json" <<'PY' 2>&1
+summary=$("$tmp/fakebin/python3" - "$tmp/out2/summary.json" <<'PY' 2>&1
 import json, sys
 d = json.load(open(sys.argv[1]))
 steps = {s["name"]: s["status"] for s in d["steps"]}
