@@ -11,15 +11,16 @@ probability ~1e-9, while a wrong scale (sqrt(L) for sqrt(2 L): std off by 41 %),
 (excess kurtosis -1.2) or a tensor repeated across layers (correlation 1) fails by far more.
 """
 import argparse
-import json
 import math
 import os
-import struct
 import subprocess
 import sys
 import tempfile
 
 import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "parallel"))
+import train_runs as tr  # noqa: E402
 
 STD = 0.02
 L = 4
@@ -29,19 +30,6 @@ data {{ train: "unused.bin" micro_batch: 1 }}
 train {{ steps: 1 seed: 7 }}
 """
 Z = 6.0  # standard errors allowed
-
-
-def read_safetensors(path):
-    data = open(path, "rb").read()
-    n = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + n])
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        b, e = info["data_offsets"]
-        out[name] = np.frombuffer(data[8 + n + b:8 + n + e], dtype=np.float32).astype(np.float64)
-    return out
 
 
 def expected(name):
@@ -85,7 +73,8 @@ def main():
             f.write(CONFIG)
         out = os.path.join(tmp, "init.safetensors")
         subprocess.run([a.shardtrain, "export", "--config", config, "--out", out], check=True)
-        w = read_safetensors(out)
+        w = {k: v.astype(np.float64)
+             for k, v in tr.read_weights(open(out, "rb").read()).items()}
     for name in sorted(w):
         kind, value = expected(name)
         if kind == "const":

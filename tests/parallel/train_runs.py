@@ -107,6 +107,16 @@ class Env:
         return lines, data, p
 
 
+def initial_weights(env, sets, name):
+    """The exported initial weights (nothing trained) of the config with `sets`, as bytes."""
+    path = os.path.join(env.tmp, name)
+    cmd = [env.shardtrain, "export", "--config", env.config, "--out", path]
+    for s in sets:
+        cmd += ["--set", s]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return open(path, "rb").read()
+
+
 def rel(a, b):
     return abs(a - b) / max(abs(b), 1e-30)
 
@@ -129,33 +139,42 @@ def differences(lines, w, ref_lines, ref_w):
 EXACT_SETS = ["optimizer.eps=1e-5", "optimizer.lr=1e-3", "optimizer.min_lr=1e-4"]
 
 
-def dp_equivalence(env):
+def equivalence(env, ref_sets, cases, bounds):
+    """Each (np, sets) case against one np=1 run with ref_sets, all with EXACT_SETS: 10 steps,
+    the same tensor names, and the worst per-step loss and grad_norm and final-weight
+    differences (see differences) within bounds = (loss, grad_norm, weights)."""
     failures = []
-    base, base_w, _ = env.run(1, EXACT_SETS + ["data.micro_batch=8"])
-    for np, sets in [(2, ["data.micro_batch=4"]), (4, ["data.micro_batch=2"]),
-                     (1, ["data.micro_batch=4", "data.grad_accum=2"]),
-                     (2, ["data.micro_batch=2", "data.grad_accum=2"]),
-                     (2, ["data.micro_batch=2", "data.grad_accum=2", "parallel.zero_stage=2"]),
-                     (2, ["data.micro_batch=2", "data.grad_accum=2", "parallel.zero_stage=3",
-                          "parallel.overlap=false"]),
-                     (4, ["data.micro_batch=1", "data.grad_accum=2", "parallel.zero_stage=3"])]:
-        got, w, _ = env.run(np, EXACT_SETS + sets)
-        d = differences(got, w, base, base_w)
-        if d is None or len(got) != 10:
-            failures.append(f"np={np} {sets}: steps or tensor names differ from np=1")
+    ref_lines, ref_w, _ = env.run(1, EXACT_SETS + ref_sets)
+    for np_, sets in cases:
+        lines, w, _ = env.run(np_, EXACT_SETS + sets)
+        d = differences(lines, w, ref_lines, ref_w)
+        if d is None or len(lines) != 10:
+            failures.append(f"np={np_} {sets}: steps or tensor names differ from np=1")
             continue
         loss, norm, weight, where = d
-        print(f"np={np} {' '.join(sets)}: worst per-step rel diff vs np=1 B=8: loss {loss:.2e}, "
-              f"grad_norm {norm:.2e}; final weights {weight:.2e} ({where})")
-        # Bounds: only the summation order of the reduction differs. Measured worst: loss
-        # 7e-9, grad_norm 4e-8, final weights 5e-6 (a c_proj bias, whose gradient is a sum
-        # of cancelling terms; Adam turns its rounding into an update difference). A missing
-        # or extra 1/dp doubles or halves grad_norm; AdamW divides that scale out of the
-        # weights, so the norm is the quantity that catches it.
-        if loss > 1e-6 or norm > 1e-6 or weight > 2e-5:
-            failures.append(f"np={np} {sets}: loss {loss:.2e}, grad_norm {norm:.2e} (bound "
-                            f"1e-6), weights {weight:.2e} (bound 2e-5)")
+        print(f"np={np_} {' '.join(sets)}: worst per-step rel diff vs np=1 {' '.join(ref_sets)}: "
+              f"loss {loss:.2e}, grad_norm {norm:.2e}; final weights {weight:.2e} ({where})")
+        if loss > bounds[0] or norm > bounds[1] or weight > bounds[2]:
+            failures.append(f"np={np_} {sets} differs from np=1: loss {loss:.2e}, grad_norm "
+                            f"{norm:.2e}, weights {weight:.2e} (bounds {bounds})")
     return failures
+
+
+def dp_equivalence(env):
+    # Bounds: only the summation order of the reduction differs. Measured worst: loss 7e-9,
+    # grad_norm 4e-8, final weights 5e-6 (a c_proj bias, whose gradient is a sum of cancelling
+    # terms; Adam turns its rounding into an update difference). A missing or extra 1/dp
+    # doubles or halves grad_norm; AdamW divides that scale out of the weights, so the norm is
+    # the quantity that catches it.
+    return equivalence(env, ["data.micro_batch=8"], [
+        (2, ["data.micro_batch=4"]), (4, ["data.micro_batch=2"]),
+        (1, ["data.micro_batch=4", "data.grad_accum=2"]),
+        (2, ["data.micro_batch=2", "data.grad_accum=2"]),
+        (2, ["data.micro_batch=2", "data.grad_accum=2", "parallel.zero_stage=2"]),
+        (2, ["data.micro_batch=2", "data.grad_accum=2", "parallel.zero_stage=3",
+             "parallel.overlap=false"]),
+        (4, ["data.micro_batch=1", "data.grad_accum=2", "parallel.zero_stage=3"])],
+        (1e-6, 1e-6, 2e-5))
 
 
 def zero_bitwise(env, np):
@@ -266,15 +285,13 @@ def real_overflow(env):
     f16 = ["precision.compute=F16", "parallel.zero_stage=2"]
     # 1. Every step overflows: each is skipped on every rank, the scale halves per step
     #    (hysteresis 1), and the weights stay bitwise the initial ones.
-    init = os.path.join(env.tmp, "overflow_init.safetensors")
-    subprocess.run([env.shardtrain, "export", "--config", env.config, "--out", init], check=True,
-                   capture_output=True)
+    init = initial_weights(env, [], "overflow_init.safetensors")
     lines, w, p = env.run(2, f16 + ["precision.loss_scale.initial=1099511627776", "train.steps=3",
                                     "train.log_every=1"], ["--log-all-ranks"])
     got = [(l["loss_scale"], l["skipped"]) for l in lines]
     want = [(2.0 ** 40, True), (2.0 ** 39, True), (2.0 ** 38, True)]
     warned = p.stderr.count("non-finite gradients, step skipped on every rank")
-    same = w == open(init, "rb").read()
+    same = w == init
     print(f"scale 2^40: (loss_scale, skipped) by step {got}; warnings {warned} (of 6); weights "
           f"bitwise the initial ones: {same}")
     if got != want or warned != 6 or not same:
@@ -350,39 +367,26 @@ def read_weights(data):
 
 
 def tp_equivalence(env):
-    # AdamW eps 1e-5: see tests/parity/gpt_parity.py -- with 1e-8, rounding noise in gradients
-    # that are exactly zero in exact arithmetic (the key bias) becomes O(1%) of an update, and
-    # any two summation orders (tp splits the c_proj sums) disagree there. lr 1e-3: Adam turns
-    # a gradient's relative rounding difference into an update difference of up to lr (for
-    # elements whose gradient is a sum of cancelling terms), so weight differences scale with
-    # lr; at 3e-3 the worst element sat at 9.7e-6 of its tensor's largest weight, too close to
-    # the bound to tell a regression from the noise.
-    base_sets = EXACT_SETS
-    ref_lines, ref_w, _ = env.run(1, base_sets + ["data.micro_batch=4"])
-    failures = []
-    for np_, sets in [(2, ["parallel.tp=2", "parallel.zero_stage=3", "data.micro_batch=4"]),
-                      (4, ["parallel.tp=2", "parallel.zero_stage=3", "data.micro_batch=2"]),
-                      (4, ["parallel.tp=2", "parallel.zero_stage=1", "data.micro_batch=2"]),
-                      (2, ["parallel.tp=2", "parallel.zero_stage=3", "data.micro_batch=4",
-                           "parallel.sequence_parallel=true"]),
-                      (4, ["parallel.tp=2", "parallel.zero_stage=0", "data.micro_batch=2",
-                           "parallel.sequence_parallel=true"]),
-                      (4, ["parallel.tp=2", "parallel.zero_stage=2", "data.micro_batch=2",
-                           "parallel.sequence_parallel=true"])]:
-        lines, w, _ = env.run(np_, base_sets + sets)
-        d = differences(lines, w, ref_lines, ref_w)
-        if d is None or len(lines) != 10:
-            failures.append(f"np={np_} {sets}: steps or tensor names differ from np=1")
-            continue
-        loss, norm, weight, where = d
-        print(f"np={np_} {' '.join(sets)}: worst per-step rel diff vs np=1: loss {loss:.2e}, "
-              f"grad_norm {norm:.2e}; final weights {weight:.2e} ({where})")
-        # grad_norm: tp-replicated parameters (LayerNorms, wpe, c_proj biases) must count once;
-        # counted on every tp rank they would add their share again (a few % of the norm).
-        if loss > 1e-5 or norm > 1e-5 or weight > 1e-5:
-            failures.append(f"np={np_} {sets} differs from np=1: loss {loss:.2e}, grad_norm "
-                            f"{norm:.2e}, weights {weight:.2e} (bounds 1e-5)")
-    return failures
+    # AdamW eps 1e-5 (EXACT_SETS): see tests/parity/gpt_parity.py -- with 1e-8, rounding noise
+    # in gradients that are exactly zero in exact arithmetic (the key bias) becomes O(1%) of an
+    # update, and any two summation orders (tp splits the c_proj sums) disagree there. lr 1e-3:
+    # Adam turns a gradient's relative rounding difference into an update difference of up to
+    # lr (for elements whose gradient is a sum of cancelling terms), so weight differences
+    # scale with lr; at 3e-3 the worst element sat at 9.7e-6 of its tensor's largest weight,
+    # too close to the bound to tell a regression from the noise. grad_norm: tp-replicated
+    # parameters (LayerNorms, wpe, c_proj biases) must count once; counted on every tp rank
+    # they would add their share again (a few % of the norm).
+    return equivalence(env, ["data.micro_batch=4"], [
+        (2, ["parallel.tp=2", "parallel.zero_stage=3", "data.micro_batch=4"]),
+        (4, ["parallel.tp=2", "parallel.zero_stage=3", "data.micro_batch=2"]),
+        (4, ["parallel.tp=2", "parallel.zero_stage=1", "data.micro_batch=2"]),
+        (2, ["parallel.tp=2", "parallel.zero_stage=3", "data.micro_batch=4",
+             "parallel.sequence_parallel=true"]),
+        (4, ["parallel.tp=2", "parallel.zero_stage=0", "data.micro_batch=2",
+             "parallel.sequence_parallel=true"]),
+        (4, ["parallel.tp=2", "parallel.zero_stage=2", "data.micro_batch=2",
+             "parallel.sequence_parallel=true"])],
+        (1e-5, 1e-5, 1e-5))
 
 
 def cuda_emu(env):
@@ -406,12 +410,7 @@ def cuda_emu(env):
     base = ["optimizer.eps=1", "optimizer.lr=0.3", "optimizer.min_lr=0.03", "train.steps=5",
             "model.d_model=128", "model.n_head=2", "data.micro_batch=2"]
     emu = ["train.device=cuda-emu"]
-    init = os.path.join(env.tmp, "cuda_emu_init.safetensors")
-    cmd = [env.shardtrain, "export", "--config", env.config, "--out", init]
-    for s in base:
-        cmd += ["--set", s]
-    subprocess.run(cmd, check=True, capture_output=True)
-    w0 = read_weights(open(init, "rb").read())
+    w0 = read_weights(initial_weights(env, base, "cuda_emu_init.safetensors"))
     runs = {}
     for np_, sets in [(1, ["precision.compute=BF16"]),
                       (2, ["precision.compute=BF16", "parallel.zero_stage=3"]),
@@ -481,12 +480,7 @@ def cuda_gpu(env):
     failures = []
     base = ["optimizer.eps=1", "optimizer.lr=0.3", "optimizer.min_lr=0.03", "train.steps=5",
             "model.d_model=128", "model.n_head=2", "data.micro_batch=2"]
-    init = os.path.join(env.tmp, "cuda_gpu_init.safetensors")
-    cmd = [env.shardtrain, "export", "--config", env.config, "--out", init]
-    for s in base:
-        cmd += ["--set", s]
-    subprocess.run(cmd, check=True, capture_output=True)
-    w0 = read_weights(open(init, "rb").read())
+    w0 = read_weights(initial_weights(env, base, "cuda_gpu_init.safetensors"))
     runs = [(1, ["precision.compute=BF16"]), (1, ["precision.compute=F16"])]
     if env_np() >= 2:
         runs.append((2, ["precision.compute=BF16", "parallel.zero_stage=3"]))
