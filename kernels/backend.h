@@ -47,6 +47,10 @@ class Backend {
   virtual void copy(void* dst, const void* src, int64_t bytes) = 0;
   virtual void upload(void* dst, const void* host, int64_t bytes) = 0;
   virtual void download(void* host, const void* src, int64_t bytes) = 0;  // waits for it
+  // Queues a copy to the host that lands in `host` by the time the next synchronize() returns
+  // (not before: `host` must not be read earlier). Many of them, then one synchronize(), are one
+  // wait for the device: how a step's statistics come back.
+  virtual void download_async(void* host, const void* src, int64_t bytes) = 0;
   virtual void zero(void* dst, int64_t bytes) = 0;
   // Everything issued so far has completed (a no-op where calls run synchronously: cpu,
   // cuda-emu).
@@ -110,6 +114,9 @@ class Backend {
                                             const float* lse, const int32_t* targets,
                                             int64_t vocab_begin, float grad_weight, LogitsShape s,
                                             int64_t valid) = 0;
+  virtual void cross_entropy_from_partials(float* losses, float* lse, const double* row_max,
+                                           const double* sum, const double* target_logit,
+                                           const int32_t* targets, int64_t n) = 0;
 
   // ---- fp32 vectors: the ZeRO engine's gradients, master weights and moments ----
   // AdamW over segments of flat fp32 buffers (one launch on a GPU), each with its weight
@@ -123,6 +130,10 @@ class Backend {
   virtual void add_f32(float* acc, const float* x, int64_t n) = 0;  // acc += x
   // *out (backend memory) = sum of x[i]^2 in double, in a fixed order.
   virtual void sum_squares(double* out, const float* x, int64_t n) = 0;
+  // *acc (backend memory) += the sum of x[i] in double, in a fixed order (a micro-step's loss).
+  virtual void accumulate_sum(double* acc, const float* x, int64_t n) = 0;
+  // *out = x[0] + ... + x[n-1] (doubles in backend memory), added in index order.
+  virtual void sum_f64_in_order(double* out, const double* x, int64_t n) = 0;
 };
 
 // The CPU backend (stateless; one instance per process).

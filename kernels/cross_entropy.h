@@ -65,5 +65,12 @@ void cross_entropy_backward_slice(T* dlogits, const T* logits, const float* lse,
                                   const int32_t* targets, int64_t vocab_begin, float grad_weight,
                                   LogitsShape s, int64_t valid);
 
+// The loss from the pieces once they are reduced over the tp group (max, sums, target logits):
+// lse[i] = float(row_max[i] + log(sum[i])) (log in double) and losses[i] = targets[i] < 0 ? 0 :
+// float(double(lse[i]) - target_logit[i]).
+void cross_entropy_from_partials(float* losses, float* lse, const double* row_max,
+                                 const double* sum, const double* target_logit,
+                                 const int32_t* targets, int64_t n);
+
 SHARDTRAIN_ISA_END
 }  // namespace shardtrain::kernels

@@ -37,6 +37,8 @@ void add_f32(float* acc, const float* x, int64_t n);
 // sum over i of double(x[i])^2, summed sequentially in index order (each square is exact in
 // double, so only the additions round). Single-threaded: the order is the definition.
 double sum_squares(const float* x, int64_t n);
+// sum over i of double(x[i]), sequentially in index order.
+double sum_f32(const float* x, int64_t n);
 
 // out = in converted (round to nearest even into 16-bit types).
 template <class In, class Out>

@@ -13,7 +13,8 @@ RunDevice make_run_device(const std::string& device, MpiRuntime& mpi, int tp,
     make_cuda_device(d, mpi, tp, record_timeline);
     return d;
   }
-  d.alloc = std::make_unique<TrackingAllocator>(host_raw_allocator(), record_timeline);
+  d.alloc = std::make_unique<TrackingAllocator>(
+      device == "cuda-emu" ? poisoning_host_allocator() : host_raw_allocator(), record_timeline);
   if (device == "cuda-emu") {
     d.owned = kernels::make_emu_backend(*d.alloc);
     d.backend = d.owned.get();

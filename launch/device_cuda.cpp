@@ -3,6 +3,7 @@
 #include <cuda_runtime_api.h>
 
 #include <string>
+#include <vector>
 
 #include "launch/device.h"
 #include "runtime/cuda/device.h"
@@ -12,10 +13,14 @@
 namespace shardtrain::launch {
 namespace {
 
-std::unique_ptr<Communicator> on_stream(std::unique_ptr<Communicator> c, void* stream) {
+// Orders the group's operations after the compute stream, and registers its stream with the
+// allocator (blocks it touches are reused only after it).
+std::unique_ptr<Communicator> on_stream(std::unique_ptr<Communicator> c, void* stream,
+                                        std::vector<cudaStream_t>& comm_streams) {
   auto* nccl = dynamic_cast<NcclCommunicator*>(c.get());
   ST_CHECK(nccl != nullptr, "a cuda group must be an NCCL communicator");
   nccl->set_compute_stream(static_cast<cudaStream_t>(stream));
+  comm_streams.push_back(nccl->comm_stream());
   return c;
 }
 
@@ -56,15 +61,19 @@ void make_cuda_device(RunDevice& d, MpiRuntime& mpi, int tp, bool record_timelin
   // The NCCL world selects this rank's GPU (its index on the node) before anything is
   // allocated or a stream is made.
   std::unique_ptr<NcclCommunicator> world = NcclCommunicator::create_for_node(mpi);
-  d.memory = std::make_unique<CudaCachingAllocator>();
+  auto memory = std::make_unique<CudaCachingAllocator>();
+  CudaCachingAllocator& cache = *memory;
+  d.memory = std::move(memory);
   d.alloc = std::make_unique<TrackingAllocator>(*d.memory, record_timeline);
   d.owned = kernels::make_cuda_backend(*d.alloc);
   d.backend = d.owned.get();
   void* stream = kernels::cuda_compute_stream(*d.backend);
   world->set_compute_stream(static_cast<cudaStream_t>(stream));
+  std::vector<cudaStream_t> comm_streams = {world->comm_stream()};
   const int w = mpi.world_rank();
-  d.dp = on_stream(world->split(w % tp, w / tp), stream);
-  if (tp > 1) d.tp = on_stream(world->split(w / tp, w % tp), stream);
+  d.dp = on_stream(world->split(w % tp, w / tp), stream, comm_streams);
+  if (tp > 1) d.tp = on_stream(world->split(w / tp, w % tp), stream, comm_streams);
+  cache.set_streams(static_cast<cudaStream_t>(stream), comm_streams);
   d.world = std::move(world);
   if (have_prop) d.gpu_name = prop.name;
 }

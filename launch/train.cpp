@@ -10,7 +10,10 @@
 // (models/flops.h: 6 N + 12 L C T per token, PaLM's count) over its time, per device, i.e.
 // divided by the world size (dp x tp: each rank does its share); `mfu` divides that by the
 // GPU's dense bf16/fp16 peak where runtime/gpu_peak.h knows the GPU (cuda only); `eta_s` is the
-// steps left times the mean step time of the recent steps (RecentStepTime below).
+// steps left times the mean step time of the recent steps (RecentStepTime below);
+// `host_syncs` (cuda and cuda-emu) is how often the host waited for the device during the step
+// (runtime/host_sync.h): the loss, norm and overflow flag come back in one read-back at the
+// step's end (ZeroEngine::step_stats), so a steady step has exactly one.
 //
 // Failure: problems found while setting up (config, data files, weights) are agreed on by
 // all ranks, reported once by the lowest failing rank, and every rank exits 2. A failure
@@ -45,6 +48,7 @@
 #include "runtime/config.h"
 #include "runtime/error.h"
 #include "runtime/gpu_peak.h"
+#include "runtime/host_sync.h"
 #include "runtime/log.h"
 #include "runtime/mpi_comm.h"
 
@@ -242,11 +246,13 @@ double evaluate(Run& run, models::Gpt<S>& model) {
   run.val->set_position(0);  // the same validation windows every time
   double sum = 0.0;
   const int batches = run.config.train().eval_batches();
+  model.zero_loss_sum();
   for (int i = 0; i < batches; ++i) {
     run.val->next(inputs.data(), targets.data());
     run.engine->begin_forward_only();
-    sum += model.forward(*run.engine, inputs.data(), targets.data());
+    model.forward(*run.engine, inputs.data(), targets.data());
   }
+  run.dev.backend->download(&sum, model.loss_sum(), 8);
   run.dev.dp->all_reduce_f64(&sum, 1, false);
   return sum / double(int64_t(batches) * run.B * run.T * run.dev.dp->size());
 }
@@ -302,6 +308,7 @@ void train_loop(Run& run, const TrainArgs& args) {
   log_info("model FLOPs: ", flops_per_token, " per token (6 N + 12 L C T), ", step_flops,
            " per step, shared by ", world_size, " devices", mfu_note);
   RecentStepTime recent;
+  const bool gpu_backend = std::string(run.dev.backend->name()) != "cpu";
   const int world_rank =
       run.dev.dp->rank() * int(run.dims.tp) + (run.dev.tp ? run.dev.tp->rank() : 0);
   const int64_t first_step = run.has_resumed ? run.resumed.step + 1 : 1;
@@ -315,21 +322,22 @@ void train_loop(Run& run, const TrainArgs& args) {
     const double loss_scale = scaler.scale();
     const float grad_weight = float(loss_scale / double(tokens_per_step));
     run.dev.alloc->set_phase("forward_backward");
+    const int64_t syncs_before = host_sync_count();
     engine.begin_step();
-    double loss_sum = 0.0;
+    model.zero_loss_sum();
     for (int64_t micro = 0; micro < run.accum; ++micro) {
       engine.begin_micro_step(micro == run.accum - 1);
       run.train->next(inputs.data(), targets.data());
-      loss_sum += model.forward(engine, inputs.data(), targets.data());
+      model.forward(engine, inputs.data(), targets.data());
       model.backward(engine, grad_weight);
     }
     engine.finish_backward();
     if (step == args.overflow_step && world_rank == args.fault_rank) engine.poison_grads_for_test();
     run.dev.alloc->set_phase("optimizer");
-    // Global norm and overflow flag from the owned shards: one reduction for both.
-    const double sq = engine.grad_sq_sum();
-    run.dev.dp->all_reduce_f64(&loss_sum, 1, false);
-    const double loss = loss_sum / double(tokens_per_step);
+    // Global norm, overflow flag and loss: one reduction, one read-back.
+    const parallel::StepStats stats = engine.step_stats(model.loss_sum());
+    const double sq = stats.grad_sq;
+    const double loss = stats.loss_sum / double(tokens_per_step);
     const bool skipped = scaler.update(!std::isfinite(sq));
     const double grad_norm = std::sqrt(sq) / loss_scale;
     const double lr = parallel::learning_rate(c.optimizer(), step, run.steps);
@@ -340,6 +348,7 @@ void train_loop(Run& run, const TrainArgs& args) {
       log_warn("step ", step, ": non-finite gradients, step skipped on every rank; loss scale ",
                loss_scale, " -> ", scaler.scale());
     }
+    const int64_t host_syncs = host_sync_count() - syncs_before;
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     const double eta_s = double(run.steps - step) * recent.add(secs);
     const double tflops = step_flops / secs / double(world_size) / 1e12;
@@ -366,6 +375,7 @@ void train_loop(Run& run, const TrainArgs& args) {
                         {"comm_bytes", comm_bytes},
                         {"tp_comm_bytes", tp_comm_bytes}};
     if (peak_tflops) m["mfu"] = tflops / *peak_tflops;  // absent, not null, without a peak
+    if (gpu_backend) m["host_syncs"] = host_syncs;      // the cpu backend has none to count
     const bool do_eval = run.val && (step % c.train().eval_every() == 0 || step == run.steps);
     if (do_eval) {
       run.dev.alloc->set_phase("eval");

@@ -127,6 +127,8 @@ Gpt<S>::Gpt(const GptDims& dims, int64_t B, int64_t T, TrackingAllocator& alloc,
   logits_ = act({N, dims.Vp / t}, dt, "logits");
   losses_ = act({N}, DType::kF32, "losses");
   loss_lse_ = act({N}, DType::kF32, "loss_lse");
+  loss_sum_ = act({2}, DType::kF32, "loss_sum");  // one double
+  zero_loss_sum();
   targets_ = Tensor::empty({B, T}, DType::kI32, alloc, MemCategory::kActivations, "targets");
   dres_ = work({R, C}, "d_residual");
   dln_ = work({N, C}, "d_ln");
@@ -136,7 +138,7 @@ Gpt<S>::Gpt(const GptDims& dims, int64_t B, int64_t T, TrackingAllocator& alloc,
   dscratch_ = work({N, C}, "d_proj_out");
   if (t > 1) {
     ce_max_ = Tensor::empty({2 * N}, DType::kF32, alloc, MemCategory::kWorkspace, "ce_row_max");
-    ce_aux_ = Tensor::empty({2 * N}, DType::kF32, alloc, MemCategory::kWorkspace, "ce_row_aux");
+    ce_aux_ = Tensor::empty({4 * N}, DType::kF32, alloc, MemCategory::kWorkspace, "ce_row_aux");
   }
   if (sp_) {
     ln_local_ = work({R, C}, "sp_ln_local");
@@ -223,40 +225,34 @@ void Gpt<S>::embed_backward(float* dwte, float* dwpe, const S* dres) {
 }
 
 // Vocab-parallel cross-entropy (Megatron): per row, the max and the sum of exponentials over
-// the whole vocabulary and the target's logit are reduced over the tp group (on the host, in
-// double); padding columns (global index >= V) take no part.
+// the whole vocabulary and the target's logit are reduced over the tp group (in double, in the
+// backend's memory, stream-ordered: no host wait); padding columns (global index >= V) take no
+// part. Leaves the per-token losses and logsumexps in losses_ and loss_lse_.
 template <class S>
-double Gpt<S>::vocab_parallel_loss(const int32_t* host_targets) {
+void Gpt<S>::vocab_parallel_loss() {
   const int64_t N = B_ * T_, Vl = dims_.Vp / dims_.tp;
   const int64_t valid = std::clamp<int64_t>(dims_.V - vocab_begin_, 0, Vl);
   const S* logits = logits_.template data<S>();
   auto* dmax = static_cast<double*>(ce_max_.raw());
-  auto* daux = static_cast<double*>(ce_aux_.raw());
-  std::vector<double> mx(static_cast<size_t>(N)), sum(mx.size()), tgt(mx.size());
-  be_.cross_entropy_partial_max(dt_, dmax, daux, logits, targets_.data<int32_t>(), vocab_begin_,
+  auto* dtgt = static_cast<double*>(ce_aux_.raw());
+  double* dsum = dtgt + N;
+  be_.cross_entropy_partial_max(dt_, dmax, dtgt, logits, targets_.data<int32_t>(), vocab_begin_,
                                 {N, Vl}, valid);
-  be_.download(mx.data(), dmax, N * 8);
-  be_.download(tgt.data(), daux, N * 8);
-  tp_->all_reduce_f64(mx.data(), N, /*max=*/true);
-  tp_->all_reduce_f64(tgt.data(), N, false);
-  be_.upload(dmax, mx.data(), N * 8);
-  be_.cross_entropy_partial_sumexp(dt_, daux, logits, dmax, {N, Vl}, valid);
-  be_.download(sum.data(), daux, N * 8);
-  tp_->all_reduce_f64(sum.data(), N, false);
-  std::vector<float> lse(mx.size());
-  double total = 0.0;
-  for (int64_t i = 0; i < N; ++i) {
-    const size_t r = size_t(i);
-    lse[r] = float(mx[r] + std::log(sum[r]));
-    const float loss = host_targets[i] < 0 ? 0.0f : float(double(lse[r]) - tgt[r]);
-    total += loss;
-  }
-  be_.upload(loss_lse_.raw(), lse.data(), N * 4);
-  return total;
+  tp_->all_reduce_f64_async(dmax, N, /*max=*/true)->wait();
+  tp_->all_reduce_f64_async(dtgt, N, /*max=*/false)->wait();
+  be_.cross_entropy_partial_sumexp(dt_, dsum, logits, dmax, {N, Vl}, valid);
+  tp_->all_reduce_f64_async(dsum, N, /*max=*/false)->wait();
+  be_.cross_entropy_from_partials(losses_.data<float>(), loss_lse_.data<float>(), dmax, dsum, dtgt,
+                                  targets_.data<int32_t>(), N);
 }
 
 template <class S>
-double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* targets) {
+void Gpt<S>::zero_loss_sum() {
+  be_.zero(loss_sum_.raw(), loss_sum_.bytes());
+}
+
+template <class S>
+void Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* targets) {
   const int64_t N = B_ * T_, C = dims_.C, L = dims_.L, t = dims_.tp;
   const int64_t Vl = dims_.Vp / t, R = rows_;
   const bool split = t > 1;
@@ -325,17 +321,17 @@ double Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* ta
     be_.gemm(d, lnf_.data<S>(), param<S>(ps.params(0), 0, 0), logits_.data<S>());
   }
   ps.release(0);
-  if (targets == nullptr) return 0.0;
+  if (targets == nullptr) return;
 
-  // 4. Loss: per-token cross-entropy over the real vocabulary, summed in a fixed order.
-  if (split) return vocab_parallel_loss(targets);
-  be_.cross_entropy_forward(dt_, losses_.data<float>(), loss_lse_.data<float>(), logits_.data<S>(),
-                            targets_.data<int32_t>(), {N, Vl}, dims_.V);
-  std::vector<float> losses(static_cast<size_t>(N));
-  be_.download(losses.data(), losses_.raw(), N * 4);
-  double sum = 0.0;
-  for (float x : losses) sum += x;
-  return sum;
+  // 4. Loss: per-token cross-entropy over the real vocabulary, summed in a fixed order into
+  //    loss_sum_ (on the device).
+  if (split) {
+    vocab_parallel_loss();
+  } else {
+    be_.cross_entropy_forward(dt_, losses_.data<float>(), loss_lse_.data<float>(),
+                              logits_.data<S>(), targets_.data<int32_t>(), {N, Vl}, dims_.V);
+  }
+  be_.accumulate_sum(static_cast<double*>(loss_sum_.raw()), losses_.data<float>(), N);
 }
 
 template <class S>

@@ -126,9 +126,15 @@ class Gpt {
   const GptDims& dims() const { return dims_; }
   const std::vector<UnitLayout>& layout() const { return layout_; }
 
-  // Forward over inputs (B,T), host memory. With targets (B,T): returns the sum of per-token
-  // losses (ignored targets count 0) and keeps what backward needs. Without: logits only.
-  double forward(ParamSource& ps, const int32_t* inputs, const int32_t* targets);
+  // Forward over inputs (B,T), host memory. With targets (B,T): adds the sum of per-token
+  // losses (ignored targets count 0) to loss_sum() and keeps what backward needs. Without:
+  // logits only. Nothing here waits for the device: the loss stays in the backend's memory
+  // until the caller reads it (once per optimizer step).
+  void forward(ParamSource& ps, const int32_t* inputs, const int32_t* targets);
+  // One double in the backend's memory: the loss sums of the forwards since zero_loss_sum(),
+  // added in forward order (each forward's own sum in the backend's fixed order).
+  void zero_loss_sum();
+  const double* loss_sum() const { return static_cast<const double*>(loss_sum_.raw()); }
   // Backward of grad_weight * (sum of losses), after forward with targets. Accumulates into
   // ps.grads(); calls ps.grads_done(unit) as each unit finishes, last unit first.
   void backward(ParamSource& ps, float grad_weight);
@@ -153,7 +159,7 @@ class Gpt {
                   const S* bias, const S* add = nullptr, S* res = nullptr);
   void embed(const void* emb);
   void embed_backward(float* dwte, float* dwpe, const S* dres);
-  double vocab_parallel_loss(const int32_t* host_targets);
+  void vocab_parallel_loss();
   // Row-major GEMMs of the model's three patterns (compute dtype, fp32 weight gradients).
   void linear(S* out, const S* in, const S* w, const S* bias, int64_t N, int64_t K, int64_t M);
   void linear_dinput(S* din, const S* dout, const S* w, int64_t N, int64_t K, int64_t M);
@@ -170,13 +176,14 @@ class Gpt {
   std::vector<UnitLayout> layout_;
   std::vector<Tensor> residual_;  // L+1 of (B,T,C): the stream entering each block, and out
   std::vector<BlockActivations> blocks_;
-  Tensor lnf_, lnf_mean_, lnf_rstd_, logits_, losses_, loss_lse_;
+  Tensor lnf_, lnf_mean_, lnf_rstd_, logits_, losses_, loss_lse_, loss_sum_;
   Tensor inputs_, targets_;
   // Workspace reused by every block: backward scratch, and the sequence-parallel row buffers
   // (local LayerNorm output, reduce-scattered projections and input gradients).
   Tensor dres_, dln_, datty_, dqkv_, dfch_, dscratch_;
   Tensor ln_local_, proj_local_, dln_local_, dres_full_;
-  // Vocabulary-parallel cross-entropy: per-row statistics (doubles, 2N in fp32 units each).
+  // Vocabulary-parallel cross-entropy: per-row statistics in doubles: the max (2N in fp32
+  // units), the target logit and the sum of exponentials (4N).
   Tensor ce_max_, ce_aux_;
   kernels::Backend& be_;
   DType dt_;

@@ -122,8 +122,8 @@ class EngineReplay {
     deferred_.clear();
     while (!pending_.empty()) complete_oldest();
   }
-  // ZeroEngine::grad_sq_sum: a scratch of one double per parameter, freed at once.
-  void grad_sq_sum(int64_t slots) {
+  // ZeroEngine::step_stats: a scratch of one double per parameter and two more, freed at once.
+  void step_stats(int64_t slots) {
     t_.add(kWork, 8 * slots);
     t_.add(kWork, -8 * slots);
   }
@@ -208,8 +208,8 @@ void replay_backward(EngineReplay& e, int L) {
 // softmax and its dropout mask that flash attention never stores (it recomputes them from
 // Q, K and the logsumexp). With e = 2 the per-layer difference is therefore
 // -2 sbh - 5 a s^2 b + s b (16 + 4 a). Outside the layers: the final residual and ln_f
-// (2 N C e + 8N), the logits (N Vp e), per-token losses and logsumexp (8N), and the int32
-// inputs and targets (8N).
+// (2 N C e + 8N), the logits (N Vp e), per-token losses and logsumexp (8N), the loss sum (8
+// bytes), and the int32 inputs and targets (8N).
 //
 // Tensor parallel (models::Gpt, Megatron-style; Korthikanti Table 2): qkv, atty, fch,
 // fch_gelu, the logsumexp and the logits are split by tp (heads / columns / vocabulary);
@@ -238,13 +238,13 @@ void plan_activations(const MemPlanInput& in, CategoryBytes& b) {
   acts += in.L * per_layer;
   acts += N * C * e + 2 * R * f32;         // lnf (N,C), its mean and rstd (R)
   acts += N * (vocab_padded(in) / t) * e;  // logits (N,Vp)
-  acts += 2 * N * f32;                     // losses, loss_lse (N)
+  acts += 2 * N * f32 + 8;                 // losses, loss_lse (N); the loss sum (one double)
   b[size_t(kActs)] = acts;
   // Backward scratch: d_residual (R,C); d_ln, d_proj_out (N,C); d_atty (N,C), d_qkv (N,3C),
   // d_fch (N,4C) split by tp; sequence parallel: 3 x (R,C) + (N,C).
   int64_t work = R * C * e + 2 * N * C * e + N * ((C + 3 * C + 4 * C) / t) * e;
   if (sp) work += 3 * R * C * e + N * C * e;
-  if (t > 1) work += 2 * N * 8;  // vocab-parallel cross-entropy: row max and sums (N doubles x 2)
+  if (t > 1) work += 3 * N * 8;  // vocab-parallel cross-entropy: row max, target, sum (N doubles)
   b[size_t(kWork)] = work;
 }
 
@@ -335,7 +335,7 @@ MemPlan plan_memory(const MemPlanInput& in) {
       replay_backward(replay, L);
     }
     replay.finish_backward();
-    replay.grad_sq_sum(slots);
+    replay.step_stats(slots + 2);
     replay.adamw_step();
     if (pass == 0) {
       replay.begin_pass();

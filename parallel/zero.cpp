@@ -17,7 +17,7 @@ struct ZeroEngine::Unit {
   int64_t own_begin = 0;                     // r * S
   Tensor params;    // compute dtype: full P (stages 0-2) or the shard S (stage 3)
   Tensor gathered;  // stage 3: full P while acquired
-  std::unique_ptr<Work> gather_work;
+  std::vector<std::unique_ptr<Work>> gather_works;  // one per piece, in issue order
   Tensor master;      // fp32: full P (stage 0) or shard S; for fp32 compute, params' memory
   Tensor m, v;        // fp32, like master
   Tensor grads;       // fp32: full P (stages 0-1) or shard S (stages 2-3), accumulated
@@ -101,7 +101,7 @@ ZeroEngine::~ZeroEngine() {
   for (auto& p : pending_) {
     for (auto& w : p->works) w.reset();
   }
-  for (auto& u : units_) u->gather_work.reset();
+  for (auto& u : units_) u->gather_works.clear();
 }
 
 Tensor ZeroEngine::zeros(int64_t count, DType t, MemCategory c, const std::string& tag) {
@@ -117,26 +117,26 @@ int64_t ZeroEngine::shard_numel(int unit) const { return units_[size_t(unit)]->s
 
 void ZeroEngine::gather_start(int unit) {
   Unit& u = *units_[size_t(unit)];
-  if (u.gathered.defined() || u.gather_work) return;
+  if (u.gathered.defined()) return;
   u.gathered = Tensor::empty({u.padded}, options_.compute, alloc_, MemCategory::kParams,
                              layout_[size_t(unit)].name + ".gathered");
   const int64_t esz = dtype_bytes(options_.compute);
   const char* src = static_cast<const char*>(u.params.raw());
   char* dst = static_cast<char*>(u.gathered.raw());
-  // Pieces of every rank's chunk; only the last work needs waiting (FIFO execution).
+  // Pieces of every rank's chunk, all issued now; each Work is kept (dropping one may wait for
+  // it, on MPI) and waited for in gather_wait: on a GPU that is the compute stream waiting,
+  // not the host, so the gather overlaps the kernels queued before it.
   for (int64_t off = 0; off < u.shard; off += piece_) {
     const int64_t count = std::min(piece_, u.shard - off);
-    u.gather_work =
-        dp_.all_gather_async(src + off * esz, dst + off * esz, count, options_.compute, u.shard);
+    u.gather_works.push_back(
+        dp_.all_gather_async(src + off * esz, dst + off * esz, count, options_.compute, u.shard));
   }
 }
 
 void ZeroEngine::gather_wait(int unit) {
   Unit& u = *units_[size_t(unit)];
-  if (u.gather_work) {
-    u.gather_work->wait();
-    u.gather_work.reset();
-  }
+  for (auto& w : u.gather_works) w->wait();
+  u.gather_works.clear();
 }
 
 void ZeroEngine::acquire(int unit) {
@@ -158,17 +158,16 @@ void ZeroEngine::release(int unit) {
   // keep it rather than gather it again.
   if (acquire_pos_ < acquire_order_.size() && acquire_order_[acquire_pos_] == unit) return;
   gather_wait(unit);
-  // On a GPU the unit's kernels may still be reading it, and the freed block may be handed to
-  // the next gather (communication stream): wait for them first (a no-op on host backends).
-  // (Per-stream block reuse, as PyTorch's allocator tracks it, would avoid the wait.)
-  be_.synchronize();
+  // On a GPU the unit's kernels may still be reading it: the caching allocator reuses the block
+  // only in stream order after them (runtime/cuda/device.h), so no host wait here.
   u.gathered = Tensor();
 }
 
 const void* ZeroEngine::params(int unit) {
   Unit& u = *units_[size_t(unit)];
   if (options_.stage == 3) {
-    ST_CHECK(u.gathered.defined() && !u.gather_work, "unit ", unit, " used without acquire()");
+    ST_CHECK(u.gathered.defined() && u.gather_works.empty(), "unit ", unit,
+             " used without acquire()");
     return u.gathered.raw();
   }
   return u.params.raw();
@@ -227,8 +226,8 @@ void ZeroEngine::complete_oldest_reduce() {
   for (auto& w : p->works) w->wait();
   Unit& u = *units_[size_t(p->unit)];
   if (options_.stage >= 2) {
+    // The add reads `reduced`, freed below: in stream order after it (no host wait).
     be_.add_f32(u.grads.data<float>(), p->reduced.data<float>(), u.shard);
-    be_.synchronize();        // the add reads `reduced`, freed below
     u.work_grads = Tensor();  // the full-size buffer does not survive its reduction
   }
 }
@@ -278,7 +277,7 @@ int64_t ZeroEngine::grad_sq_slots(const std::vector<models::UnitLayout>& layout)
   return n;
 }
 
-double ZeroEngine::grad_sq_sum() {
+StepStats ZeroEngine::step_stats(const double* loss_sum) {
   // Over the owned shard at every stage, so the sum (and its rounding) is the same for all:
   // one sum per run of adjacent counted parameters in a unit's shard (padding past the last
   // parameter holds zeros), added on the host in order. Parameters replicated over the tp
@@ -303,19 +302,25 @@ double ZeroEngine::grad_sq_sum() {
       }
     }
   }
-  std::vector<double> sums(ranges.size(), 0.0);
+  // One double per run, then (at `slots`) the rank's sum of squares and its loss sum: both
+  // reduced over dp in one collective, the squares over tp too, all in the backend's memory;
+  // then one read-back, the step's one wait for the device. The sums are added in run order,
+  // from 0.0, as a host loop would add them.
   const int64_t slots = grad_sq_slots(layout_);
-  ST_CHECK(int64_t(ranges.size()) <= slots, "grad_sq_sum: ", ranges.size(), " runs > ", slots);
-  Tensor out = Tensor::empty({2 * slots}, DType::kF32, alloc_, MemCategory::kWorkspace,
+  ST_CHECK(int64_t(ranges.size()) <= slots, "step_stats: ", ranges.size(), " runs > ", slots);
+  Tensor out = Tensor::empty({2 * (slots + 2)}, DType::kF32, alloc_, MemCategory::kWorkspace,
                              "grad_sq_sums");  // on every rank, even one that owns no run
   auto* dev = static_cast<double*>(out.raw());
+  double* totals = dev + slots;
   for (size_t i = 0; i < ranges.size(); ++i) be_.sum_squares(dev + i, ranges[i].g, ranges[i].n);
-  if (!ranges.empty()) be_.download(sums.data(), dev, int64_t(sums.size()) * 8);
-  double local = 0.0;
-  for (double x : sums) local += x;
-  dp_.all_reduce_f64(&local, 1, /*max=*/false);
-  if (tp_) tp_->all_reduce_f64(&local, 1, /*max=*/false);
-  return local;
+  be_.sum_f64_in_order(totals, dev, int64_t(ranges.size()));
+  be_.copy(totals + 1, loss_sum, 8);
+  dp_.all_reduce_f64_async(totals, 2, /*max=*/false)->wait();
+  if (tp_) tp_->all_reduce_f64_async(totals, 1, /*max=*/false)->wait();
+  double host[2] = {0.0, 0.0};
+  be_.download_async(host, totals, 16);
+  be_.synchronize();
+  return {host[0], host[1]};
 }
 
 // ---- Optimizer ----------------------------------------------------------------------------
@@ -329,13 +334,14 @@ void ZeroEngine::poison_grads_for_test() {
 void ZeroEngine::adamw_step(const proto::OptimizerConfig& o, double lr, int64_t step,
                             float grad_scale) {
   const int stage = options_.stage;
-  // No gathered copy may outlive the parameters it was gathered from (nor a kernel using it).
-  be_.synchronize();
+  // No gathered copy may outlive the parameters it was gathered from (kernels still using one
+  // are ordered before its reuse by the allocator).
   for (auto& u : units_) {
-    if (u->gather_work) u->gather_work->wait();
-    u->gather_work.reset();
+    for (auto& w : u->gather_works) w->wait();
+    u->gather_works.clear();
     u->gathered = Tensor();
   }
+  std::vector<std::unique_ptr<Work>> gathers;  // stages 1-2: the parameters made whole
   for (size_t ui = 0; ui < units_.size(); ++ui) {
     Unit& u = *units_[ui];
     // The range this rank updates, in unit coordinates: everything at stage 0, else the shard.
@@ -376,15 +382,14 @@ void ZeroEngine::adamw_step(const proto::OptimizerConfig& o, double lr, int64_t 
       // Every rank updated its shard of the parameters; gather the rest.
       const int64_t esz = dtype_bytes(options_.compute);
       char* full = static_cast<char*>(u.params.raw());
-      std::unique_ptr<Work> last;
       for (int64_t off = 0; off < u.shard; off += piece_) {
         const int64_t n = std::min(piece_, u.shard - off);
-        last = dp_.all_gather_async(full + (u.own_begin + off) * esz, full + off * esz, n,
-                                    options_.compute, u.shard);
+        gathers.push_back(dp_.all_gather_async(full + (u.own_begin + off) * esz, full + off * esz,
+                                               n, options_.compute, u.shard));
       }
-      if (last) last->wait();  // FIFO: the last piece done means all are
     }
   }
+  for (auto& w : gathers) w->wait();  // the next forward reads them
 }
 
 // ---- Initial weights and export ------------------------------------------------------------

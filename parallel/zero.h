@@ -44,6 +44,12 @@ struct ZeroOptions {
 // A run of one parameter's elements that a rank saves in checkpoints: its ZeRO shard, less
 // vocabulary padding, and for tp-replicated parameters only on tp rank 0. Local element
 // indices [begin, end) of parameter `param` of unit `unit`.
+// What ZeroEngine::step_stats reads back once per optimizer step.
+struct StepStats {
+  double grad_sq = 0.0;   // squared global gradient norm (non-finite: an overflow somewhere)
+  double loss_sum = 0.0;  // summed over the dp group
+};
+
 struct OwnedRun {
   int unit;
   int param;
@@ -85,17 +91,20 @@ class ZeroEngine final : public models::ParamSource {
   void export_hf(const std::string& path, const std::string& model_config);
 
   // One optimizer step: begin_step(), then per micro-step begin_micro_step(last) + the model's
-  // forward/backward, then finish_backward(), grad_sq_sum(), adamw_step().
+  // forward/backward, then finish_backward(), step_stats(), adamw_step().
   void begin_step();
   void begin_micro_step(bool last);
   // Before a forward without backward (evaluation, sampling): restarts the prefetch order.
   void begin_forward_only() { acquire_pos_ = 0; }
   void finish_backward();
-  // Sum of squared gradient elements over the whole model, all ranks: each element counted
-  // once (ZeRO shards partition it over dp; replicated tp parameters count on tp rank 0).
-  double grad_sq_sum();
-  // Its scratch: one double per parameter of `layout` (the most runs a rank can have), so the
-  // bytes are the same on every rank and memplan predicts them.
+  // The step's statistics, read back in the step's one host wait for the device: grad_sq, the
+  // sum of squared gradient elements over the whole model and all ranks (each element counted
+  // once: ZeRO shards partition it over dp; replicated tp parameters count on tp rank 0), and
+  // loss_sum, the dp group's sum of `loss_sum` (one double in the backend's memory, such as
+  // models::Gpt::loss_sum()).
+  StepStats step_stats(const double* loss_sum);
+  // Its scratch: one double per parameter of `layout` (the most runs a rank can have) and two
+  // more, so the bytes are the same on every rank and memplan predicts them.
   static int64_t grad_sq_slots(const std::vector<models::UnitLayout>& layout);
   // AdamW on the owned shard (grads * grad_scale first), then parameters made whole again.
   void adamw_step(const proto::OptimizerConfig& o, double lr, int64_t step, float grad_scale);

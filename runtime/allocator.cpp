@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 
 #include "runtime/error.h"
 #include "runtime/log.h"
@@ -26,6 +27,19 @@ class HostRawAllocator final : public RawAllocator {
     return p;
   }
   void release(void* ptr, int64_t) override { std::free(ptr); }
+};
+
+class PoisoningHostAllocator final : public RawAllocator {
+ public:
+  void* allocate(int64_t bytes) override {
+    void* p = host_raw_allocator().allocate(bytes);
+    if (bytes > 0) std::memset(p, 0xFF, size_t(bytes));
+    return p;
+  }
+  void release(void* ptr, int64_t bytes) override {
+    if (bytes > 0) std::memset(ptr, 0xFF, size_t(bytes));
+    host_raw_allocator().release(ptr, bytes);
+  }
 };
 
 }  // namespace
@@ -54,6 +68,11 @@ const char* mem_category_name(MemCategory c) {
 
 RawAllocator& host_raw_allocator() {
   static HostRawAllocator a;
+  return a;
+}
+
+RawAllocator& poisoning_host_allocator() {
+  static PoisoningHostAllocator a;
   return a;
 }
 

@@ -47,6 +47,11 @@ class RawAllocator {
 
 // Host memory, 64-byte aligned (a cache line; also what AVX-512 loads like).
 RawAllocator& host_raw_allocator();
+// Host memory as above, filled with 0xFF bytes (a NaN in fp32, bf16 and f16; -1 in int32) when
+// handed out and again when released, so that reading memory never written, or read after its
+// release, shows in the results. cuda-emu computes in it: a GPU's device memory holds garbage
+// in both cases, which host memory fresh from the kernel (zeros) would hide.
+RawAllocator& poisoning_host_allocator();
 
 enum class MemEventKind : uint8_t { kAlloc, kFree, kPhase };
 

@@ -48,8 +48,13 @@ class Communicator {
   virtual std::unique_ptr<Work> broadcast_async(void* buf, int64_t count, DType dtype,
                                                 int root) = 0;
   virtual void barrier() = 0;
-  // Small reductions of doubles (losses, norms, flags): sum or max, in place.
+  // Small reductions of doubles (losses, norms, flags): sum or max, in place, in host memory;
+  // the host waits for the result.
   virtual void all_reduce_f64(double* values, int64_t count, bool max) = 0;
+  // The same reduction (same order, same bits) on doubles in the memory this communicator moves
+  // (host memory for MPI, the GPU's for NCCL), asynchronous like the other collectives: a step's
+  // statistics are reduced where they were computed and read back once.
+  virtual std::unique_ptr<Work> all_reduce_f64_async(double* buf, int64_t count, bool max) = 0;
 
   // A sub-group: ranks with the same color, ordered by key (MPI_Comm_split semantics).
   virtual std::unique_ptr<Communicator> split(int color, int key) = 0;

@@ -255,23 +255,25 @@ class MpiCommunicator final : public Communicator {
   }
 
   void all_reduce_f64(double* values, int64_t count, bool max) override {
-    engine_
-        ->submit([=, this] {
-          // Gather everything, then reduce locally in rank order: the same order on every rank.
-          std::vector<double> all(size_t(count * size_));
-          MPI_CHECK(MPI_Allgather(values, int(count), MPI_DOUBLE, all.data(), int(count),
-                                  MPI_DOUBLE, comm_));
-          bytes_sent_ += count * 8 * (size_ - 1);
-          for (int64_t i = 0; i < count; ++i) {
-            double acc = all[size_t(i)];
-            for (int r = 1; r < size_; ++r) {
-              double v = all[size_t(r * count + i)];
-              acc = max ? (v > acc ? v : acc) : acc + v;
-            }
-            values[i] = acc;
-          }
-        })
-        ->wait();
+    all_reduce_f64_async(values, count, max)->wait();
+  }
+
+  std::unique_ptr<Work> all_reduce_f64_async(double* values, int64_t count, bool max) override {
+    return engine_->submit([=, this] {
+      // Gather everything, then reduce locally in rank order: the same order on every rank.
+      std::vector<double> all(size_t(count * size_));
+      MPI_CHECK(
+          MPI_Allgather(values, int(count), MPI_DOUBLE, all.data(), int(count), MPI_DOUBLE, comm_));
+      bytes_sent_ += count * 8 * (size_ - 1);
+      for (int64_t i = 0; i < count; ++i) {
+        double acc = all[size_t(i)];
+        for (int r = 1; r < size_; ++r) {
+          double v = all[size_t(r * count + i)];
+          acc = max ? (v > acc ? v : acc) : acc + v;
+        }
+        values[i] = acc;
+      }
+    });
   }
 
   std::unique_ptr<Communicator> split(int color, int key) override {

@@ -25,6 +25,9 @@ class CpuBackend final : public Backend {
   }
   void upload(void* dst, const void* host, int64_t bytes) override { copy(dst, host, bytes); }
   void download(void* host, const void* src, int64_t bytes) override { copy(host, src, bytes); }
+  void download_async(void* host, const void* src, int64_t bytes) override {
+    copy(host, src, bytes);
+  }
   void zero(void* dst, int64_t bytes) override {
     if (bytes > 0) std::memset(dst, 0, size_t(bytes));
   }
@@ -223,6 +226,19 @@ class CpuBackend final : public Backend {
   void add_f32(float* acc, const float* x, int64_t n) override { isa::add_f32(acc, x, n); }
   void sum_squares(double* out, const float* x, int64_t n) override {
     *out = isa::sum_squares(x, n);
+  }
+  void accumulate_sum(double* acc, const float* x, int64_t n) override {
+    *acc += isa::sum_f32(x, n);
+  }
+  void sum_f64_in_order(double* out, const double* x, int64_t n) override {
+    double s = 0.0;
+    for (int64_t i = 0; i < n; ++i) s += x[i];
+    *out = s;
+  }
+  void cross_entropy_from_partials(float* losses, float* lse, const double* row_max,
+                                   const double* sum, const double* target_logit,
+                                   const int32_t* targets, int64_t n) override {
+    isa::cross_entropy_from_partials(losses, lse, row_max, sum, target_logit, targets, n);
   }
 };
 

@@ -141,6 +141,12 @@ double sum_squares(const float* x, int64_t n) {
   return s;
 }
 
+double sum_f32(const float* x, int64_t n) {
+  double s = 0.0;
+  for (int64_t i = 0; i < n; ++i) s += double(x[i]);
+  return s;
+}
+
 template <class In, class Out>
 void cast(Out* out, const In* in, int64_t n) {
   if constexpr (std::is_same_v<In, Out>) {

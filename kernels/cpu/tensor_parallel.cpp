@@ -130,6 +130,15 @@ void cross_entropy_backward_slice(T* dlogits, const T* logits, const float* lse,
   }
 }
 
+void cross_entropy_from_partials(float* losses, float* lse, const double* row_max,
+                                 const double* sum, const double* target_logit,
+                                 const int32_t* targets, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    lse[i] = float(row_max[i] + std::log(sum[i]));
+    losses[i] = targets[i] < 0 ? 0.0f : float(double(lse[i]) - target_logit[i]);
+  }
+}
+
 #define ST_INSTANTIATE(T)                                                                          \
   template void embedding_lookup_slice<T>(T*, const int32_t*, const T*, int64_t, int64_t, int64_t, \
                                           int64_t);                                                \

@@ -4,8 +4,11 @@
 // without a GPU, and the same .inc runs under `cuda-emu` in CI.
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
+#include <cstring>
 #include <memory>
 #include <utility>
+#include <vector>
 
 #include "kernels/backend.h"
 #include "kernels/backend_dispatch.h"
@@ -13,6 +16,7 @@
 #include "kernels/cuda/ops.h"
 #include "runtime/cuda/device.h"
 #include "runtime/error.h"
+#include "runtime/host_sync.h"
 #include "runtime/tensor.h"
 
 namespace shardtrain::kernels {
@@ -47,6 +51,15 @@ struct World {
     CUDA_CHECK(cudaMemsetAsync(dst, 0, size_t(bytes), stream()));
   }
   void synchronize() { compute->synchronize(); }
+  void copy_async(void* dst, const void* src, int64_t bytes) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, size_t(bytes), cudaMemcpyDefault, stream()));
+  }
+  void* host_alloc(int64_t bytes) {  // pinned, so that copies from and to it are asynchronous
+    void* p = nullptr;
+    CUDA_CHECK(cudaHostAlloc(&p, size_t(bytes), cudaHostAllocDefault));
+    return p;
+  }
+  void host_free(void* p) { CUDA_CHECK(cudaFreeHost(p)); }
   void gemm(const GemmDesc& d, const void* a, const void* b, void* c, const void* bias) {
     lt->gemm(d, a, b, c, bias, stream());
   }

@@ -12,7 +12,8 @@
 // sums fixed row groups (a function of the row count only) in row order into a workspace, then
 // the groups in order, like layernorm.cu's parameter gradients; sum_squares uses a grid of
 // sum_squares_blocks(n) blocks (a function of n only), double accumulation, and one thread
-// adding the block sums in order.
+// adding the block sums in order; accumulate_sum (a micro-step's loss) is the same without the
+// squares, and sum_f64_in_order one thread adding a few hundred doubles in index order.
 #include <cmath>
 
 #include "kernels/cuda/launch.h"
@@ -143,30 +144,36 @@ __global__ void __launch_bounds__(kThreads)
   dbias[c] += acc;
 }
 
-// partial[block] = sum of double(x[i])^2 over this block's grid-stride share. The square of a
-// float is exact in double (48 significant bits), so a contracted fma changes nothing. Four
-// independent loads per step keep more bytes in flight; they are added in index order. The
-// block's sum: every thread's value through shared memory, lane l of warp 0 adds values l,
-// l + 32, ... in order, then a butterfly over warp 0 (one barrier, and warp collectives in one
-// warp only, which also keeps the emulator fast).
+// partial[block] = sum of double(x[i])^2 (kSquare) or of double(x[i]) over this block's
+// grid-stride share. The square of a float is exact in double (48 significant bits), so a
+// contracted fma changes nothing. Four independent loads per step keep more bytes in flight;
+// they are added in index order. The block's sum: every thread's value through shared memory,
+// lane l of warp 0 adds values l, l + 32, ... in order, then a butterfly over warp 0 (one
+// barrier, and warp collectives in one warp only, which also keeps the emulator fast).
+template <bool kSquare>
+__device__ __forceinline__ double sum_term(double a) {
+  if constexpr (kSquare) {
+    return a * a;
+  } else {
+    return a;
+  }
+}
+
+template <bool kSquare>
 __global__ void __launch_bounds__(kThreads)
-    sum_squares_partial_kernel(double* __restrict__ partial, const float* __restrict__ x,
-                               long long n) {
+    sum_partial_kernel(double* __restrict__ partial, const float* __restrict__ x, long long n) {
   ST_SHARED(double, sums, kThreads);
   const long long stride = (long long)gridDim.x * blockDim.x;
   long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
   double acc = 0.0;
   for (; i + 3 * stride < n; i += 4 * stride) {
     const double a0 = x[i], a1 = x[i + stride], a2 = x[i + 2 * stride], a3 = x[i + 3 * stride];
-    acc += a0 * a0;
-    acc += a1 * a1;
-    acc += a2 * a2;
-    acc += a3 * a3;
+    acc += sum_term<kSquare>(a0);
+    acc += sum_term<kSquare>(a1);
+    acc += sum_term<kSquare>(a2);
+    acc += sum_term<kSquare>(a3);
   }
-  for (; i < n; i += stride) {
-    const double a = x[i];
-    acc += a * a;
-  }
+  for (; i < n; i += stride) acc += sum_term<kSquare>(double(x[i]));
   sums[threadIdx.x] = acc;
   __syncthreads();
   if (threadIdx.x >= 32) return;
@@ -176,17 +183,27 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) partial[blockIdx.x] = w;
 }
 
-// *out = sum of partial[0..blocks) in block order: one block stages the partials in shared
-// memory (one coalesced load each), then thread 0 adds them in order.
+// s = sum of partial[0..blocks) in block order: one block stages the partials in shared memory
+// (one coalesced load each), then thread 0 adds them in order and stores s (or *out + s).
 __global__ void __launch_bounds__(kSumSquaresBlocks)
-    sum_squares_final_kernel(double* __restrict__ out, const double* __restrict__ partial,
-                             int blocks) {
+    sum_final_kernel(double* __restrict__ out, const double* __restrict__ partial, int blocks,
+                     bool accumulate) {
   ST_SHARED(double, sums, kSumSquaresBlocks);
   if (int(threadIdx.x) < blocks) sums[threadIdx.x] = partial[threadIdx.x];
   __syncthreads();
   if (threadIdx.x != 0) return;
   double acc = 0.0;
   for (int b = 0; b < blocks; ++b) acc += sums[size_t(b)];
+  *out = accumulate ? *out + acc : acc;
+}
+
+// *out = x[0] + x[1] + ... in index order, by one thread: a step's few hundred partial sums,
+// where the order is the definition (the CPU's loop) and the time is a few microseconds.
+__global__ void __launch_bounds__(32)
+    sum_f64_in_order_kernel(double* __restrict__ out, const double* __restrict__ x, long long n) {
+  if (threadIdx.x != 0) return;
+  double acc = 0.0;
+  for (long long i = 0; i < n; ++i) acc += x[i];
   *out = acc;
 }
 
@@ -251,14 +268,28 @@ Status bias_backward(float* dbias, const T* dout, int64_t rows, int64_t cols, fl
                 dbias, static_cast<const float*>(workspace), (long long)cols, groups);
 }
 
-Status sum_squares(double* out, const float* x, int64_t n, double* workspace, Stream stream) {
+template <bool kSquare>
+Status sum_blocks(double* out, const float* x, int64_t n, double* workspace, bool accumulate,
+                  Stream stream) {
   const int blocks = int(sum_squares_blocks(n));
-  Status e = launch(sum_squares_partial_kernel, dim3(unsigned(blocks)), dim3(kThreads), 0, stream,
+  Status e = launch(sum_partial_kernel<kSquare>, dim3(unsigned(blocks)), dim3(kThreads), 0, stream,
                     workspace, x, (long long)n);
   if (e != kOk) return e;
   // One warp-multiple of threads covering the partials.
-  return launch(sum_squares_final_kernel, dim3(1), dim3(unsigned((blocks + 31) / 32 * 32)), 0,
-                stream, out, static_cast<const double*>(workspace), blocks);
+  return launch(sum_final_kernel, dim3(1), dim3(unsigned((blocks + 31) / 32 * 32)), 0, stream, out,
+                static_cast<const double*>(workspace), blocks, accumulate);
+}
+
+Status sum_squares(double* out, const float* x, int64_t n, double* workspace, Stream stream) {
+  return sum_blocks<true>(out, x, n, workspace, /*accumulate=*/false, stream);
+}
+
+Status accumulate_sum(double* acc, const float* x, int64_t n, double* workspace, Stream stream) {
+  return sum_blocks<false>(acc, x, n, workspace, /*accumulate=*/true, stream);
+}
+
+Status sum_f64_in_order(double* out, const double* x, int64_t n, Stream stream) {
+  return launch(sum_f64_in_order_kernel, dim3(1), dim3(32), 0, stream, out, x, (long long)n);
 }
 
 #define ST_INSTANTIATE(T)                                                               \

@@ -218,6 +218,20 @@ unsigned blocks_for(long long work) {
   return unsigned(b < 1 ? 1 : (b > kMaxBlocks ? kMaxBlocks : b));
 }
 
+__global__ void __launch_bounds__(kThreads)
+    cross_entropy_from_partials_kernel(float* __restrict__ losses, float* __restrict__ lse,
+                                       const double* __restrict__ row_max,
+                                       const double* __restrict__ sum,
+                                       const double* __restrict__ target_logit,
+                                       const int32_t* __restrict__ targets, long long n) {
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += stride) {
+    const float l = float(row_max[i] + log(sum[i]));
+    lse[i] = l;
+    losses[i] = targets[i] < 0 ? 0.0f : float(double(l) - target_logit[i]);
+  }
+}
+
 }  // namespace
 
 template <class T>
@@ -287,6 +301,16 @@ Status cross_entropy_backward_slice(T* dlogits, const T* logits, const float* ls
   return launch(cross_entropy_backward_slice_kernel<T>, dim3(unsigned(s.rows)), dim3(kThreads), 0,
                 stream, dlogits, logits, lse, targets, (long long)vocab_begin, grad_weight,
                 (long long)s.vocab, (long long)valid);
+}
+
+Status cross_entropy_from_partials(float* losses, float* lse, const double* row_max,
+                                   const double* sum, const double* target_logit,
+                                   const int32_t* targets, int64_t n, Stream stream) {
+  if (n == 0) return kOk;
+  long long blocks = (n + kThreads - 1) / kThreads;
+  if (blocks > kMaxBlocks) blocks = kMaxBlocks;
+  return launch(cross_entropy_from_partials_kernel, dim3(unsigned(blocks)), dim3(kThreads), 0,
+                stream, losses, lse, row_max, sum, target_logit, targets, (long long)n);
 }
 
 #define ST_INSTANTIATE(T)                                                                         \

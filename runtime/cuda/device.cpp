@@ -1,6 +1,7 @@
 // device.cpp — the CUDA probe, caching allocator, streams and events (see device.h).
 #include "runtime/cuda/device.h"
 
+#include <cstddef>
 #include <cstdio>
 
 namespace shardtrain {
@@ -57,6 +58,7 @@ CudaCachingAllocator::~CudaCachingAllocator() {
     return;  // no context left to free into (process teardown): the driver reclaims it
   }
   empty_cache_locked();
+  for (cudaEvent_t e : event_pool_) (void)cudaEventDestroy(e);
   for (auto& [ptr, size] : live_) (void)cudaFree(ptr);
   if (!live_.empty()) {
     std::fprintf(stderr, "shardtrain: CudaCachingAllocator destroyed with %zu live blocks\n",
@@ -68,14 +70,34 @@ CudaCachingAllocator::~CudaCachingAllocator() {
 void* CudaCachingAllocator::allocate(int64_t bytes) {
   const int64_t size = size_class(bytes);
   std::lock_guard<std::mutex> lock(mu_);
-  // 1. Reuse a cached block of the same class.
+  // 1. Reuse a cached block of the same class: the newest whose fences have all passed, else
+  //    the oldest (its fences are the likeliest to be near), after the compute stream waits.
   auto it = free_.find(size);
   if (it != free_.end() && !it->second.empty()) {
-    void* p = it->second.back();
-    it->second.pop_back();
+    std::vector<FreeBlock>& blocks = it->second;
+    size_t pick = 0;
+    for (size_t i = blocks.size(); i-- > 0;) {
+      bool passed = true;
+      for (cudaEvent_t e : blocks[i].fences) {
+        const cudaError_t q = cudaEventQuery(e);
+        if (q == cudaErrorNotReady) {
+          (void)cudaGetLastError();
+          passed = false;
+          break;
+        }
+        CUDA_CHECK(q);
+      }
+      if (passed) {
+        pick = i;
+        break;
+      }
+    }
+    FreeBlock block = std::move(blocks[pick]);
+    blocks.erase(blocks.begin() + std::ptrdiff_t(pick));
+    order_reuse_locked(block);
     cached_ -= size;
-    live_.emplace(p, size);
-    return p;
+    live_.emplace(block.ptr, size);
+    return block.ptr;
   }
   // 2. Ask the driver; if it is out of memory, give the cache back and ask once more.
   CUDA_CHECK(cudaSetDevice(device_));
@@ -103,9 +125,44 @@ void CudaCachingAllocator::release(void* ptr, int64_t bytes) {
   ST_CHECK(it != live_.end(), "CudaCachingAllocator::release of a pointer it did not allocate");
   ST_CHECK(it->second == size_class(bytes), "CudaCachingAllocator::release with ", bytes,
            " bytes, but the block was allocated in size class ", it->second);
-  free_[it->second].push_back(ptr);
+  FreeBlock block{ptr, {}};
+  for (cudaStream_t stream : streams_) {
+    cudaEvent_t e = take_event_locked();
+    CUDA_CHECK(cudaEventRecord(e, stream));
+    block.fences.push_back(e);
+  }
+  free_[it->second].push_back(std::move(block));
   cached_ += it->second;
   live_.erase(it);
+}
+
+void CudaCachingAllocator::set_streams(cudaStream_t compute, std::vector<cudaStream_t> others) {
+  std::lock_guard<std::mutex> lock(mu_);
+  compute_ = compute;
+  streams_ = {compute};
+  for (cudaStream_t s : others) {
+    if (s != compute) streams_.push_back(s);
+  }
+}
+
+cudaEvent_t CudaCachingAllocator::take_event_locked() {
+  if (!event_pool_.empty()) {
+    cudaEvent_t e = event_pool_.back();
+    event_pool_.pop_back();
+    return e;
+  }
+  cudaEvent_t e = nullptr;
+  CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  return e;
+}
+
+void CudaCachingAllocator::order_reuse_locked(FreeBlock& block) {
+  // A wait is captured when it is enqueued, so the events may be recorded again afterwards.
+  for (cudaEvent_t e : block.fences) {
+    CUDA_CHECK(cudaStreamWaitEvent(compute_, e, 0));
+    event_pool_.push_back(e);
+  }
+  block.fences.clear();
 }
 
 int64_t CudaCachingAllocator::reserved_bytes() const {
@@ -126,7 +183,10 @@ void CudaCachingAllocator::empty_cache() {
 
 void CudaCachingAllocator::empty_cache_locked() {
   for (auto& [size, blocks] : free_) {
-    for (void* p : blocks) (void)cudaFree(p);
+    for (FreeBlock& b : blocks) {
+      (void)cudaFree(b.ptr);  // synchronises the device: the fences have passed
+      for (cudaEvent_t e : b.fences) event_pool_.push_back(e);
+    }
     reserved_ -= size * int64_t(blocks.size());
     cached_ -= size * int64_t(blocks.size());
   }

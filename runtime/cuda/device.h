@@ -10,7 +10,9 @@
 // unchanged, and (3) RAII streams/events for the compute/communication overlap. cudaMalloc and
 // cudaFree synchronise the device and cost tens of microseconds, so the allocator caches freed
 // blocks in size-class free lists and gives them back only at destruction (as PyTorch's
-// caching allocator does, without its stream tracking: see the contract below).
+// caching allocator does), and orders every reuse after the streams that may still use a block
+// (PyTorch's record_stream, made coarse: see the contract below), so nobody waits on the host
+// before releasing memory that a kernel or a collective may still read.
 //
 // Host-only code: compiled by g++ against the CUDA runtime headers, no nvcc needed.
 #pragma once
@@ -55,9 +57,16 @@ CudaDeviceCount cuda_device_count();
 // allocate() of the same class reuses it. On cudaErrorMemoryAllocation the cache is emptied
 // (cudaFree) and the allocation retried once. Every block is cudaFree'd at destruction, so the
 // allocator must outlive every Storage it backs.
-// Not promised: stream ordering. A released block may be handed out again at once; that is
-// safe when all its users run on one stream (stream order serialises them) or when the caller
-// synchronised the streams that used it before releasing. Thread-safe (one mutex).
+// Stream order: set_streams() names the compute stream and the other streams (communication)
+// that may use blocks. release() then records one event per stream (a fence: everything issued
+// so far on any of them), and a later allocate() hands the block out only after its fences:
+// at once when they have all passed (cudaEventQuery, no wait), else by making the compute
+// stream wait for them (cudaStreamWaitEvent, no host wait). Blocks whose fences have passed
+// are preferred. Whoever uses a fresh block on another stream must order that stream after the
+// compute stream first (NcclCommunicator does, for every operation). Coarser than tracking
+// each block's users: a reused block may wait for unrelated work issued before its release.
+// Without set_streams (tests, one stream), a block is reused at once, which is safe when all
+// its users run on one stream. Thread-safe (one mutex).
 class CudaCachingAllocator final : public RawAllocator {
  public:
   explicit CudaCachingAllocator(int device = -1);  // -1: the current device
@@ -67,6 +76,8 @@ class CudaCachingAllocator final : public RawAllocator {
 
   void* allocate(int64_t bytes) override;
   void release(void* ptr, int64_t bytes) override;
+  // The streams blocks may be used on (see the contract); `compute` is the one that waits.
+  void set_streams(cudaStream_t compute, std::vector<cudaStream_t> others);
 
   // The size a request of `bytes` is rounded up to (exposed for tests and the memory planner).
   static int64_t size_class(int64_t bytes);
@@ -76,12 +87,22 @@ class CudaCachingAllocator final : public RawAllocator {
   void empty_cache();
 
  private:
+  struct FreeBlock {
+    void* ptr;
+    std::vector<cudaEvent_t> fences;  // one per stream at release; empty without set_streams
+  };
   void empty_cache_locked();
+  cudaEvent_t take_event_locked();
+  // Makes `block` safe to hand out (see the contract) and recycles its events.
+  void order_reuse_locked(FreeBlock& block);
 
   int device_;
   mutable std::mutex mu_;
-  std::unordered_map<int64_t, std::vector<void*>> free_;  // size class -> cached blocks
-  std::unordered_map<void*, int64_t> live_;               // block -> size class
+  std::unordered_map<int64_t, std::vector<FreeBlock>> free_;  // size class -> cached blocks
+  cudaStream_t compute_ = nullptr;
+  std::vector<cudaStream_t> streams_;  // compute first
+  std::vector<cudaEvent_t> event_pool_;
+  std::unordered_map<void*, int64_t> live_;  // block -> size class
   int64_t reserved_ = 0, cached_ = 0;
 };
 

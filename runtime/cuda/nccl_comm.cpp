@@ -5,6 +5,7 @@
 #include <cstring>
 #include <vector>
 
+#include "runtime/host_sync.h"
 #include "runtime/mpi_comm.h"
 
 namespace shardtrain {
@@ -29,18 +30,18 @@ ncclDataType_t nccl_dtype(DType dtype) {
 
 namespace {
 
-// The Work of an operation: an event recorded on the communication stream after it.
+// The Work of an operation: an event recorded on the communication stream after it. wait()
+// makes the compute stream wait for the event (stream order, no host wait); dropping a Work
+// without wait() waits for nothing: its buffers are safe from reuse because the caching
+// allocator orders every reuse after the streams that may touch a block (device.h).
 class NcclWork final : public Work {
  public:
-  NcclWork(Event event, ncclComm_t comm) : event_(std::move(event)), comm_(comm) {}
-  ~NcclWork() override {
-    // A Work dropped without wait() must still not let the caller free buffers in use.
-    if (!waited_ && cudaEventSynchronize(event_.get()) != cudaSuccess) (void)cudaGetLastError();
-  }
+  NcclWork(Event event, ncclComm_t comm, cudaStream_t compute)
+      : event_(std::move(event)), comm_(comm), compute_(compute) {}
   void wait() override {
-    waited_ = true;
-    event_.synchronize();
-    // Errors of the network side (a peer died, a timeout) surface here, not in the event.
+    CUDA_CHECK(cudaStreamWaitEvent(compute_, event_.get(), 0));
+    // Errors of the network side (a peer died, a timeout) surface here, not in the event; the
+    // query does not block.
     ncclResult_t async_error = ncclSuccess;
     NCCL_CHECK(ncclCommGetAsyncError(comm_, &async_error));
     NCCL_CHECK(async_error);
@@ -49,7 +50,7 @@ class NcclWork final : public Work {
  private:
   Event event_;
   ncclComm_t comm_;
-  bool waited_ = false;
+  cudaStream_t compute_;
 };
 
 }  // namespace
@@ -100,13 +101,14 @@ void NcclCommunicator::order_after_compute() {
 std::unique_ptr<Work> NcclCommunicator::finish() {
   Event done;
   done.record(stream_.get());
-  return std::make_unique<NcclWork>(std::move(done), comm_);
+  return std::make_unique<NcclWork>(std::move(done), comm_, compute_stream_);
 }
 
 void* NcclCommunicator::scratch(int64_t bytes) {
   if (bytes > scratch_bytes_) {
     // Grows rarely (the largest bucket); the old buffer may still be read by queued work.
     if (scratch_ != nullptr) {
+      count_host_sync();
       stream_.synchronize();
       CUDA_CHECK(cudaFree(scratch_));
       scratch_ = nullptr;
@@ -213,7 +215,15 @@ void NcclCommunicator::barrier() {
   void* one = scratch(4);
   CUDA_CHECK(cudaMemsetAsync(one, 0, 4, stream_.get()));
   NCCL_CHECK(ncclAllReduce(one, one, 1, ncclInt32, ncclSum, comm_, stream_.get()));
-  finish()->wait();
+  host_wait();
+}
+
+void NcclCommunicator::host_wait() {
+  count_host_sync();
+  stream_.synchronize();
+  ncclResult_t async_error = ncclSuccess;
+  NCCL_CHECK(ncclCommGetAsyncError(comm_, &async_error));
+  NCCL_CHECK(async_error);
 }
 
 void NcclCommunicator::all_reduce_f64(double* values, int64_t count, bool max) {
@@ -226,9 +236,21 @@ void NcclCommunicator::all_reduce_f64(double* values, int64_t count, bool max) {
                            stream_.get()));
   CUDA_CHECK(
       cudaMemcpyAsync(values, dev, size_t(count * 8), cudaMemcpyDeviceToHost, stream_.get()));
-  finish()->wait();
+  host_wait();
   const int64_t shard = (count + size_ - 1) / size_;
   bytes_sent_ += 2 * int64_t(size_ - 1) * shard * 8;
+}
+
+std::unique_ptr<Work> NcclCommunicator::all_reduce_f64_async(double* buf, int64_t count, bool max) {
+  CUDA_CHECK(cudaSetDevice(device_));
+  order_after_compute();
+  if (count > 0) {
+    NCCL_CHECK(ncclAllReduce(buf, buf, size_t(count), ncclDouble, max ? ncclMax : ncclSum, comm_,
+                             stream_.get()));
+    const int64_t shard = (count + size_ - 1) / size_;
+    bytes_sent_ += 2 * int64_t(size_ - 1) * shard * 8;
+  }
+  return finish();
 }
 
 std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {

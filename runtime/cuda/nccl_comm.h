@@ -7,14 +7,22 @@
 // operation is issued on it in call order, after the stream waits for the work already on
 // the caller's compute stream (set_compute_stream; default: the legacy default stream), so
 // gradients produced by a kernel are complete before NCCL reads them. The Work is an event
-// recorded after the operation; wait() blocks the host until it completed and then checks
-// ncclCommGetAsyncError. Sub-groups get their own stream, so a tensor-parallel all-reduce is
-// never queued behind a data-parallel reduction.
+// recorded after the operation; wait() makes the compute stream wait for it
+// (cudaStreamWaitEvent: the host does not wait) and checks ncclCommGetAsyncError, so whatever
+// the compute stream does next, including the backend's copies to the host, sees the result.
+// A Work dropped unwaited orders nothing. Sub-groups get their own stream, so a
+// tensor-parallel all-reduce is never queued behind a data-parallel reduction.
 //
 // Contract, as comm.h, with these differences from the MPI implementation:
 //  - Buffers passed to the collectives are device memory of this rank's GPU (one rank per
 //    GPU: device = local rank on the node). all_reduce_f64 alone takes host memory, as in
-//    comm.h (losses, norms, flags), and copies it through the device.
+//    comm.h (set-up agreements, checkpoint flags), copies it through the device and waits.
+//  - The buffers of an operation may be released (to the caching allocator) as soon as it
+//    is issued: the allocator hands a block out again only in stream order after this
+//    communicator's stream (CudaCachingAllocator::set_streams), which is what makes waits on
+//    the compute stream, rather than the host, safe.
+//  - The host waits (runtime/host_sync.h counts them) only in barrier(), all_reduce_f64 and
+//    when the scratch buffer grows.
 //  - all_reduce is still reduce_scatter + all_gather over equal (padded) shards, issued as
 //    ncclReduceScatter + ncclAllGather (not ncclAllReduce, whose tree/NVLS algorithms would
 //    sum in another order), so ZeRO's bitwise stage equivalence holds within NCCL.
@@ -30,6 +38,8 @@
 //    but the last in ring order from the root — the MPI communicator's numbers — whatever
 //    algorithm NCCL picks.
 //  - barrier() is a one-element all-reduce waited on by the host.
+//  - all_reduce_f64_async is one ncclAllReduce of ncclDouble (sum or max): for two ranks the
+//    same bits as the MPI communicator's rank-order sum; for more, NCCL's order.
 // Not promised: progress of a Work before wait() (it usually runs), use from several host
 // threads at once (one thread per communicator, as with MPI), Works outliving their
 // communicator (wait for them first: wait() asks the NCCL communicator for async errors).
@@ -90,6 +100,7 @@ class NcclCommunicator final : public Communicator {
   std::unique_ptr<Work> broadcast_async(void* buf, int64_t count, DType dtype, int root) override;
   void barrier() override;
   void all_reduce_f64(double* values, int64_t count, bool max) override;
+  std::unique_ptr<Work> all_reduce_f64_async(double* buf, int64_t count, bool max) override;
   std::unique_ptr<Communicator> split(int color, int key) override;
 
  private:
@@ -97,6 +108,7 @@ class NcclCommunicator final : public Communicator {
   // Makes the communication stream wait for the compute stream's work so far.
   void order_after_compute();
   std::unique_ptr<Work> finish();  // records the Work's event on the communication stream
+  void host_wait();                // the host waits for the communication stream, then errors
   // Device scratch of at least `bytes`, used only by work on the communication stream.
   void* scratch(int64_t bytes);
 
