@@ -122,6 +122,35 @@ TEST(CudaCachingAllocator, RoundTripsThroughTrackingAllocator) {
   EXPECT_EQ(raw.reserved_bytes(), 0);
 }
 
+// Stream-ordered reuse: a block released while another registered stream still has work on it
+// queued is handed out again (the same block) only after that work, so a write on the compute
+// stream lands last. Without the fences the compute stream's one memset would overtake the
+// fifty queued on the other stream, and the block would end as 1s.
+TEST(CudaCachingAllocator, ReuseIsOrderedAfterEveryRegisteredStream) {
+  SKIP_WITHOUT_DEVICE;
+  CudaCachingAllocator raw;
+  Stream compute, comm(-1);
+  raw.set_streams(compute.get(), {comm.get()});
+  const int64_t bytes = int64_t(64) << 20;
+  void* a = raw.allocate(bytes);
+  for (int i = 0; i < 50; ++i) {
+    ASSERT_EQ(cudaMemsetAsync(a, i % 2 == 1 ? 1 : 3, size_t(bytes), comm.get()), cudaSuccess);
+  }
+  raw.release(a, bytes);
+  void* b = raw.allocate(bytes);
+  ASSERT_EQ(b, a);
+  ASSERT_EQ(cudaMemsetAsync(b, 2, size_t(bytes), compute.get()), cudaSuccess);
+  compute.synchronize();
+  comm.synchronize();
+  unsigned char first = 0, last = 0;
+  ASSERT_EQ(cudaMemcpy(&first, b, 1, cudaMemcpyDeviceToHost), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(&last, static_cast<char*>(b) + bytes - 1, 1, cudaMemcpyDeviceToHost),
+            cudaSuccess);
+  EXPECT_EQ(first, 2);
+  EXPECT_EQ(last, 2);
+  raw.release(b, bytes);
+}
+
 TEST(CudaCachingAllocator, ReleaseOfAForeignPointerIsAnInvariantFailure) {
   SKIP_WITHOUT_DEVICE;
   CudaCachingAllocator raw;

@@ -185,6 +185,14 @@ TEST(NcclComm, BroadcastAndF64Reductions) {
   double m[1] = {double(c.rank())};
   c.all_reduce_f64(m, 1, /*max=*/true);
   EXPECT_EQ(m[0], n - 1);
+  // The device-memory form, as a step's statistics use it: wait() orders the default stream
+  // (this communicator's compute stream) after it, so the synchronous copy below sees it.
+  Dev<double> d(std::vector<double>{double(c.rank() + 1), double(c.rank()) * 0.5});
+  c.all_reduce_f64_async(d.get(), 2, /*max=*/false)->wait();
+  EXPECT_EQ(d.host(), (std::vector<double>{n * (n + 1) / 2, n * (n - 1) / 4}));
+  Dev<double> dm(std::vector<double>{double(c.rank())});
+  c.all_reduce_f64_async(dm.get(), 1, /*max=*/true)->wait();
+  EXPECT_EQ(dm.host()[0], n - 1);
   c.barrier();
 }
 
