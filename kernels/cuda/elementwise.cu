@@ -10,12 +10,14 @@
 // backend uses the equivalent sigmoid form with its own exp; tests bound the difference).
 // bias_backward and sum_squares are deterministic reductions without float atomics: bias_backward
 // sums fixed row groups (a function of the row count only) in row order into a workspace, then
-// the groups in order, like layernorm.cu's parameter gradients; sum_squares uses a grid of
+// the groups in a fixed order (column_sum.h), like layernorm.cu's parameter gradients;
+// sum_squares uses a grid of
 // sum_squares_blocks(n) blocks (a function of n only), double accumulation, and one thread
 // adding the block sums in order; accumulate_sum (a micro-step's loss) is the same without the
 // squares, and sum_f64_in_order one thread adding a few hundred doubles in index order.
 #include <cmath>
 
+#include "kernels/cuda/column_sum.h"
 #include "kernels/cuda/launch.h"
 #include "runtime/dtype.h"
 
@@ -133,16 +135,7 @@ __global__ void __launch_bounds__(kThreads)
   partial[g * cols + c] = acc;
 }
 
-// dbias[c] += sum over g of partial[g][c], groups in order.
-__global__ void __launch_bounds__(kThreads)
-    bias_backward_sum_kernel(float* __restrict__ dbias, const float* __restrict__ partial,
-                             long long cols, long long groups) {
-  const long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= cols) return;
-  float acc = partial[c];
-  for (long long g = 1; g < groups; ++g) acc += partial[g * cols + c];
-  dbias[c] += acc;
-}
+// dbias[c] += sum over g of partial[g][c]: column_sum_kernel (column_sum.h).
 
 // partial[block] = sum of double(x[i])^2 (kSquare) or of double(x[i]) over this block's
 // grid-stride share. The square of a float is exact in double (48 significant bits), so a
@@ -264,8 +257,9 @@ Status bias_backward(float* dbias, const T* dout, int64_t rows, int64_t cols, fl
       launch(bias_backward_partial_kernel<T>, dim3(ceil_div(cols, threads), unsigned(groups)),
              dim3(threads), 0, stream, workspace, dout, (long long)rows, (long long)cols, groups);
   if (e != kOk) return e;
-  return launch(bias_backward_sum_kernel, dim3(ceil_div(cols, threads)), dim3(threads), 0, stream,
-                dbias, static_cast<const float*>(workspace), (long long)cols, groups);
+  return launch(column_sum_kernel, dim3(ceil_div(cols, kColumnSumCols)),
+                dim3(kColumnSumCols, kColumnSumLanes), 0, stream, dbias, dbias,
+                static_cast<const float*>(workspace), (long long)cols, groups, (long long)cols);
 }
 
 template <bool kSquare>

@@ -1,13 +1,13 @@
 // embedding.cu — token + position embedding on the GPU; one source for nvcc and emu.
 //
 // Forward is a gather: one thread per 16-byte pack of a (b,t) row when C and the pointers
-// allow (8 bf16/f16 or 4 fp32 channels), else one per element. Backward is a direct port of
-// the CPU backend's deterministic scatter-add: one thread per channel walks every position in
-// (b,t) order adding into dwte[token], and one thread per (t, channel) adds the batch in order
-// into dwpe — the same additions in the same order as kernels/cpu/embedding.cpp, hence the same
-// bits, with no atomics. Its parallelism is only C threads for dwte (a sorted-bucket version is
-// the optimisation; README), which is correct and deterministic but not fast.
+// allow (8 bf16/f16 or 4 fp32 channels), else one per element. Backward has the CPU backend's
+// deterministic scatter-add order: the positions are sorted by token (token_sort.h, stable)
+// and one thread per (token, channel) adds its positions in (b,t) order into dwte[token]; one
+// thread per (t, channel) adds the batch in order into dwpe — the same additions in the same
+// order as kernels/cpu/embedding.cpp, hence the same bits, with no atomics.
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/token_sort.h"
 #include "kernels/embedding.h"
 #include "runtime/dtype.h"
 
@@ -44,16 +44,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// dwte[tokens[i], c] += dout[i, c] for i in (b,t) order; one thread per channel.
-template <class T>
-__global__ void __launch_bounds__(kThreads)
-    embedding_backward_wte_kernel(float* __restrict__ dwte, const T* __restrict__ dout,
-                                  const int32_t* __restrict__ tokens, long long N, long long C) {
-  const long long c = blockIdx.x * (long long)blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  for (long long i = 0; i < N; ++i) dwte[(long long)tokens[i] * C + c] += to_float(dout[i * C + c]);
-}
-
 // dwpe[t, c] += dout[b, t, c] for b ascending; one thread per (t, c).
 template <class T>
 __global__ void __launch_bounds__(kThreads)
@@ -87,11 +77,11 @@ Status embedding_forward(T* out, const int32_t* tokens, const T* wte, const T* w
 
 template <class T>
 Status embedding_backward(float* dwte, float* dwpe, const T* dout, const int32_t* tokens,
-                          EmbeddingShape s, Stream stream) {
+                          EmbeddingShape s, int32_t* workspace, Stream stream) {
   const long long N = s.batch * s.seq, C = s.channels;
   if (N == 0 || C == 0) return kOk;
-  Status e = launch(embedding_backward_wte_kernel<T>, dim3(unsigned((C + kThreads - 1) / kThreads)),
-                    dim3(kThreads), 0, stream, dwte, dout, tokens, N, C);
+  // Every token is a row (the vocabulary size is the caller's: rows is only the sort's bound).
+  Status e = sorted_rows_backward<T>(dwte, dout, tokens, 0, 0x7fffffffll, N, C, workspace, stream);
   if (e != kOk) return e;
   return launch(embedding_backward_wpe_kernel<T>,
                 dim3(unsigned((s.seq * C + kThreads - 1) / kThreads)), dim3(kThreads), 0, stream,
@@ -102,7 +92,7 @@ Status embedding_backward(float* dwte, float* dwpe, const T* dout, const int32_t
   template Status embedding_forward<T>(T*, const int32_t*, const T*, const T*, EmbeddingShape,    \
                                        Stream);                                                   \
   template Status embedding_backward<T>(float*, float*, const T*, const int32_t*, EmbeddingShape, \
-                                        Stream);
+                                        int32_t*, Stream);
 ST_INSTANTIATE(float)
 ST_INSTANTIATE(BFloat16)
 ST_INSTANTIATE(Half)

@@ -10,10 +10,11 @@
 //  - backward, input gradient: the same warp-per-row shape.
 //  - backward, parameter gradients: deterministic, like the CPU backend's fixed row partition
 //    — a (groups x column-tiles) grid where each thread sums its column over its row group in
-//    row order into a (groups, 2, C) workspace, then one thread per column adds the group
-//    partials in group order into dweight/dbias. No float atomics, so the bits are the same
-//    run to run and GPU to GPU. This reads dout and x a second time (the CPU version reads
+//    row order into a (groups, 2, C) workspace, then column_sum.h adds the group partials in a
+//    fixed order (8 lanes per column) into dweight/dbias. No float atomics, so the bits are the
+//    same run to run and GPU to GPU. This reads dout and x a second time (the CPU version reads
 //    them once); the fused version keeps per-warp partials in shared memory (README).
+#include "kernels/cuda/column_sum.h"
 #include "kernels/cuda/launch.h"
 #include "kernels/layernorm.h"
 #include "runtime/dtype.h"
@@ -195,20 +196,8 @@ __global__ void __launch_bounds__(kThreads)
   partial[(g * 2 + 1) * C + c] = db;
 }
 
-// dweight[c] += sum over g of partial[g][0][c] (groups in order); dbias likewise.
-__global__ void __launch_bounds__(kThreads)
-    layernorm_backward_params_kernel(float* __restrict__ dweight, float* __restrict__ dbias,
-                                     const float* __restrict__ partial, int C, long long groups) {
-  const int c = int(blockIdx.x) * kThreads + int(threadIdx.x);
-  if (c >= C) return;
-  float dw = partial[c], db = partial[C + c];
-  for (long long g = 1; g < groups; ++g) {
-    dw += partial[(g * 2 + 0) * C + c];
-    db += partial[(g * 2 + 1) * C + c];
-  }
-  dweight[c] += dw;
-  dbias[c] += db;
-}
+// dweight[c] += sum over g of partial[g][0][c]; dbias likewise from partial[g][1][c]:
+// column_sum_kernel (column_sum.h), blockIdx.y choosing the output.
 
 unsigned ceil_div(long long a, long long b) { return unsigned((a + b - 1) / b); }
 
@@ -248,8 +237,9 @@ Status layernorm_backward(T* dx, float* dweight, float* dbias, const T* dout, co
              dim3(kThreads), 0, stream, workspace, dout, x, mean, rstd, (long long)s.rows, C,
              groups);
   if (e != kOk) return e;
-  return launch(layernorm_backward_params_kernel, dim3(ceil_div(C, kThreads)), dim3(kThreads), 0,
-                stream, dweight, dbias, static_cast<const float*>(workspace), C, groups);
+  return launch(column_sum_kernel, dim3(ceil_div(C, kColumnSumCols), 2),
+                dim3(kColumnSumCols, kColumnSumLanes), 0, stream, dweight, dbias,
+                static_cast<const float*>(workspace), (long long)C, groups, 2 * (long long)C);
 }
 
 #define ST_INSTANTIATE(T)                                                                       \

@@ -7,8 +7,9 @@
 //    thread when C is a multiple of the pack and the pointers are aligned, else one element.
 //    The lookup copies stored bits (zeros outside the slice); add_positions is one fp32 add and
 //    one rounding. Both bitwise equal to the CPU.
-//  - embedding_backward_slice: one thread per channel walks every position in order (as
-//    embedding.cu's wte backward); positions_backward: one thread per (first position, channel)
+//  - embedding_backward_slice: the positions sorted by their row in the slice (token_sort.h,
+//    stable), then one thread per (row, channel) adds its positions in order (as embedding.cu's
+//    wte backward); positions_backward: one thread per (first position, channel)
 //    walks the positions that share its wpe row, in order. The same fp32 additions in the same
 //    order as the CPU: bitwise equal, no atomics.
 //  - cross-entropy pieces: one 256-thread block per row, threads striding the vocabulary slice
@@ -21,6 +22,7 @@
 
 #include "kernels/cross_entropy.h"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/token_sort.h"
 #include "runtime/dtype.h"
 
 namespace shardtrain::kernels::ST_GPU_NS {
@@ -91,21 +93,6 @@ __global__ void __launch_bounds__(kThreads)
   for (long long k = first; k < rows * C; k += stride) {
     const long long i = k / C, c = k % C;
     x[k] = from_float<T>(to_float(x[k]) + to_float(wpe[((row0 + i) % seq) * C + c]));
-  }
-}
-
-// dwte[tokens[i] - vocab_begin][c] += dout[i][c] for the positions in the slice, i ascending;
-// one thread per channel.
-template <class T>
-__global__ void __launch_bounds__(kThreads)
-    embedding_backward_slice_kernel(float* __restrict__ dwte, const T* __restrict__ dout,
-                                    const int32_t* __restrict__ tokens, long long vocab_begin,
-                                    long long vocab_rows, long long n, long long C) {
-  const long long c = blockIdx.x * (long long)blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  for (long long i = 0; i < n; ++i) {
-    const long long v = (long long)tokens[i] - vocab_begin;
-    if (v >= 0 && v < vocab_rows) dwte[v * C + c] += to_float(dout[i * C + c]);
   }
 }
 
@@ -258,11 +245,10 @@ Status add_positions(T* x, const T* wpe, int64_t rows, int64_t row0, int64_t seq
 template <class T>
 Status embedding_backward_slice(float* dwte, const T* dout, const int32_t* tokens,
                                 int64_t vocab_begin, int64_t vocab_rows, int64_t n, int64_t C,
-                                Stream stream) {
+                                int32_t* workspace, Stream stream) {
   if (n == 0 || C == 0 || vocab_rows == 0) return kOk;
-  return launch(embedding_backward_slice_kernel<T>, dim3(unsigned((C + kThreads - 1) / kThreads)),
-                dim3(kThreads), 0, stream, dwte, dout, tokens, (long long)vocab_begin,
-                (long long)vocab_rows, (long long)n, (long long)C);
+  return sorted_rows_backward<T>(dwte, dout, tokens, (long long)vocab_begin, (long long)vocab_rows,
+                                 (long long)n, (long long)C, workspace, stream);
 }
 
 template <class T>
@@ -318,7 +304,7 @@ Status cross_entropy_from_partials(float* losses, float* lse, const double* row_
                                             int64_t, int64_t, Stream);                            \
   template Status add_positions<T>(T*, const T*, int64_t, int64_t, int64_t, int64_t, Stream);     \
   template Status embedding_backward_slice<T>(float*, const T*, const int32_t*, int64_t, int64_t, \
-                                              int64_t, int64_t, Stream);                          \
+                                              int64_t, int64_t, int32_t*, Stream);                \
   template Status positions_backward<T>(float*, const T*, int64_t, int64_t, int64_t, int64_t,     \
                                         Stream);                                                  \
   template Status cross_entropy_partial_max<T>(double*, double*, const T*, const int32_t*,        \
