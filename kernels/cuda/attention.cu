@@ -53,7 +53,7 @@ template <class T, int D>
 __global__ void __launch_bounds__(kThreads)
     attention_forward_kernel(T* __restrict__ out, float* __restrict__ lse,
                              const T* __restrict__ qkv, int Tn, int H, float scale_log2,
-                             bool aligned) {
+                             bool aligned, bool out_aligned) {
   constexpr int kLd = D + kPad;
   ST_DYNAMIC_SHARED(T, smem);
   const size_t sq = 0, sk = size_t(kBr) * kLd, sv = sk + size_t(kBc) * kLd;  // tile offsets
@@ -110,15 +110,18 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
 
-    // 2c. Scale into base 2, mask keys after the row (P = 0 there), row max over the quad.
+    // 2c. Scale into base 2, mask keys after the row (P = 0 there), row max over the quad. Only
+    // the diagonal tile (j0 == q0, the last one) has keys after a row or past T: every key of an
+    // earlier tile is < q0 <= each row, so those tiles skip the compare.
     float mt_lo = -INFINITY, mt_hi = -INFINITY;
+    const bool diagonal = j0 == q0;
     ST_UNROLL
     for (int n = 0; n < kBc / 8; ++n) {
       ST_UNROLL
       for (int r = 0; r < 4; ++r) {
         const int key = j0 + 8 * n + 2 * t + (r & 1);
         const int row = r < 2 ? row_lo : row_hi;
-        s[n][r] = key <= row ? s[n][r] * scale_log2 : -INFINITY;
+        s[n][r] = !diagonal || key <= row ? s[n][r] * scale_log2 : -INFINITY;
       }
       mt_lo = fmaxf(mt_lo, fmaxf(s[n][0], s[n][1]));
       mt_hi = fmaxf(mt_hi, fmaxf(s[n][2], s[n][3]));
@@ -175,25 +178,36 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
 
-  // 3. Normalise by the row sums (quad-reduced now) and store rows < T; lse in natural log.
+  // 3. Normalise by the row sums (quad-reduced now). The warp's 16 x D output goes through its
+  //    own 16 rows of the Q tile in shared memory (its Q fragments are in registers since step
+  //    1, and no other warp reads these rows), then to global memory as 16-byte packs, one
+  //    whole row segment per lane per step (rows < T); lse in natural log.
   ST_UNROLL
   for (int x = 1; x <= 2; x <<= 1) {
     l_lo += __shfl_xor_sync(kFullMask, l_lo, x);
     l_hi += __shfl_xor_sync(kFullMask, l_hi, x);
   }
   const float inv_lo = 1.0f / l_lo, inv_hi = 1.0f / l_hi;
-  T* out_lo = out + ((long long)b * Tn + row_lo) * H * D + (long long)h * D;  // (D)
-  T* out_hi = out_lo + 8LL * H * D;
+  const size_t so_lo = sq + size_t(16 * warp + g) * kLd, so_hi = so_lo + 8 * size_t(kLd);
   ST_UNROLL
   for (int n = 0; n < D / 8; ++n) {
     const int d = 8 * n + 2 * t;
-    if (row_lo < Tn) {
-      out_lo[d] = from_float<T>(o[n][0] * inv_lo);
-      out_lo[d + 1] = from_float<T>(o[n][1] * inv_lo);
-    }
-    if (row_hi < Tn) {
-      out_hi[d] = from_float<T>(o[n][2] * inv_hi);
-      out_hi[d + 1] = from_float<T>(o[n][3] * inv_hi);
+    store_shared_pair<T>(smem, so_lo + size_t(d), o[n][0] * inv_lo, o[n][1] * inv_lo);
+    store_shared_pair<T>(smem, so_hi + size_t(d), o[n][2] * inv_hi, o[n][3] * inv_hi);
+  }
+  __syncwarp();
+  constexpr int kPacks = D / 8;
+  ST_UNROLL
+  for (int idx = lane; idx < 16 * kPacks; idx += 32) {
+    const int r = idx / kPacks, c = (idx % kPacks) * 8, row = q0 + 16 * warp + r;
+    if (row >= Tn) continue;
+    const Pack<T> v = load_shared_pack(smem, sq + size_t(16 * warp + r) * kLd + size_t(c));
+    T* dst = out + ((long long)b * Tn + row) * H * D + (long long)h * D + c;
+    if (out_aligned) {
+      store_pack(dst, v);
+    } else {
+      ST_UNROLL
+      for (int e = 0; e < 8; ++e) dst[e] = v.v[e];
     }
   }
   if (t == 0) {
@@ -209,7 +223,7 @@ Status launch_forward(T* out, float* lse, const T* qkv, AttentionShape s, Stream
   const float scale_log2 = kLog2e / std::sqrt(float(D));
   return launch(attention_forward_kernel<T, D>, dim3(q_tiles, unsigned(s.heads), unsigned(s.batch)),
                 dim3(kThreads), smem_bytes<T, D>(), stream, out, lse, qkv, int(s.seq), int(s.heads),
-                scale_log2, is_aligned16(qkv));
+                scale_log2, is_aligned16(qkv), is_aligned16(out));
 }
 
 }  // namespace

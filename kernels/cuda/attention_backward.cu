@@ -172,13 +172,16 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     // 2b. P = exp2(s log2e/sqrt(D) - lse log2e), 0 for keys after the row; dS = P (dP - Drow).
+    // Only the diagonal tile (j0 == q0) has keys after a row or past T (as in the forward).
+    const bool diagonal = j0 == q0;
     ST_UNROLL
     for (int n = 0; n < kBc / 8; ++n) {
       ST_UNROLL
       for (int r = 0; r < 4; ++r) {
         const int key = j0 + 8 * n + 2 * t + (r & 1);
         const int row = r < 2 ? row_lo : row_hi;
-        const float p = key <= row ? exp2f(s[n][r] * scale_log2 - (r < 2 ? l2_lo : l2_hi)) : 0.0f;
+        const float p =
+            !diagonal || key <= row ? exp2f(s[n][r] * scale_log2 - (r < 2 ? l2_lo : l2_hi)) : 0.0f;
         s[n][r] = p * (dp[n][r] - (r < 2 ? d_lo : d_hi));
       }
     }
@@ -259,7 +262,9 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
 
-    // 2a. S^T = K Q^T (16 keys x 64 queries per warp); P^T, 0 for queries before the key.
+    // 2a. S^T = K Q^T (16 keys x 64 queries per warp); P^T, 0 for queries before the key: only
+    // in the diagonal tile (i0 == j0; queries past T have lse = inf, so P = 0 for them anyway).
+    const bool diagonal = i0 == j0;
     float p[kBc / 8][4];
     ST_UNROLL
     for (int n = 0; n < kBr / 8; ++n) {
@@ -275,7 +280,8 @@ __global__ void __launch_bounds__(kThreads)
       for (int r = 0; r < 4; ++r) {
         const int col = 8 * n + 2 * t + (r & 1);
         const int key = r < 2 ? key_lo : key_hi;
-        p[n][r] = i0 + col >= key ? exp2f(p[n][r] * scale_log2 - s_lse2[size_t(col)]) : 0.0f;
+        p[n][r] =
+            !diagonal || i0 + col >= key ? exp2f(p[n][r] * scale_log2 - s_lse2[size_t(col)]) : 0.0f;
       }
     }
     // 2b. dV += P^T dO.

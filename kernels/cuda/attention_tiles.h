@@ -36,6 +36,29 @@ ST_DEVICE void store_shared_pack(const SharedSpan<T>& s, size_t i, const Pack<T>
 #endif
 }
 
+// 16 bytes from shared memory (one LDS.128; the index is 8-element aligned).
+template <class T>
+ST_DEVICE Pack<T> load_shared_pack(const SharedSpan<T>& s, size_t i) {
+  Pack<T> v;
+#if defined(__CUDACC__)
+  *reinterpret_cast<uint4*>(&v) = *reinterpret_cast<const uint4*>(&s[i]);
+#else
+  for (int e = 0; e < Pack<T>::kN; ++e) v.v[e] = s[i + size_t(e)];
+#endif
+  return v;
+}
+
+// Elements i, i+1 from two floats, rounded, as one STS.32 (i is even).
+template <class T>
+ST_DEVICE void store_shared_pair(const SharedSpan<T>& s, size_t i, float a, float b) {
+#if defined(__CUDACC__)
+  *reinterpret_cast<uint32_t*>(&s[i]) = pack_half2<T>(from_float<T>(a), from_float<T>(b));
+#else
+  s[i] = from_float<T>(a);
+  s[i + 1] = from_float<T>(b);
+#endif
+}
+
 // Elements i, i+1 as one .b32 register (one LDS.32; i is even).
 template <class T>
 ST_DEVICE uint32_t load_shared_pair(const SharedSpan<T>& s, size_t i) {
