@@ -5,6 +5,11 @@
 // real CUDA kernels round identically: float -> 16-bit is round-to-nearest-even, NaN stays NaN
 // (made quiet, sign and top payload bits kept), overflow goes to inf, f16 subnormals are exact.
 // They are tested exhaustively over all 65,536 patterns of each type (tests/runtime/dtype_test).
+// In device code (nvcc, __CUDA_ARCH__) the non-NaN cases are one hardware `cvt` instruction
+// each (cvt.rn.bf16.f32, cvt.rn.f16.f32, cvt.f32.f16: IEEE round-to-nearest-even with the same
+// overflow and subnormal results, so the same bits; sm_80 and later), and NaN keeps the
+// software path, whose payload rule the hardware's canonical NaN would not follow. The GPU op
+// table (tests/kernels/gpu) compares the casts bit for bit with the CPU.
 #pragma once
 
 #include <cstdint>
@@ -73,10 +78,16 @@ ST_HOST_DEVICE BFloat16 float_to_bf16(float f) {
   if ((u & 0x7fffffffu) > 0x7f800000u) {  // NaN: truncate the payload and set the quiet bit
     return BFloat16{uint16_t((u >> 16) | 0x0040u)};
   }
+#if defined(__CUDA_ARCH__)
+  uint16_t hw;
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(hw) : "f"(f));
+  return BFloat16{hw};
+#else
   // Round to nearest even: add 0x7fff plus the lowest kept bit, then truncate. A carry out of
   // the mantissa bumps the exponent, and the largest finite values round up to inf, as required.
   u += 0x7fffu + ((u >> 16) & 1u);
   return BFloat16{uint16_t(u >> 16)};
+#endif
 }
 
 // ---- f16: IEEE binary16 (5-bit exponent, bias 15, 10-bit mantissa) -----------------------
@@ -86,6 +97,11 @@ ST_HOST_DEVICE float f16_to_float(Half h) {
   uint32_t exp = (h.bits >> 10) & 0x1fu;
   uint32_t man = h.bits & 0x3ffu;
   if (exp == 0x1f) return bits_to_float(sign | 0x7f800000u | (man << 13));  // inf / NaN
+#if defined(__CUDA_ARCH__)
+  float hw;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(hw) : "h"(h.bits));
+  return hw;
+#else
   if (exp == 0) {
     if (man == 0) return bits_to_float(sign);  // +-0
     // Subnormal man * 2^-24: shift the leading one into the implicit position.
@@ -98,6 +114,7 @@ ST_HOST_DEVICE float f16_to_float(Half h) {
     return bits_to_float(sign | (uint32_t(e + 112) << 23) | (man << 13));
   }
   return bits_to_float(sign | ((exp + 112u) << 23) | (man << 13));  // rebias 15 -> 127
+#endif
 }
 
 ST_HOST_DEVICE Half float_to_f16(float f) {
@@ -105,6 +122,11 @@ ST_HOST_DEVICE Half float_to_f16(float f) {
   uint16_t sign = uint16_t((u >> 16) & 0x8000u);
   uint32_t a = u & 0x7fffffffu;
   if (a > 0x7f800000u) return Half{uint16_t(sign | 0x7e00u | ((a >> 13) & 0x3ffu))};  // NaN
+#if defined(__CUDA_ARCH__)
+  uint16_t hw;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(hw) : "f"(f));
+  return Half{hw};
+#else
   // 65520 = halfway between 65504 (max finite, odd mantissa) and 65536: ties go up, to inf.
   if (a >= 0x477ff000u) return Half{uint16_t(sign | 0x7c00u)};
   if (a < 0x38800000u) {  // below 2^-14: f16 subnormal (or zero), in units of 2^-24
@@ -122,6 +144,7 @@ ST_HOST_DEVICE Half float_to_f16(float f) {
   uint32_t rem = a & 0x1fffu;
   if (rem > 0x1000u || (rem == 0x1000u && (r & 1u))) ++r;  // carry may reach the exponent
   return Half{uint16_t(sign | r)};
+#endif
 }
 
 // ---- Generic access, for kernels templated on the storage type --------------------------
