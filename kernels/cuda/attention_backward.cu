@@ -2,28 +2,30 @@
 // and kernels/emu. Contract: kernels/attention.h (dqkv (B,T,3,H,D) overwritten with dQ | dK | dV),
 // compared against kernels/cpu/attention.cpp's attention_backward.
 //
-// Why two kernels: FlashAttention-2 computes dK, dV per key tile and adds each key tile's share
-// of dQ with float atomics — fast, but the sum order (and the bits) change run to run, and the
-// op set promises determinism where the CPU contract is thread-count independent
-// (kernels/cuda/ops.inc). So dQ gets its own pass, and every output has a single owner:
-//  1. dq kernel, one block per (query tile, h, b), as forward: walks key tiles 0..diagonal,
-//     recomputes S = Q K^T and P = exp2(S log2e/sqrt(D) - lse log2e) (no running max: lse is
-//     known), dP = dO V^T, dS = P (dP - Drow), dQ += dS K. It first computes
-//     Drow_i = dO_i . out_i for its rows (quad-reduced, fixed order) and writes it to the
-//     workspace for pass 2.
-//  2. dkv kernel, one block per (key tile, h, b): each warp owns 16 keys and walks the query
-//     tiles diagonal..end, computing the transposed products directly: S^T = K Q^T, P^T,
-//     dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - Drow), dK += dS^T Q.
-// The price is recomputing S and dP once more (7 tile products instead of 5, i.e. 1.4x the
-// tensor work of the atomic version); no float atomics, no extra dQ accumulator in memory.
+// The FlashAttention-2 work split, made deterministic. FlashAttention-2 gives each block one key
+// tile j: K_j, V_j stay in shared memory and dK_j, dV_j in registers while the block walks the
+// query tiles i >= j, computing per tile S^T = K Q^T, P^T, dV += P^T dO, dP^T = V dO^T,
+// dS^T = P^T (dP^T - Drow), dK += dS^T Q and dQ_i += dS K_j: 5 tile products per (i, j) pair.
+// It adds dQ_i with float atomics, so the sum order (and the bits) change run to run; the op
+// set promises determinism (kernels/cuda/ops.inc). Here the key tiles add into dQ_i in a fixed
+// order instead, diagonal first (j = i, i-1, ..., 0): an fp32 accumulator per query tile in the
+// workspace, read-modify-written by one block at a time, handed on through a per-tile counter
+// (launch.h: block_publish / block_wait). Key tile j = 0 adds last and writes dQ itself.
 //
-// Fragments and tiles as in forward (attention_tiles.h): every product is mma.sync m16n8k16;
-// an accumulator in C layout (P, dS, or their transposes) becomes the A operand of the next
-// product register to register, rounded to the storage type (as in forward); the row sums
-// of the chain (Drow, lse) stay fp32. Operands read as "B[k][n] = X[n][k]" are 32-bit pairs
-// of an X row; those read as "B[k][n] = X[k][n]" are 16-bit elements of two consecutive rows.
-// Rows and keys past T are zero in shared memory, and get lse = +inf (P = 0), so they add
-// nothing; they are never stored.
+// Why that order costs (almost) no waiting: block j reaches query tile i after i - j tiles of
+// work, block j + 1 after i - j - 1, so the block it waits for is one tile ahead of it. Blocks
+// take their (b, h, j) from an atomic ticket, highest j of a (b, h) first, so the block waited
+// for is always already running (deadlock-free whatever order the hardware starts blocks in).
+//
+// Drow_i = dO_i . out_i comes first, from a small kernel that also clears the counters and the
+// ticket (the workspace needs no initialisation).
+//
+// Fragments and tiles as in forward (attention_tiles.h): every product is mma.sync m16n8k16
+// with operands from ldmatrix — ".trans" where the operand is stored k-major (dO, Q and K as
+// the B of dV, dK and dQ; dS^T as the A of dQ); an accumulator in C layout (P^T, dS^T) becomes
+// the A operand of the next product register to register, rounded to the storage type (as in
+// forward); the row sums of the chain (Drow, lse) stay fp32. Rows and keys past T are zero in
+// shared memory, and get lse = +inf (P = 0), so they add nothing; they are never stored.
 #include <cmath>
 
 #include "kernels/attention.h"
@@ -37,301 +39,313 @@ namespace {
 
 using namespace attention_tiles;  // NOLINT: the shared tile geometry and staging
 
-// Shared memory per block: four 64-row tiles (Q, dO, K, V), rows padded.
+// The main kernel: 8 warps. Warp w works on the 16 keys 16 (w % 4) .. of the block's key tile;
+// for S^T and dP^T on the query half 32 (w / 4) .., for dK, dV and dQ on the column half
+// (D / 2) (w / 4) ..: dK and dV cost D / 2 fp32 registers per thread (64 at D = 128), not D.
+// P^T and dS^T go through shared memory between the two halves.
+constexpr int kBwdWarps = 8;
+constexpr int kBwdThreads = 32 * kBwdWarps;
+constexpr int kLdS = kBr + kPad;  // P^T, dS^T rows: 64 queries, padded
+
+// Blocks per SM the register budget is set for (__launch_bounds__): 2 at D = 64 on sm_80, where
+// ptxas fits the kernel in 128 registers without spilling; 1 otherwise (sm_90 would spill 4
+// bytes at 128 registers; D = 128 needs ~190-200).
+constexpr int bwd_min_blocks(int d) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  return d <= 64 ? 2 : 1;
+#else
+  (void)d;
+  return 1;
+#endif
+}
+
+// Shared memory: the Q, dO, K and V tiles (rows padded), then P^T and dS^T (64 keys x 64 queries).
 template <class T, int D>
 constexpr size_t smem_bytes() {
-  return size_t(2 * kBr + 2 * kBc) * (D + kPad) * sizeof(T);
+  return (size_t(2 * kBr + 2 * kBc) * (D + kPad) + 2 * size_t(kBc) * kLdS) * sizeof(T);
 }
 
-// B operand "B[k][n] = X[n][k]" for the 8-column tile n8 and 16-deep chunk k16 of a row-major
-// shared tile X at `base`: a 32-bit pair of row 8 n8 + g (mma_b_coord gives k = row of B).
-template <class T, int D>
-ST_DEVICE void load_b_rows(uint32_t (&f)[2], const SharedSpan<T>& s, size_t base, int n8, int k16,
-                           int lane) {
+// The workspace's regions (ops.inc): the fp32 dQ accumulator (B,H,T,D) first (8-byte aligned
+// for float2), then Drow (B,H,T), the int32 counters (B,H,tiles) and the ticket.
+struct Workspace {
+  float* dq_acc;
+  float* drow;
+  int* counters;  // counters[bh * tiles + i]: how many key tiles have added into dQ_i
+  int* ticket;    // the next block's work item
+};
+
+inline Workspace split_workspace(float* ws, AttentionShape s, int tiles) {
+  const long long bh = s.batch * s.heads;
+  Workspace w;
+  w.dq_acc = ws;
+  w.drow = ws + bh * s.seq * s.head_dim;
+  w.counters = reinterpret_cast<int*>(w.drow + bh * s.seq);
+  w.ticket = w.counters + bh * tiles;
+  return w;
+}
+
+// A operands, rows r0 .. r0 + 15 of a row-major shared tile with row length kLd, all K/16
+// chunks of columns c0 .. c0 + K - 1 (ldmatrix.x4: lane l addresses row l % 16, column
+// 8 (l / 16) of the 16 x 16 chunk, as in forward).
+template <class T, int kLd, int K>
+ST_DEVICE void load_rows_a(uint32_t (&f)[K / 16][4], const SharedSpan<T>& s, size_t base, int r0,
+                           int c0, int lane) {
   ST_UNROLL
-  for (int r = 0; r < 2; ++r) {
-    const FragCoord p = mma_b_coord(lane, r, 0);
-    f[r] = load_shared_pair(s, base + size_t(8 * n8 + p.col) * (D + kPad) + 16 * k16 + p.row);
+  for (int kc = 0; kc < K / 16; ++kc) {
+    ldmatrix<4, false>(f[kc],
+                       &s[base + size_t(r0 + lane % 16) * kLd + c0 + 16 * kc + 8 * (lane / 16)]);
   }
 }
 
-// B operand "B[k][n] = X[k][n]": elements (k, n) and (k + 1, n) of two consecutive rows.
+// acc (16 x 8) += A B with B[k][n] = X[n][k] for the 8 rows n0 .. n0 + 7 of a row-major shared
+// tile X (K in S = Q K^T of forward): one ldmatrix.x4 gives two 16-deep chunks.
 template <class T, int D>
-ST_DEVICE void load_b_cols(uint32_t (&f)[2], const SharedSpan<T>& s, size_t base, int n8, int k16,
-                           int lane) {
+ST_DEVICE void mma_rows_b(float (&acc)[4], const uint32_t (&a)[D / 16][4], const SharedSpan<T>& s,
+                          size_t base, int n0, int lane) {
   ST_UNROLL
-  for (int r = 0; r < 2; ++r) {
-    const FragCoord p = mma_b_coord(lane, r, 0);
-    const size_t i = base + size_t(16 * k16 + p.row) * (D + kPad) + 8 * n8 + p.col;
-    f[r] = pack_half2<T>(T(s[i]), T(s[i + D + kPad]));
+  for (int kc2 = 0; kc2 < D / 32; ++kc2) {
+    uint32_t f[4];
+    ldmatrix<4, false>(f,
+                       &s[base + size_t(n0 + lane % 8) * (D + kPad) + 32 * kc2 + 8 * (lane / 8)]);
+    const uint32_t b0[2] = {f[0], f[1]}, b1[2] = {f[2], f[3]};
+    mma_m16n8k16<T>(acc, a[2 * kc2], b0, acc);
+    mma_m16n8k16<T>(acc, a[2 * kc2 + 1], b1, acc);
   }
 }
 
-// A operand: rows 16 w .. 16 w + 15 of a row-major shared tile, 16-deep chunk k16.
-template <class T, int D>
-ST_DEVICE void load_a(uint32_t (&f)[4], const SharedSpan<T>& s, size_t base, int warp, int k16,
-                      int lane) {
+// acc[n] (16 x N) += A B with B[k][n] = X[k][c0 + n], rows 16c .. 16c + 15 of a row-major shared
+// tile X with row length kLd (V in O = P V of forward): stored k-major, so ldmatrix.x4.trans,
+// two 8-column tiles per load.
+template <class T, int kLd, int N>
+ST_DEVICE void mma_cols_b(float (&acc)[N / 8][4], const uint32_t (&a)[4], const SharedSpan<T>& s,
+                          size_t base, int c, int c0, int lane) {
   ST_UNROLL
-  for (int r = 0; r < 4; ++r) {
-    const FragCoord p = mma_a_coord(lane, r, 0);
-    f[r] = load_shared_pair(s, base + size_t(16 * warp + p.row) * (D + kPad) + 16 * k16 + p.col);
+  for (int n = 0; n < N / 8; n += 2) {
+    uint32_t f[4];
+    ldmatrix<4, true>(f, &s[base + size_t(16 * c + lane % 16) * kLd + c0 + 8 * (n + lane / 16)]);
+    const uint32_t b0[2] = {f[0], f[1]}, b1[2] = {f[2], f[3]};
+    mma_m16n8k16<T>(acc[n], a, b0, acc[n]);
+    mma_m16n8k16<T>(acc[n + 1], a, b1, acc[n + 1]);
   }
-}
-
-// The A operand of a 16-column chunk c from a 16 x 64 accumulator in C layout (8-column tiles
-// 2c and 2c+1), rounded to T.
-template <class T>
-ST_DEVICE void c_to_a(uint32_t (&f)[4], const float (&x)[kBc / 8][4], int c) {
-  f[0] = pack_half2(from_float<T>(x[2 * c][0]), from_float<T>(x[2 * c][1]));
-  f[1] = pack_half2(from_float<T>(x[2 * c][2]), from_float<T>(x[2 * c][3]));
-  f[2] = pack_half2(from_float<T>(x[2 * c + 1][0]), from_float<T>(x[2 * c + 1][1]));
-  f[3] = pack_half2(from_float<T>(x[2 * c + 1][2]), from_float<T>(x[2 * c + 1][3]));
 }
 
 ST_DEVICE void zero(float (&x)[4]) { x[0] = x[1] = x[2] = x[3] = 0.0f; }
 
-// ---- Pass 1: dQ (and Drow) ------------------------------------------------------------------
+// ---- Drow, and the counters cleared ---------------------------------------------------------
 
+// One warp per (b, t, h) row of dout/out: lane l adds elements 2l, 2l + 1 (and + 64 at
+// D = 128) in that order, then the warp butterfly (fixed order); Drow written (B,H,T).
 template <class T, int D>
-__global__ void __launch_bounds__(kThreads)
-    attention_backward_dq_kernel(T* __restrict__ dqkv, float* __restrict__ drow_out,
-                                 const T* __restrict__ dout, const T* __restrict__ qkv,
-                                 const T* __restrict__ out, const float* __restrict__ lse, int Tn,
-                                 int H, float scale_log2, float scale, bool aligned) {
-  constexpr int kLd = D + kPad;
-  ST_DYNAMIC_SHARED(T, smem);
-  const size_t sq = 0, sdo = size_t(kBr) * kLd, sk = 2 * sdo, sv = sk + size_t(kBc) * kLd;
-  const int b = int(blockIdx.z), h = int(blockIdx.y), bh = b * H + h;
-  const int q0 = int(gridDim.x - 1 - blockIdx.x) * kBr;  // longest query tiles first
-  const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
-  const int g = lane >> 2, t = lane & 3;
-  const long long stride = 3LL * H * D, ostride = (long long)H * D;
-  const T* q_src = qkv + (long long)b * Tn * stride + (long long)h * D;
-  const T* k_src = q_src + ostride;
-  const T* v_src = k_src + ostride;
-  const T* do_src = dout + (long long)b * Tn * ostride + (long long)h * D;
-  const T* o_src = out + (long long)b * Tn * ostride + (long long)h * D;
-  const int row_lo = q0 + 16 * warp + g, row_hi = row_lo + 8;
-
-  // 1. Q, dO and out tiles (out in the K slot, only for Drow); Drow = dO . out per row, each
-  // lane summing its columns 8n + 2t, 8n + 2t + 1, then the quad in a fixed order.
-  stage_tile<T, D>(smem, sq, q_src, stride, q0, Tn, aligned);
-  stage_tile<T, D>(smem, sdo, do_src, ostride, q0, Tn, aligned);
-  stage_tile<T, D>(smem, sk, o_src, ostride, q0, Tn, aligned);
-  __syncthreads();
-  float d_lo = 0.0f, d_hi = 0.0f;
+__global__ void __launch_bounds__(256)
+    attention_backward_prep_kernel(float* __restrict__ drow, int* __restrict__ counters,
+                                   long long n_counters, const T* __restrict__ dout,
+                                   const T* __restrict__ out, long long rows, int Tn, int H) {
+  const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  for (long long i = first; i < n_counters; i += (long long)gridDim.x * blockDim.x) counters[i] = 0;
+  const long long row = (long long)blockIdx.x * 8 + threadIdx.x / 32;
+  const int lane = int(threadIdx.x) % 32;
+  if (row >= rows) return;  // a whole warp
+  const T* g = dout + row * D;
+  const T* o = out + row * D;
+  float acc = 0.0f;
   ST_UNROLL
-  for (int n = 0; n < D / 8; ++n) {
-    ST_UNROLL
-    for (int e = 0; e < 2; ++e) {
-      const size_t lo = size_t(16 * warp + g) * kLd + 8 * n + 2 * t + e, hi = lo + 8 * kLd;
-      d_lo += to_float(T(smem[sdo + lo])) * to_float(T(smem[sk + lo]));
-      d_hi += to_float(T(smem[sdo + hi])) * to_float(T(smem[sk + hi]));
-    }
+  for (int d = 2 * lane; d < D; d += 64) {
+    acc += to_float(g[d]) * to_float(o[d]);
+    acc += to_float(g[d + 1]) * to_float(o[d + 1]);
   }
-  ST_UNROLL
-  for (int x = 1; x <= 2; x <<= 1) {
-    d_lo += __shfl_xor_sync(kFullMask, d_lo, x);
-    d_hi += __shfl_xor_sync(kFullMask, d_hi, x);
-  }
-  const float* lse_bh = lse + (long long)bh * Tn;                        // (T)
-  const float l2_lo = row_lo < Tn ? lse_bh[row_lo] * kLog2e : INFINITY;  // +inf: P = 0
-  const float l2_hi = row_hi < Tn ? lse_bh[row_hi] * kLog2e : INFINITY;
-  if (t == 0) {
-    if (row_lo < Tn) drow_out[(long long)bh * Tn + row_lo] = d_lo;
-    if (row_hi < Tn) drow_out[(long long)bh * Tn + row_hi] = d_hi;
-  }
-
-  float dq[D / 8][4];
-  ST_UNROLL
-  for (int n = 0; n < D / 8; ++n) zero(dq[n]);
-
-  // 2. Key tiles up to the diagonal.
-  const int q_end = q0 + kBr < Tn ? q0 + kBr : Tn;
-  for (int j0 = 0; j0 < q_end; j0 += kBc) {
-    __syncthreads();  // the previous tile (or out, for Drow) is no longer read
-    stage_tile<T, D>(smem, sk, k_src, stride, j0, Tn, aligned);
-    stage_tile<T, D>(smem, sv, v_src, stride, j0, Tn, aligned);
-    __syncthreads();
-
-    // 2a. S = Q K^T and dP = dO V^T, 16 x 64 per warp.
-    float s[kBc / 8][4], dp[kBc / 8][4];
-    ST_UNROLL
-    for (int n = 0; n < kBc / 8; ++n) {
-      zero(s[n]);
-      zero(dp[n]);
-      ST_UNROLL
-      for (int kc = 0; kc < D / 16; ++kc) {
-        uint32_t a[4], bf[2];
-        load_a<T, D>(a, smem, sq, warp, kc, lane);
-        load_b_rows<T, D>(bf, smem, sk, n, kc, lane);
-        mma_m16n8k16<T>(s[n], a, bf, s[n]);
-        load_a<T, D>(a, smem, sdo, warp, kc, lane);
-        load_b_rows<T, D>(bf, smem, sv, n, kc, lane);
-        mma_m16n8k16<T>(dp[n], a, bf, dp[n]);
-      }
-    }
-    // 2b. P = exp2(s log2e/sqrt(D) - lse log2e), 0 for keys after the row; dS = P (dP - Drow).
-    // Only the diagonal tile (j0 == q0) has keys after a row or past T (as in the forward).
-    const bool diagonal = j0 == q0;
-    ST_UNROLL
-    for (int n = 0; n < kBc / 8; ++n) {
-      ST_UNROLL
-      for (int r = 0; r < 4; ++r) {
-        const int key = j0 + 8 * n + 2 * t + (r & 1);
-        const int row = r < 2 ? row_lo : row_hi;
-        const float p =
-            !diagonal || key <= row ? exp2f(s[n][r] * scale_log2 - (r < 2 ? l2_lo : l2_hi)) : 0.0f;
-        s[n][r] = p * (dp[n][r] - (r < 2 ? d_lo : d_hi));
-      }
-    }
-    // 2c. dQ += dS K.
-    ST_UNROLL
-    for (int c = 0; c < kBc / 16; ++c) {
-      uint32_t a[4];
-      c_to_a<T>(a, s, c);
-      ST_UNROLL
-      for (int n = 0; n < D / 8; ++n) {
-        uint32_t bf[2];
-        load_b_cols<T, D>(bf, smem, sk, n, c, lane);
-        mma_m16n8k16<T>(dq[n], a, bf, dq[n]);
-      }
-    }
-  }
-
-  // 3. dQ = scale * sum, into part 0 of dqkv.
-  T* dq_lo = dqkv + ((long long)b * Tn + row_lo) * stride + (long long)h * D;  // (D)
-  T* dq_hi = dq_lo + 8 * stride;
-  ST_UNROLL
-  for (int n = 0; n < D / 8; ++n) {
-    const int d = 8 * n + 2 * t;
-    if (row_lo < Tn) {
-      dq_lo[d] = from_float<T>(dq[n][0] * scale);
-      dq_lo[d + 1] = from_float<T>(dq[n][1] * scale);
-    }
-    if (row_hi < Tn) {
-      dq_hi[d] = from_float<T>(dq[n][2] * scale);
-      dq_hi[d + 1] = from_float<T>(dq[n][3] * scale);
-    }
+  acc = warp_sum(acc);
+  if (lane == 0) {
+    const long long bt = row / H, b = bt / Tn;
+    drow[(b * H + row % H) * Tn + bt % Tn] = acc;
   }
 }
 
-// ---- Pass 2: dK, dV ---------------------------------------------------------------------------
+// ---- dQ, dK, dV -------------------------------------------------------------------------------
 
 template <class T, int D>
-__global__ void __launch_bounds__(kThreads)
-    attention_backward_dkv_kernel(T* __restrict__ dqkv, const float* __restrict__ drow,
-                                  const T* __restrict__ dout, const T* __restrict__ qkv,
-                                  const float* __restrict__ lse, int Tn, int H, float scale_log2,
-                                  float scale, bool aligned) {
-  constexpr int kLd = D + kPad;
+__global__ void __launch_bounds__(kBwdThreads, bwd_min_blocks(D))
+    attention_backward_dqkv_kernel(T* __restrict__ dqkv, Workspace ws, const T* __restrict__ dout,
+                                   const T* __restrict__ qkv, const float* __restrict__ lse, int Tn,
+                                   int H, int tiles, float scale_log2, float scale, bool aligned) {
+  constexpr int kLd = D + kPad, kHalf = D / 2;
   ST_DYNAMIC_SHARED(T, smem);
   ST_SHARED(float, s_lse2, kBr);  // lse * log2e of the query tile's rows (+inf past T)
   ST_SHARED(float, s_drow, kBr);  // Drow of the query tile's rows
+  ST_SHARED(int, s_ticket, 1);
   const size_t sq = 0, sdo = size_t(kBr) * kLd, sk = 2 * sdo, sv = sk + size_t(kBc) * kLd;
-  const int b = int(blockIdx.z), h = int(blockIdx.y), bh = b * H + h;
-  const int j0 = int(blockIdx.x) * kBc;  // key tile 0 sees the most query tiles: first
+  const size_t sp = sv + size_t(kBc) * kLd, sds = sp + size_t(kBc) * kLdS;
+
+  // 0. The work item, in ticket order: (b, h) by (b, h), the last key tile first (see the top).
+  if (threadIdx.x == 0) s_ticket[0] = atomicAdd(ws.ticket, 1);
+  __syncthreads();
+  const int ticket = s_ticket[0];
+  const int bh = ticket / tiles, jt = tiles - 1 - ticket % tiles;
+  const int b = bh / H, h = bh % H, j0 = jt * kBc;
   const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
+  const int kw = warp % 4, hw = warp / 4;  // 16-row group (keys; queries for dQ), half
   const int g = lane >> 2, t = lane & 3;
+  const int qh = 32 * hw, ch = kHalf * hw;  // this warp's query half (S^T, dP^T), column half
   const long long stride = 3LL * H * D, ostride = (long long)H * D;
   const T* q_src = qkv + (long long)b * Tn * stride + (long long)h * D;
   const T* k_src = q_src + ostride;
   const T* v_src = k_src + ostride;
   const T* do_src = dout + (long long)b * Tn * ostride + (long long)h * D;
-  const int key_lo = j0 + 16 * warp + g, key_hi = key_lo + 8;  // this thread's two keys
+  const int key_lo = j0 + 16 * kw + g, key_hi = key_lo + 8;  // this thread's two keys
+  float* dq_acc = ws.dq_acc + (long long)bh * Tn * D;        // (T, D) of this (b, h)
+  int* counters = ws.counters + (long long)bh * tiles;
 
   // 1. This block's K and V tiles, for the whole query loop.
-  stage_tile<T, D>(smem, sk, k_src, stride, j0, Tn, aligned);
-  stage_tile<T, D>(smem, sv, v_src, stride, j0, Tn, aligned);
-  float dk[D / 8][4], dv[D / 8][4];
+  stage_tile<T, D, kBwdThreads>(smem, sk, k_src, stride, j0, Tn, aligned);
+  stage_tile<T, D, kBwdThreads>(smem, sv, v_src, stride, j0, Tn, aligned);
+  float dk[kHalf / 8][4], dv[kHalf / 8][4];  // 16 keys x D/2 columns
   ST_UNROLL
-  for (int n = 0; n < D / 8; ++n) {
+  for (int n = 0; n < kHalf / 8; ++n) {
     zero(dk[n]);
     zero(dv[n]);
   }
 
   // 2. Query tiles from the diagonal to the end.
   for (int i0 = j0; i0 < Tn; i0 += kBr) {
-    __syncthreads();  // the previous query tile is no longer read
-    stage_tile<T, D>(smem, sq, q_src, stride, i0, Tn, aligned);
-    stage_tile<T, D>(smem, sdo, do_src, ostride, i0, Tn, aligned);
-    for (int r = int(threadIdx.x); r < kBr; r += kThreads) {
+    const int it = i0 / kBr;
+    __syncthreads();  // the previous query tile, P^T and dS^T are no longer read
+    stage_tile<T, D, kBwdThreads>(smem, sq, q_src, stride, i0, Tn, aligned);
+    stage_tile<T, D, kBwdThreads>(smem, sdo, do_src, ostride, i0, Tn, aligned);
+    for (int r = int(threadIdx.x); r < kBr; r += kBwdThreads) {
       const bool in = i0 + r < Tn;
       s_lse2[size_t(r)] = in ? lse[(long long)bh * Tn + i0 + r] * kLog2e : INFINITY;
-      s_drow[size_t(r)] = in ? drow[(long long)bh * Tn + i0 + r] : 0.0f;
+      s_drow[size_t(r)] = in ? ws.drow[(long long)bh * Tn + i0 + r] : 0.0f;
     }
     __syncthreads();
 
-    // 2a. S^T = K Q^T (16 keys x 64 queries per warp); P^T, 0 for queries before the key: only
+    // 2a. S^T = K Q^T (16 keys x 32 queries per warp); P^T, 0 for queries before the key: only
     // in the diagonal tile (i0 == j0; queries past T have lse = inf, so P = 0 for them anyway).
     const bool diagonal = i0 == j0;
-    float p[kBc / 8][4];
-    ST_UNROLL
-    for (int n = 0; n < kBr / 8; ++n) {
-      zero(p[n]);
+    float p[4][4];
+    {
+      uint32_t kf[D / 16][4];
+      load_rows_a<T, kLd, D>(kf, smem, sk, 16 * kw, 0, lane);
       ST_UNROLL
-      for (int kc = 0; kc < D / 16; ++kc) {
-        uint32_t a[4], bf[2];
-        load_a<T, D>(a, smem, sk, warp, kc, lane);
-        load_b_rows<T, D>(bf, smem, sq, n, kc, lane);
-        mma_m16n8k16<T>(p[n], a, bf, p[n]);
-      }
-      ST_UNROLL
-      for (int r = 0; r < 4; ++r) {
-        const int col = 8 * n + 2 * t + (r & 1);
-        const int key = r < 2 ? key_lo : key_hi;
-        p[n][r] =
-            !diagonal || i0 + col >= key ? exp2f(p[n][r] * scale_log2 - s_lse2[size_t(col)]) : 0.0f;
+      for (int n = 0; n < 4; ++n) {
+        zero(p[n]);
+        mma_rows_b<T, D>(p[n], kf, smem, sq, qh + 8 * n, lane);
+        ST_UNROLL
+        for (int r = 0; r < 4; ++r) {
+          const int col = qh + 8 * n + 2 * t + (r & 1);
+          const int key = r < 2 ? key_lo : key_hi;
+          p[n][r] = !diagonal || i0 + col >= key ? exp2f(p[n][r] * scale_log2 - s_lse2[size_t(col)])
+                                                 : 0.0f;
+        }
       }
     }
-    // 2b. dV += P^T dO.
-    ST_UNROLL
-    for (int c = 0; c < kBr / 16; ++c) {
-      uint32_t a[4];
-      c_to_a<T>(a, p, c);
+    // 2b. dP^T = V dO^T, dS^T = P^T (dP^T - Drow); both into shared memory, rounded to T (row =
+    // key, column = query: 32-bit stores at word 36 (16 kw + g) + 16 hw + 4 n + t, banks
+    // 4 g + t + 16 hw: conflict-free within the warp).
+    {
+      uint32_t vf[D / 16][4];
+      load_rows_a<T, kLd, D>(vf, smem, sv, 16 * kw, 0, lane);
       ST_UNROLL
-      for (int n = 0; n < D / 8; ++n) {
-        uint32_t bf[2];
-        load_b_cols<T, D>(bf, smem, sdo, n, c, lane);
-        mma_m16n8k16<T>(dv[n], a, bf, dv[n]);
+      for (int n = 0; n < 4; ++n) {
+        float dp[4];
+        zero(dp);
+        mma_rows_b<T, D>(dp, vf, smem, sdo, qh + 8 * n, lane);
+        const size_t lo = size_t(16 * kw + g) * kLdS + qh + 8 * n + 2 * t, hi = lo + 8 * kLdS;
+        store_shared_pair<T>(smem, sp + lo, p[n][0], p[n][1]);
+        store_shared_pair<T>(smem, sp + hi, p[n][2], p[n][3]);
+        const float d0 = s_drow[size_t(qh + 8 * n + 2 * t)],
+                    d1 = s_drow[size_t(qh + 8 * n + 2 * t + 1)];
+        store_shared_pair<T>(smem, sds + lo, p[n][0] * (dp[0] - d0), p[n][1] * (dp[1] - d1));
+        store_shared_pair<T>(smem, sds + hi, p[n][2] * (dp[2] - d0), p[n][3] * (dp[3] - d1));
       }
     }
-    // 2c. dP^T = V dO^T, then dS^T = P^T (dP^T - Drow) in place of P^T.
-    ST_UNROLL
-    for (int n = 0; n < kBr / 8; ++n) {
-      float dp[4];
-      zero(dp);
-      ST_UNROLL
-      for (int kc = 0; kc < D / 16; ++kc) {
-        uint32_t a[4], bf[2];
-        load_a<T, D>(a, smem, sv, warp, kc, lane);
-        load_b_rows<T, D>(bf, smem, sdo, n, kc, lane);
-        mma_m16n8k16<T>(dp, a, bf, dp);
-      }
-      ST_UNROLL
-      for (int r = 0; r < 4; ++r) {
-        p[n][r] = p[n][r] * (dp[r] - s_drow[size_t(8 * n + 2 * t + (r & 1))]);
-      }
-    }
-    // 2d. dK += dS^T Q.
+    __syncthreads();  // P^T and dS^T complete
+
+    // 2c. dV += P^T dO and dK += dS^T Q on this warp's 16 keys x D/2 columns; A from the
+    // shared P^T / dS^T rows, B = dO / Q stored k-major.
     ST_UNROLL
     for (int c = 0; c < kBr / 16; ++c) {
-      uint32_t a[4];
-      c_to_a<T>(a, p, c);
+      uint32_t a[1][4];
+      load_rows_a<T, kLdS, 16>(a, smem, sp, 16 * kw, 16 * c, lane);
+      mma_cols_b<T, kLd, kHalf>(dv, a[0], smem, sdo, c, ch, lane);
+      load_rows_a<T, kLdS, 16>(a, smem, sds, 16 * kw, 16 * c, lane);
+      mma_cols_b<T, kLd, kHalf>(dk, a[0], smem, sq, c, ch, lane);
+    }
+
+    // 2d. This key tile's turn on dQ_i: tiles it, it-1, ..., jt+1 have added.
+    const int turn = it - jt;
+    if (turn > 0) block_wait(&counters[it], turn);
+    // 2e. dQ_i, the warp's 16 query rows 16 kw .. x D/2 columns, = partial + dS K_j: A[m][k] =
+    // dS[query][key] = dS^T[key][query], stored k-major: ldmatrix.x4.trans, lane l addressing
+    // key row 16 kc + 8 (l / 16) + l % 8 at query column 16 kw + 8 ((l / 8) & 1); B = K stored
+    // k-major. The partial goes through L2 (load_l2 / store_l2).
+    uint32_t dsf[kBc / 16][4];
+    ST_UNROLL
+    for (int kc = 0; kc < kBc / 16; ++kc) {
+      ldmatrix<4, true>(dsf[kc], &smem[sds + size_t(16 * kc + 8 * (lane / 16) + lane % 8) * kLdS +
+                                       16 * kw + 8 * ((lane / 8) & 1)]);
+    }
+    const int row_lo = i0 + 16 * kw + g, row_hi = row_lo + 8;
+    ST_NO_UNROLL
+    for (int n = 0; n < kHalf / 8; n += 2) {
+      float acc[2][4];
       ST_UNROLL
-      for (int n = 0; n < D / 8; ++n) {
-        uint32_t bf[2];
-        load_b_cols<T, D>(bf, smem, sq, n, c, lane);
-        mma_m16n8k16<T>(dk[n], a, bf, dk[n]);
+      for (int m = 0; m < 2; ++m) {
+        zero(acc[m]);
+        const int d = ch + 8 * (n + m) + 2 * t;
+        if (turn > 0 && row_lo < Tn) {
+          const float2 v =
+              load_l2(reinterpret_cast<const float2*>(dq_acc + (long long)row_lo * D + d));
+          acc[m][0] = v.x;
+          acc[m][1] = v.y;
+        }
+        if (turn > 0 && row_hi < Tn) {
+          const float2 v =
+              load_l2(reinterpret_cast<const float2*>(dq_acc + (long long)row_hi * D + d));
+          acc[m][2] = v.x;
+          acc[m][3] = v.y;
+        }
+      }
+      ST_UNROLL
+      for (int kc = 0; kc < kBc / 16; ++kc) {
+        uint32_t f[4];
+        ldmatrix<4, true>(f,
+                          &smem[sk + size_t(16 * kc + lane % 16) * kLd + ch + 8 * (n + lane / 16)]);
+        const uint32_t b0[2] = {f[0], f[1]}, b1[2] = {f[2], f[3]};
+        mma_m16n8k16<T>(acc[0], dsf[kc], b0, acc[0]);
+        mma_m16n8k16<T>(acc[1], dsf[kc], b1, acc[1]);
+      }
+      ST_UNROLL
+      for (int m = 0; m < 2; ++m) {
+        const int d = ch + 8 * (n + m) + 2 * t;
+        if (jt > 0) {  // more key tiles to come: the fp32 partial
+          if (row_lo < Tn) {
+            store_l2(reinterpret_cast<float2*>(dq_acc + (long long)row_lo * D + d),
+                     make_float2(acc[m][0], acc[m][1]));
+          }
+          if (row_hi < Tn) {
+            store_l2(reinterpret_cast<float2*>(dq_acc + (long long)row_hi * D + d),
+                     make_float2(acc[m][2], acc[m][3]));
+          }
+        } else {  // key tile 0 adds last: dQ = scale * sum, into part 0 of dqkv
+          T* lo = dqkv + ((long long)b * Tn + row_lo) * stride + (long long)h * D + d;
+          if (row_lo < Tn) {
+            lo[0] = from_float<T>(acc[m][0] * scale);
+            lo[1] = from_float<T>(acc[m][1] * scale);
+          }
+          if (row_hi < Tn) {
+            lo[8 * stride] = from_float<T>(acc[m][2] * scale);
+            lo[8 * stride + 1] = from_float<T>(acc[m][3] * scale);
+          }
+        }
       }
     }
+    if (jt > 0) block_publish(&counters[it], turn + 1);
   }
 
-  // 3. dK = scale * sum into part 1, dV into part 2, keys < T.
-  T* dk_lo = dqkv + ((long long)b * Tn + key_lo) * stride + ostride + (long long)h * D;  // (D)
+  // 3. dK = scale * sum into part 1, dV into part 2: keys < T, this warp's D/2 columns.
+  T* dk_lo = dqkv + ((long long)b * Tn + key_lo) * stride + ostride + (long long)h * D + ch;
   T* dk_hi = dk_lo + 8 * stride;
   ST_UNROLL
-  for (int n = 0; n < D / 8; ++n) {
+  for (int n = 0; n < kHalf / 8; ++n) {
     const int d = 8 * n + 2 * t;
     if (key_lo < Tn) {
       dk_lo[d] = from_float<T>(dk[n][0] * scale);
@@ -351,17 +365,21 @@ __global__ void __launch_bounds__(kThreads)
 template <class T, int D>
 Status launch_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* lse,
                        float* workspace, AttentionShape s, Stream stream) {
-  const unsigned tiles = unsigned((s.seq + kBr - 1) / kBr);
+  const long long tiles = (s.seq + kBr - 1) / kBr, bh = s.batch * s.heads;
+  const long long rows = s.batch * s.seq * s.heads;
+  if (bh * tiles > 0x7fffffffLL || (rows + 7) / 8 > 0x7fffffffLL) {
+    return unsupported("attention_backward", "grid too large");
+  }
   const float scale = 1.0f / std::sqrt(float(D)), scale_log2 = kLog2e * scale;
-  const bool aligned = is_aligned16(qkv) && is_aligned16(dout) && is_aligned16(out);
-  const dim3 grid(tiles, unsigned(s.heads), unsigned(s.batch));
-  Status e = launch(attention_backward_dq_kernel<T, D>, grid, dim3(kThreads), smem_bytes<T, D>(),
-                    stream, dqkv, workspace, dout, qkv, out, lse, int(s.seq), int(s.heads),
-                    scale_log2, scale, aligned);
+  const bool aligned = is_aligned16(qkv) && is_aligned16(dout);
+  const Workspace ws = split_workspace(workspace, s, int(tiles));
+  Status e = launch(attention_backward_prep_kernel<T, D>, dim3(unsigned((rows + 7) / 8)), dim3(256),
+                    0, stream, ws.drow, ws.counters, bh * tiles + 1, dout, out, rows, int(s.seq),
+                    int(s.heads));
   if (e != kOk) return e;
-  return launch(attention_backward_dkv_kernel<T, D>, grid, dim3(kThreads), smem_bytes<T, D>(),
-                stream, dqkv, workspace, dout, qkv, lse, int(s.seq), int(s.heads), scale_log2,
-                scale, aligned);
+  return launch(attention_backward_dqkv_kernel<T, D>, dim3(unsigned(bh * tiles)), dim3(kBwdThreads),
+                smem_bytes<T, D>(), stream, dqkv, ws, dout, qkv, lse, int(s.seq), int(s.heads),
+                int(tiles), scale_log2, scale, aligned);
 }
 
 }  // namespace
@@ -370,7 +388,7 @@ template <class T>
 Status attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* lse,
                           float* workspace, AttentionShape s, Stream stream) {
   if (s.batch * s.heads == 0 || s.seq == 0) return kOk;
-  if (s.batch > 65535 || s.heads > 65535 || s.seq > 0x7fffffffLL) {
+  if (s.seq > 0x7fffffffLL || s.heads > 0x7fffffffLL) {
     return attention_tiles::unsupported("attention_backward", "grid too large");
   }
   if (s.head_dim == 64)

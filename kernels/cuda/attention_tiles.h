@@ -71,11 +71,12 @@ ST_DEVICE uint32_t load_shared_pair(const SharedSpan<T>& s, size_t i) {
 
 // Rows r0 .. r0+63 of one head (row t at src + t*stride, D contiguous elements) into shared
 // rows base + r*(D+kPad); rows >= T are zero. 16-byte packs when the source is aligned.
-template <class T, int D>
+// kN: the block's threads (all take part).
+template <class T, int D, int kN = kThreads>
 ST_DEVICE void stage_tile(const SharedSpan<T>& s, size_t base, const T* src, long long stride,
                           int r0, int Tn, bool aligned) {
   constexpr int kPacks = D / 8;  // 8 elements of 2 bytes per pack
-  for (int idx = int(threadIdx.x); idx < kBr * kPacks; idx += kThreads) {
+  for (int idx = int(threadIdx.x); idx < kBr * kPacks; idx += kN) {
     const int r = idx / kPacks, c = (idx % kPacks) * 8;
     Pack<T> v;
     if (r0 + r < Tn) {

@@ -31,10 +31,14 @@
 // Full unrolling of loops over register arrays (fragments, accumulators): a register array
 // indexed by a loop variable that is not unrolled lives in local memory (a stack frame in
 // ptxas -v). g++ needs no hint for correctness, so under emu it is empty.
+// ST_NO_UNROLL keeps a loop rolled where unrolling would only raise register pressure (its
+// body indexes register arrays with unrolled inner loops only).
 #if defined(__CUDACC__)
 #define ST_UNROLL _Pragma("unroll")
+#define ST_NO_UNROLL _Pragma("unroll 1")
 #else
 #define ST_UNROLL
+#define ST_NO_UNROLL
 #endif
 
 namespace shardtrain::kernels::ST_GPU_NS {
@@ -158,5 +162,53 @@ ST_DEVICE float block_reduce(float v, const SharedSpan<float>& scratch) {
   __syncthreads();
   return scratch[32];
 }
+
+// ---- Ordering between blocks ----------------------------------------------------------------
+// A block hands a result in global memory to a later block through an int flag (the pattern of
+// CUTLASS's serial split-K semaphore): block_publish — every thread fences its own writes, the
+// barrier, then thread 0 stores the flag with release semantics; block_wait — thread 0 spins on
+// acquire loads until the flag equals `value`, then the barrier. The data itself goes through
+// load_l2 / store_l2 (L2 only: another SM's L1 may hold a stale copy). 1-D blocks. A wait is
+// deadlock-free only on a block that is already running: callers take their work in the order
+// of an atomic ticket and wait on lower tickets only. Under emu blocks run one at a time in
+// that order, so a flag not yet set can never become set: the wait faults (an ordering bug)
+// instead of hanging.
+#if defined(__CUDACC__)
+ST_DEVICE void block_publish(int* flag, int value) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    asm volatile("st.release.gpu.global.s32 [%0], %1;\n" ::"l"(flag), "r"(value) : "memory");
+  }
+}
+ST_DEVICE void block_wait(const int* flag, int value) {
+  if (threadIdx.x == 0) {
+    for (;;) {
+      int v;
+      asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
+      if (v == value) break;
+      __nanosleep(32);
+    }
+  }
+  __syncthreads();
+}
+ST_DEVICE float2 load_l2(const float2* p) { return __ldcg(p); }
+ST_DEVICE void store_l2(float2* p, float2 v) { __stcg(p, v); }
+#else
+inline void block_publish(int* flag, int value) {
+  __syncthreads();
+  if (threadIdx.x == 0) *flag = value;
+}
+inline void block_wait(const int* flag, int value) {
+  if (threadIdx.x == 0 && *flag != value) {
+    emu::detail::fail("block_wait: flag is " + std::to_string(*flag) + ", waiting for " +
+                      std::to_string(value) +
+                      " from a block that has not run (blocks run in ticket order)");
+  }
+  __syncthreads();
+}
+inline float2 load_l2(const float2* p) { return *p; }
+inline void store_l2(float2* p, float2 v) { *p = v; }
+#endif
 
 }  // namespace shardtrain::kernels::ST_GPU_NS
