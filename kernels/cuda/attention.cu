@@ -2,11 +2,11 @@
 // kernels/emu. Contract and layouts: kernels/attention.h (qkv (B,T,3,H,D), out (B,T,H,D), lse
 // (B,H,T) fp32, scale 1/sqrt(D)), compared against kernels/cpu/attention.cpp.
 //
-// Why it is shaped so (FlashAttention-2's forward, first version — no cp.async pipelining):
+// Why it is shaped so (FlashAttention-2's forward):
 //  - One block of 4 warps per (query tile of kBr = 64 rows, b*h). Each warp owns 16 query rows
 //    for the whole key loop, so the softmax statistics (running max m, sum l) and the output
 //    accumulator live in registers and never cross warps: no shared-memory reductions, and the
-//    only barriers are the two around each K/V tile load.
+//    only barriers are the two per K/V tile (tile ready; buffer free).
 //  - Q K^T and P V are mma.sync m16n8k16 (kernels/cuda/mma.h) with fp32 accumulators. The
 //    S = Q K^T accumulator fragment (16 x 64 per warp) has exactly the per-lane layout of the A
 //    operand of P V (C rows g / g+8, columns 2t..2t+1 of each 8-column tile = A's rows and its
@@ -19,8 +19,8 @@
 //    of the 64 scores; row max/sum need only the 4 lanes of a quad (shfl_xor 1, 2), and the sum
 //    is kept per lane and reduced once at the end (the rescale factor is uniform in a quad).
 //  - K/V tiles of kBc = 64 keys are staged in shared memory with rows padded by 8 elements
-//    (16 bytes): the fragment loads (32-bit pairs of Q/K rows, 16-bit V elements of 2 rows)
-//    then hit 32 distinct banks per warp.
+//    (16 bytes), so the 8 rows of each ldmatrix phase hit distinct banks; two buffers, filled
+//    by cp.async one tile ahead, so the next tile's loads overlap this tile's math.
 //  - Grid (query tiles, H, B), query tiles fastest and longest first: the T/64 blocks of one
 //    (b, h) are adjacent in launch order, run together and walk the key tiles in the same
 //    order, so K/V re-reads hit L2 and DRAM traffic stays near Q + K + V + out once; within a
@@ -43,10 +43,25 @@ namespace {
 
 using namespace attention_tiles;  // NOLINT: the shared tile geometry and staging
 
-// Shared memory per block: Q tile, K tile, V tile, rows padded.
+// Shared memory per block: the Q tile and two K/V buffers (tile j in buffer j % 2), rows padded.
 template <class T, int D>
 constexpr size_t smem_bytes() {
-  return size_t(kBr + 2 * kBc) * (D + kPad) * sizeof(T);
+  return size_t(kBr + 4 * kBc) * (D + kPad) * sizeof(T);
+}
+
+// Stages key tile j0 of K and V into K/V buffer `buf`: cp.async when the source is aligned
+// (the copies join the thread's open group), else plain loads and stores.
+template <class T, int D>
+ST_DEVICE void stage_kv(const SharedSpan<T>& s, int buf, const T* k_src, const T* v_src,
+                        long long stride, int j0, int Tn, bool aligned) {
+  const size_t sk = size_t(kBr + 2 * kBc * buf) * (D + kPad), sv = sk + size_t(kBc) * (D + kPad);
+  if (aligned) {
+    stage_tile_async<T, D>(s, sk, k_src, stride, j0, Tn);
+    stage_tile_async<T, D>(s, sv, v_src, stride, j0, Tn);
+  } else {
+    stage_tile<T, D>(s, sk, k_src, stride, j0, Tn, false);
+    stage_tile<T, D>(s, sv, v_src, stride, j0, Tn, false);
+  }
 }
 
 template <class T, int D>
@@ -56,7 +71,7 @@ __global__ void __launch_bounds__(kThreads)
                              bool aligned, bool out_aligned) {
   constexpr int kLd = D + kPad;
   ST_DYNAMIC_SHARED(T, smem);
-  const size_t sq = 0, sk = size_t(kBr) * kLd, sv = sk + size_t(kBc) * kLd;  // tile offsets
+  const size_t sq = 0;  // the Q tile; K/V buffers after it (stage_kv)
   const int b = int(blockIdx.z), h = int(blockIdx.y), bh = b * H + h;
   const int q0 = int(gridDim.x - 1 - blockIdx.x) * kBr;  // longest query tiles first
   const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
@@ -67,7 +82,11 @@ __global__ void __launch_bounds__(kThreads)
   const T* v_src = k_src + (long long)H * D;
   const int row_lo = q0 + 16 * warp + g, row_hi = row_lo + 8;  // this thread's two rows
 
-  // 1. Q tile -> shared -> this warp's A fragments (16 rows x D), kept in registers.
+  // 1. Q tile -> shared -> this warp's A fragments (16 rows x D), kept in registers; key tile 0
+  //    on its way into buffer 0 meanwhile.
+  const int q_end = q0 + kBr < Tn ? q0 + kBr : Tn;
+  stage_kv<T, D>(smem, 0, k_src, v_src, stride, 0, Tn, aligned);
+  cp_async_commit();
   stage_tile<T, D>(smem, sq, q_src, stride, q0, Tn, aligned);
   __syncthreads();
   // ldmatrix.x4: lane l addresses row l % 16, column 8 (l / 16) of the 16 x 16 chunk.
@@ -85,13 +104,16 @@ __global__ void __launch_bounds__(kThreads)
   float l_lo = 0.0f, l_hi = 0.0f;            // running sum, this lane's columns only
 
   // 2. Key tiles up to the one holding the block's last row.
-  const int q_end = q0 + kBr < Tn ? q0 + kBr : Tn;
   for (int j0 = 0; j0 < q_end; j0 += kBc) {
-    // 2a. Stage K_j, V_j (the barrier before: every warp is done with the previous tile).
+    // 2a. Tile j + 1 into the other buffer (free: the barrier at the end of the last
+    // iteration), then wait for tile j's copies (all groups but the newest) and the barrier.
+    const int buf = (j0 / kBc) & 1;
+    if (j0 + kBc < q_end)
+      stage_kv<T, D>(smem, buf ^ 1, k_src, v_src, stride, j0 + kBc, Tn, aligned);
+    cp_async_commit();
+    cp_async_wait<1>();
     __syncthreads();
-    stage_tile<T, D>(smem, sk, k_src, stride, j0, Tn, aligned);
-    stage_tile<T, D>(smem, sv, v_src, stride, j0, Tn, aligned);
-    __syncthreads();
+    const size_t sk = size_t(kBr + 2 * kBc * buf) * kLd, sv = sk + size_t(kBc) * kLd;
 
     // 2b. S = Q K^T: B[k][n] = K[key n][d k], i.e. K rows as stored: one ldmatrix.x4 gives the
     // B registers of two 16-deep chunks (lane l: key 8n + l % 8, columns 32 kc2 + 8 (l / 8)).
@@ -176,6 +198,7 @@ __global__ void __launch_bounds__(kThreads)
         mma_m16n8k16<T>(o[n + 1], pf, v1, o[n + 1]);
       }
     }
+    __syncthreads();  // every warp is done with buffer buf: tile j + 2 may go there
   }
 
   // 3. Normalise by the row sums (quad-reduced now). The warp's 16 x D output goes through its

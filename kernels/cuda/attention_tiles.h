@@ -95,6 +95,20 @@ ST_DEVICE void stage_tile(const SharedSpan<T>& s, size_t base, const T* src, lon
   }
 }
 
+// stage_tile through cp.async (the source 16-byte aligned): the copies join the thread's open
+// group; they land after cp_async_commit + cp_async_wait and a barrier.
+template <class T, int D, int kN = kThreads>
+ST_DEVICE void stage_tile_async(const SharedSpan<T>& s, size_t base, const T* src, long long stride,
+                                int r0, int Tn) {
+  constexpr int kPacks = D / 8;
+  for (int idx = int(threadIdx.x); idx < kBr * kPacks; idx += kN) {
+    const int r = idx / kPacks, c = (idx % kPacks) * 8;
+    const bool valid = r0 + r < Tn;
+    cp_async_16(s, base + size_t(r) * (D + kPad) + size_t(c),
+                valid ? src + (long long)(r0 + r) * stride + c : src, valid);
+  }
+}
+
 // What a kernel does not cover (another head_dim, a grid past CUDA's limits), reported the
 // way each world reports a bad launch: an error status on the GPU, an emu::Fault under emu.
 inline Status unsupported(const char* kernel, const char* what) {

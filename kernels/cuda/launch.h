@@ -163,6 +163,38 @@ ST_DEVICE float block_reduce(float v, const SharedSpan<float>& scratch) {
   return scratch[32];
 }
 
+// ---- Asynchronous copies, global -> shared (cp.async, sm_80+) ------------------------------
+// cp_async_16: 16 bytes from src to shared elements i .. (both 16-byte aligned), or 16 zero
+// bytes when !valid (src not read, but must be a valid address); cp_async_commit closes the
+// thread's group of copies; cp_async_wait<N> returns once at most N of its groups are in
+// flight. Other threads see the bytes after the wait and a barrier. Under emu a copy lands at
+// the wait, not before (kernels/emu/emu.h), so a missing wait or barrier fails the tests.
+#if defined(__CUDACC__)
+template <class T>
+ST_DEVICE void cp_async_16(const SharedSpan<T>& s, size_t i, const T* src, bool valid) {
+  const unsigned a = unsigned(__cvta_generic_to_shared(&s[i]));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(src),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+ST_DEVICE void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+ST_DEVICE void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+#else
+template <class T>
+inline void cp_async_16(const SharedSpan<T>& s, size_t i, const T* src, bool valid) {
+  (void)s[i + 16 / sizeof(T) - 1];  // bounds check of the last element
+  emu::detail::async_copy((&s[i]).raw(), src, 16, valid ? 16 : 0);
+}
+inline void cp_async_commit() { emu::detail::async_commit(); }
+template <int N>
+inline void cp_async_wait() {
+  emu::detail::async_wait(N);
+}
+#endif
+
 // ---- Ordering between blocks ----------------------------------------------------------------
 // A block hands a result in global memory to a later block through an int flag (the pattern of
 // CUTLASS's serial split-K semaphore): block_publish — every thread fences its own writes, the

@@ -55,11 +55,20 @@ struct Stack {
 
 enum class Wait : int { kNone, kBarrier, kWarp };
 
+// One cp.async of the thread, its source read at issue, landing in shared memory at the wait.
+struct AsyncCopy {
+  unsigned char* dst;
+  unsigned char bytes[16];
+  size_t n;
+};
+
 struct Fiber {
   ucontext_t ctx;
   ThreadState state;
   bool done = false;
   Wait waiting = Wait::kNone;
+  std::vector<AsyncCopy> open_copies;               // issued since the last commit
+  std::vector<std::vector<AsyncCopy>> copy_groups;  // committed, oldest first
 };
 
 // One warp's exchange: at most one collective round is in flight per warp.
@@ -348,6 +357,42 @@ void* dynamic_shared(size_t* bytes) {
   return b.arena.data();
 }
 
+void async_copy(void* shared_dst, const void* src, size_t bytes, size_t src_bytes) {
+  Block& b = *t_block;
+  auto* d = static_cast<unsigned char*>(shared_dst);
+  if (d < b.arena.data() || d + bytes > b.arena.data() + b.arena.size()) {
+    fail("cp.async destination outside the block's shared memory");
+  }
+  if ((bytes != 4 && bytes != 8 && bytes != 16) || src_bytes > bytes) fail("cp.async: bad size");
+  if (reinterpret_cast<uintptr_t>(d) % bytes != 0 ||
+      (src_bytes > 0 && reinterpret_cast<uintptr_t>(src) % bytes != 0)) {
+    fail("cp.async: misaligned address");
+  }
+  // The write is checked now (the hardware may write at any time from here on: a read of the
+  // same bytes by another thread before the next barrier is a race) and again when it lands.
+  shared_access(d, bytes, true, false);
+  AsyncCopy c{d, {}, bytes};
+  if (src_bytes > 0) std::memcpy(c.bytes, src, src_bytes);  // the rest stays zero (zero-fill)
+  b.fibers[size_t(b.current)].open_copies.push_back(c);
+}
+
+void async_commit() {
+  Fiber& f = t_block->fibers[size_t(t_block->current)];
+  f.copy_groups.push_back(std::move(f.open_copies));
+  f.open_copies.clear();
+}
+
+void async_wait(int groups_in_flight) {
+  Fiber& f = t_block->fibers[size_t(t_block->current)];
+  while (f.copy_groups.size() > size_t(groups_in_flight)) {
+    for (const AsyncCopy& c : f.copy_groups.front()) {
+      shared_access(c.dst, c.n, true, false);
+      std::memcpy(c.dst, c.bytes, c.n);
+    }
+    f.copy_groups.erase(f.copy_groups.begin());
+  }
+}
+
 void shared_access(const void* p, size_t bytes, bool write, bool atomic) {
   Block& b = *t_block;
   const auto* cp = static_cast<const unsigned char*>(p);
@@ -407,6 +452,8 @@ __attribute__((noinline)) void init_fiber(Block& b, uint64_t t) {
   Fiber& f = b.fibers[t];
   f.done = false;
   f.waiting = Wait::kNone;
+  f.open_copies.clear();
+  f.copy_groups.clear();
   f.state.tid = int(t);
   f.state.thread_idx = {unsigned(t % b.dim.x), unsigned(t / b.dim.x % b.dim.y),
                         unsigned(t / (uint64_t(b.dim.x) * b.dim.y))};

@@ -119,6 +119,14 @@ void* static_shared(const void* site, size_t bytes, size_t align);
 void* dynamic_shared(size_t* bytes);
 // Race detector + bounds check for an access of `bytes` at `p` (inside the arena).
 void shared_access(const void* p, size_t bytes, bool write, bool atomic);
+// cp.async (kernels/cuda/launch.h): the calling thread's copy of `src_bytes` from `src` (the
+// rest of `bytes` zero-filled) is read now but lands in shared memory only when the thread
+// waits for its group, so a read that misses the wait (or the barrier after it) sees the old
+// bytes. The race detector sees the write both at the issue (the hardware may write from then
+// on) and at the landing. async_wait(n) completes the oldest committed groups until n remain.
+void async_copy(void* shared_dst, const void* src, size_t bytes, size_t src_bytes);
+void async_commit();
+void async_wait(int groups_in_flight);
 [[noreturn]] void fail(const std::string& what);
 
 // Runs `body` as every thread of every block; throws Fault on the first fault.

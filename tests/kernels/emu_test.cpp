@@ -317,6 +317,72 @@ TEST(Emu, VectorAccessNeedsAlignment) {
                "misaligned");
 }
 
+// ---- cp.async and ordering between blocks ---------------------------------------------------
+
+// Each thread copies 16 bytes (4 ints) of `in` into shared memory with cp.async; `mode` 0
+// waits and syncs before the neighbour reads them, 1 reads without waiting, 2 waits but
+// skips the barrier. Out-of-range rows (`valid` false) are zero-filled.
+__global__ void async_copy_kernel(int* out, const int* in, int mode) {
+  ST_SHARED(int, s, 4 * 64);
+  const int t = int(threadIdx.x), n = int(blockDim.x);
+  const bool valid = t < n - 1;  // the last thread's pack is zero-filled
+  cp_async_16(s, size_t(4 * t), valid ? in + 4 * t : in, valid);
+  cp_async_commit();
+  if (mode != 1) cp_async_wait<0>();
+  if (mode != 2) __syncthreads();
+  const int src = (t + 1) % n;
+  for (int e = 0; e < 4; ++e) out[4 * t + e] = s[size_t(4 * src + e)];
+}
+
+TEST(Emu, AsyncCopyLandsAtTheWait) {
+  const int n = 64;
+  std::vector<int> in(4 * n), out(4 * n, -7);
+  std::iota(in.begin(), in.end(), 100);
+  launch(async_copy_kernel, dim3(1), dim3(n), 0, nullptr, out.data(),
+         static_cast<const int*>(in.data()), 0);
+  for (int t = 0; t < n; ++t) {
+    const int src = (t + 1) % n;
+    for (int e = 0; e < 4; ++e) {
+      EXPECT_EQ(out[size_t(4 * t + e)], src == n - 1 ? 0 : in[size_t(4 * src + e)]);
+    }
+  }
+  // No wait: the bytes have not landed, the reader sees the poison (0xff bytes = -1).
+  launch(async_copy_kernel, dim3(1), dim3(n), 0, nullptr, out.data(),
+         static_cast<const int*>(in.data()), 1);
+  EXPECT_EQ(out[0], -1);
+  // The wait but no barrier: another thread's copy is a race.
+  expect_fault(
+      [&] {
+        launch(async_copy_kernel, dim3(1), dim3(n), 0, nullptr, out.data(),
+               static_cast<const int*>(in.data()), 2);
+      },
+      "shared-memory race");
+}
+
+// Block b adds its index into a running value after block b - 1 (b - 1 published), in ticket
+// order; `wrong_order` maps the tickets backwards, so the first block waits on one not yet run.
+__global__ void ordered_kernel(int* flag, int* ticket, long long* value, bool wrong_order) {
+  ST_SHARED(int, s_ticket, 1);
+  if (threadIdx.x == 0) s_ticket[0] = atomicAdd(ticket, 1);
+  __syncthreads();
+  const int me = wrong_order ? int(gridDim.x) - 1 - s_ticket[0] : s_ticket[0];
+  if (me > 0) block_wait(flag, me);
+  if (threadIdx.x == 0) *value = *value * 10 + me;
+  block_publish(flag, me + 1);
+}
+
+TEST(Emu, BlockOrderingFollowsTickets) {
+  int flag = 0, ticket = 0;
+  long long value = 0;
+  launch(ordered_kernel, dim3(5), dim3(64), 0, nullptr, &flag, &ticket, &value, false);
+  EXPECT_EQ(value, 1234);  // 0, 1, 2, 3, 4 in order
+  EXPECT_EQ(flag, 5);
+  flag = ticket = 0;
+  expect_fault(
+      [&] { launch(ordered_kernel, dim3(5), dim3(64), 0, nullptr, &flag, &ticket, &value, true); },
+      "block_wait");
+}
+
 TEST(Emu, MultiDimensionalIndices) {
   // threadIdx/blockIdx in 3-D: every (block, thread) writes its own linear slot once.
   struct K {

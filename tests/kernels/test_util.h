@@ -75,14 +75,17 @@ auto with_threads(int threads, F f) {
 }
 
 // max |got - want| / max(|want|_inf, floor): a relative error against the reference's scale,
-// robust to individual near-zero entries.
+// robust to individual near-zero entries. A NaN on one side only is an infinite error (a plain
+// std::max would skip it: NaN compares false).
 template <class A, class B>
 double max_rel_error(const std::vector<A>& got, const std::vector<B>& want, double floor = 1e-6) {
   EXPECT_EQ(got.size(), want.size());
   double scale = floor, err = 0;
   for (size_t i = 0; i < want.size(); ++i) scale = std::max(scale, std::fabs(double(want[i])));
   for (size_t i = 0; i < want.size(); ++i) {
-    err = std::max(err, std::fabs(double(got[i]) - double(want[i])));
+    const double g = double(got[i]), w = double(want[i]);
+    if (std::isnan(g) != std::isnan(w)) return INFINITY;
+    if (!std::isnan(g)) err = std::max(err, std::fabs(g - w));
   }
   return err / scale;
 }
