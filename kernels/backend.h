@@ -31,6 +31,7 @@
 #include "kernels/embedding.h"
 #include "kernels/gemm.h"
 #include "kernels/layernorm.h"
+#include "kernels/rope.h"
 #include "runtime/allocator.h"
 #include "runtime/dtype.h"
 
@@ -92,6 +93,21 @@ class Backend {
   virtual void cross_entropy_backward(DType t, void* dlogits, const void* logits, const float* lse,
                                       const int32_t* targets, float grad_weight, LogitsShape s,
                                       int64_t valid_vocab) = 0;
+
+  // ---- Llama's ops (kernels/layernorm.h RMSNorm, kernels/rope.h, kernels/elementwise.h) ----
+  virtual void rmsnorm_forward(DType t, void* out, float* rstd, const void* x, const void* weight,
+                               RowsShape s, float eps) = 0;
+  virtual void residual_rmsnorm_forward(DType t, void* res, void* out, float* rstd, const void* a,
+                                        const void* b, const void* weight, RowsShape s,
+                                        float eps) = 0;
+  virtual void rmsnorm_backward(DType t, void* dx, float* dweight, const void* dout, const void* x,
+                                const void* weight, const float* rstd, RowsShape s) = 0;
+  // `table`: rope_table's (positions, D/2, 2) fp32 in backend memory.
+  virtual void rope_forward(DType t, void* x, const float* table, RopeShape s) = 0;
+  virtual void rope_backward(DType t, void* dx, const float* table, RopeShape s) = 0;
+  virtual void swiglu_forward(DType t, void* out, const void* gu, int64_t rows, int64_t ffn) = 0;
+  virtual void swiglu_backward(DType t, void* dgu, const void* gu, const void* dout, int64_t rows,
+                               int64_t ffn) = 0;
 
   // ---- Tensor-parallel pieces (vocabulary slices; kernels/embedding.h, cross_entropy.h) ----
   virtual void embedding_lookup_slice(DType t, void* out, const int32_t* tokens, const void* wte,

@@ -1,4 +1,4 @@
-// elementwise.h — GELU, residual add, bias gradient, cast and scale.
+// elementwise.h — GELU, SwiGLU, residual add, bias gradient, cast and scale.
 //
 // Contract: fp32 arithmetic whatever the storage type T (one rounding per stored result);
 // fp32 parameter gradients accumulate (+=); results are bitwise independent of the OpenMP
@@ -18,6 +18,16 @@ void gelu_forward(T* out, const T* x, int64_t n);
 // dx = dout * gelu'(x)  (overwrites dx; dx may alias dout).
 template <class T>
 void gelu_backward(T* dx, const T* x, const T* dout, int64_t n);
+
+// SwiGLU (Llama's MLP activation): gu (rows, 2F) holds the gate projection in columns [0, F) and
+// the up projection in [F, 2F) of each row; out (rows, F) = silu(gate) * up, silu(g) =
+// g / (1 + e^-g).
+template <class T>
+void swiglu_forward(T* out, const T* gu, int64_t rows, int64_t ffn);
+// dgu (rows, 2F) = [dout * up * silu'(gate) | dout * silu(gate)] (overwrites; dgu may not alias
+// gu or dout).
+template <class T>
+void swiglu_backward(T* dgu, const T* gu, const T* dout, int64_t rows, int64_t ffn);
 
 // out = a + b (out may alias a or b).
 template <class T>

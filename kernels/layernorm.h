@@ -1,4 +1,4 @@
-// layernorm.h — LayerNorm over the channel dimension of N = B*T rows.
+// layernorm.h — LayerNorm (GPT-2) and RMSNorm (Llama) over the channel dimension of N = B*T rows.
 //
 // Contract (every backend): statistics and arithmetic in fp32 whatever the storage type T;
 // mean and rstd are saved in fp32 for backward; parameter gradients accumulate (+=) into fp32
@@ -55,6 +55,33 @@ void layernorm_backward(T* dx,              // (N,C) accumulated
                         const float* mean,  // (N)
                         const float* rstd,  // (N)
                         RowsShape s);
+
+// RMSNorm (Llama; Hugging Face's LlamaRMSNorm): out = x * rstd * weight, rstd = 1/sqrt(mean(x^2)
+// + eps), all in fp32, rounded once to T (for fp32 exactly HF's; for 16-bit storage HF rounds
+// x * rstd before the weight, one more rounding).
+template <class T>
+void rmsnorm_forward(T* out,           // (N,C)
+                     float* rstd,      // (N)
+                     const T* x,       // (N,C)
+                     const T* weight,  // (C)
+                     RowsShape s, float eps);
+
+// Fused residual add + RMSNorm, bit for bit residual_add then rmsnorm_forward (as for
+// LayerNorm above; res may alias a or b, out aliases nothing).
+template <class T>
+void residual_rmsnorm_forward(T* res, T* out, float* rstd, const T* a, const T* b, const T* weight,
+                              RowsShape s, float eps);
+
+// With xhat = x rstd: dx += rstd (dout w - xhat mean(dout w xhat)) (accumulates, as LayerNorm);
+// dweight += sum over rows of dout * xhat.
+template <class T>
+void rmsnorm_backward(T* dx,              // (N,C) accumulated
+                      float* dweight,     // (C) accumulated
+                      const T* dout,      // (N,C)
+                      const T* x,         // (N,C)
+                      const T* weight,    // (C)
+                      const float* rstd,  // (N)
+                      RowsShape s);
 
 SHARDTRAIN_ISA_END
 }  // namespace shardtrain::kernels

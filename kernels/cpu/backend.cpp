@@ -85,6 +85,58 @@ class CpuBackend final : public Backend {
                                  static_cast<const T*>(qkv), static_cast<const T*>(out), lse, s);
     });
   }
+  void rmsnorm_forward(DType t, void* out, float* rstd, const void* x, const void* weight,
+                       RowsShape s, float eps) override {
+    with_float_type(t, [&](auto tag) {
+      using T = decltype(tag);
+      isa::rmsnorm_forward<T>(static_cast<T*>(out), rstd, static_cast<const T*>(x),
+                              static_cast<const T*>(weight), s, eps);
+    });
+  }
+  void residual_rmsnorm_forward(DType t, void* res, void* out, float* rstd, const void* a,
+                                const void* b, const void* weight, RowsShape s,
+                                float eps) override {
+    with_float_type(t, [&](auto tag) {
+      using T = decltype(tag);
+      isa::residual_rmsnorm_forward<T>(static_cast<T*>(res), static_cast<T*>(out), rstd,
+                                       static_cast<const T*>(a), static_cast<const T*>(b),
+                                       static_cast<const T*>(weight), s, eps);
+    });
+  }
+  void rmsnorm_backward(DType t, void* dx, float* dweight, const void* dout, const void* x,
+                        const void* weight, const float* rstd, RowsShape s) override {
+    with_float_type(t, [&](auto tag) {
+      using T = decltype(tag);
+      isa::rmsnorm_backward<T>(static_cast<T*>(dx), dweight, static_cast<const T*>(dout),
+                               static_cast<const T*>(x), static_cast<const T*>(weight), rstd, s);
+    });
+  }
+  void rope_forward(DType t, void* x, const float* table, RopeShape s) override {
+    with_float_type(t, [&](auto tag) {
+      using T = decltype(tag);
+      isa::rope_forward<T>(static_cast<T*>(x), table, s);
+    });
+  }
+  void rope_backward(DType t, void* dx, const float* table, RopeShape s) override {
+    with_float_type(t, [&](auto tag) {
+      using T = decltype(tag);
+      isa::rope_backward<T>(static_cast<T*>(dx), table, s);
+    });
+  }
+  void swiglu_forward(DType t, void* out, const void* gu, int64_t rows, int64_t ffn) override {
+    with_float_type(t, [&](auto tag) {
+      using T = decltype(tag);
+      isa::swiglu_forward<T>(static_cast<T*>(out), static_cast<const T*>(gu), rows, ffn);
+    });
+  }
+  void swiglu_backward(DType t, void* dgu, const void* gu, const void* dout, int64_t rows,
+                       int64_t ffn) override {
+    with_float_type(t, [&](auto tag) {
+      using T = decltype(tag);
+      isa::swiglu_backward<T>(static_cast<T*>(dgu), static_cast<const T*>(gu),
+                              static_cast<const T*>(dout), rows, ffn);
+    });
+  }
   void gelu_forward(DType t, void* out, const void* x, int64_t n) override {
     with_float_type(t, [&](auto tag) {
       using T = decltype(tag);

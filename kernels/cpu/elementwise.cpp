@@ -179,15 +179,50 @@ void scale(T* x, float s, int64_t n) {
   });
 }
 
-#define ST_INSTANTIATE(T)                                             \
-  template void gelu_forward<T>(T*, const T*, int64_t);               \
-  template void gelu_backward<T>(T*, const T*, const T*, int64_t);    \
-  template void residual_add<T>(T*, const T*, const T*, int64_t);     \
-  template void bias_backward<T>(float*, const T*, int64_t, int64_t); \
-  template void add_bias<T>(T*, const T*, int64_t, int64_t);          \
-  template void scale<T>(T*, float, int64_t);                         \
-  template void cast<T, float>(float*, const T*, int64_t);            \
-  template void cast<T, BFloat16>(BFloat16*, const T*, int64_t);      \
+// silu(g) = g s, s = 1 / (1 + e), e = e^-g; silu'(g) = s + g s (1 - s) = s + g (e s) s. Below
+// g = -80 silu' is 0 to within 1e-33 and e s overflows to inf * 0: set exactly, as GELU's tails.
+template <class T>
+void swiglu_forward(T* out, const T* gu, int64_t rows, int64_t ffn) {
+#pragma omp parallel for schedule(static) if (rows > 1)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* g = as_f32(gu + r * 2 * ffn, 2 * ffn, cpu::row_scratch<T>(2 * ffn, 0));  // (2F)
+    float* o = out_f32(out + r * ffn, cpu::row_scratch<T>(ffn, 1));                       // (F)
+#pragma omp simd
+    for (int64_t f = 0; f < ffn; ++f) o[f] = g[f] / (1.0f + cpu::exp_f32(-g[f])) * g[ffn + f];
+    store(out + r * ffn, o, ffn);
+  }
+}
+
+template <class T>
+void swiglu_backward(T* dgu, const T* gu, const T* dout, int64_t rows, int64_t ffn) {
+#pragma omp parallel for schedule(static) if (rows > 1)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* g = as_f32(gu + r * 2 * ffn, 2 * ffn, cpu::row_scratch<T>(2 * ffn, 0));  // (2F)
+    const float* d = as_f32(dout + r * ffn, ffn, cpu::row_scratch<T>(ffn, 1));            // (F)
+    float* o = out_f32(dgu + r * 2 * ffn, cpu::row_scratch<T>(2 * ffn, 2));               // (2F)
+#pragma omp simd
+    for (int64_t f = 0; f < ffn; ++f) {
+      const float v = g[f], e = cpu::exp_f32(-v), sg = 1.0f / (1.0f + e);
+      float ds = sg + v * ((e * sg) * sg);
+      ds = v <= -80.0f ? 0.0f : ds;
+      o[f] = d[f] * g[ffn + f] * ds;
+      o[ffn + f] = d[f] * (v * sg);
+    }
+    store(dgu + r * 2 * ffn, o, 2 * ffn);
+  }
+}
+
+#define ST_INSTANTIATE(T)                                                     \
+  template void swiglu_forward<T>(T*, const T*, int64_t, int64_t);            \
+  template void swiglu_backward<T>(T*, const T*, const T*, int64_t, int64_t); \
+  template void gelu_forward<T>(T*, const T*, int64_t);                       \
+  template void gelu_backward<T>(T*, const T*, const T*, int64_t);            \
+  template void residual_add<T>(T*, const T*, const T*, int64_t);             \
+  template void bias_backward<T>(float*, const T*, int64_t, int64_t);         \
+  template void add_bias<T>(T*, const T*, int64_t, int64_t);                  \
+  template void scale<T>(T*, float, int64_t);                                 \
+  template void cast<T, float>(float*, const T*, int64_t);                    \
+  template void cast<T, BFloat16>(BFloat16*, const T*, int64_t);              \
   template void cast<T, Half>(Half*, const T*, int64_t);
 ST_INSTANTIATE(float)
 ST_INSTANTIATE(BFloat16)

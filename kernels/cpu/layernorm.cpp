@@ -1,4 +1,4 @@
-// layernorm.cpp — CPU LayerNorm forward and backward over rows of C channels.
+// layernorm.cpp — CPU LayerNorm and RMSNorm forward and backward over rows of C channels.
 //
 // One OpenMP iteration per row (forward) or per fixed row partition (backward). A 16-bit row is
 // widened into a per-thread fp32 scratch row first, so every inner loop is a contiguous fp32
@@ -136,7 +136,73 @@ void layernorm_backward(T* dx, float* dweight, float* dbias, const T* dout, cons
   cpu::add_parts(dbias, db_part.data(), parts, C);
 }
 
+template <class T>
+void rmsnorm_forward(T* out, float* rstd, const T* x, const T* weight, RowsShape s, float eps) {
+  const int64_t C = s.channels;
+  ParamF32<T> w(weight, C);
+  const float* wf = w.ptr;
+#pragma omp parallel for schedule(static) if (s.rows > 1)
+  for (int64_t r = 0; r < s.rows; ++r) {
+    const float* xr = as_f32(x + r * C, C, row_scratch<T>(C, 0));  // (C)
+    float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+    for (int64_t c = 0; c < C; ++c) sq += xr[c] * xr[c];
+    const float rs = 1.0f / std::sqrt(sq / float(C) + eps);
+    float* o = out_f32(out + r * C, row_scratch<T>(C, 1));  // (C)
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) o[c] = xr[c] * rs * wf[c];
+    store(out + r * C, o, C);
+    rstd[r] = rs;
+  }
+}
+
+template <class T>
+void residual_rmsnorm_forward(T* res, T* out, float* rstd, const T* a, const T* b, const T* weight,
+                              RowsShape s, float eps) {
+  residual_add(res, a, b, s.rows * s.channels);
+  rmsnorm_forward(out, rstd, static_cast<const T*>(res), weight, s, eps);
+}
+
+// As layernorm_backward without the mean terms: one pass over dout and x, the weight gradient
+// through the fixed row partition.
+template <class T>
+void rmsnorm_backward(T* dx, float* dweight, const T* dout, const T* x, const T* weight,
+                      const float* rstd, RowsShape s) {
+  const int64_t C = s.channels;
+  ParamF32<T> w(weight, C);
+  const float* wf = w.ptr;
+  const int64_t parts = cpu::row_parts(s.rows);
+  std::vector<float> dw_part(size_t(parts * C), 0.0f);  // (parts, C)
+#pragma omp parallel for schedule(static) if (parts > 1)
+  for (int64_t p = 0; p < parts; ++p) {
+    float* dw = dw_part.data() + p * C;
+    const int64_t r1 = cpu::part_begin(p + 1, parts, s.rows);
+    for (int64_t r = cpu::part_begin(p, parts, s.rows); r < r1; ++r) {
+      const float* xr = as_f32(x + r * C, C, row_scratch<T>(C, 0));     // (C)
+      const float* gr = as_f32(dout + r * C, C, row_scratch<T>(C, 1));  // (C)
+      const float rs = rstd[r];
+      float gwx_sum = 0.0f;
+#pragma omp simd reduction(+ : gwx_sum)
+      for (int64_t c = 0; c < C; ++c) gwx_sum += gr[c] * wf[c] * (xr[c] * rs);
+      const float gwx_mean = gwx_sum / float(C);
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) dw[c] += gr[c] * (xr[c] * rs);
+      float* dxr = out_f32(dx + r * C, row_scratch<T>(C, 2));  // (C)
+      if constexpr (!std::is_same_v<T, float>) cpu::widen(dxr, dx + r * C, C);
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) dxr[c] += (gr[c] * wf[c] - (xr[c] * rs) * gwx_mean) * rs;
+      store(dx + r * C, dxr, C);
+    }
+  }
+  cpu::add_parts(dweight, dw_part.data(), parts, C);
+}
+
 #define ST_INSTANTIATE(T)                                                                         \
+  template void rmsnorm_forward<T>(T*, float*, const T*, const T*, RowsShape, float);             \
+  template void residual_rmsnorm_forward<T>(T*, T*, float*, const T*, const T*, const T*,         \
+                                            RowsShape, float);                                    \
+  template void rmsnorm_backward<T>(T*, float*, const T*, const T*, const T*, const float*,       \
+                                    RowsShape);                                                   \
   template void layernorm_forward<T>(T*, float*, float*, const T*, const T*, const T*, RowsShape, \
                                      float);                                                      \
   template void layernorm_backward<T>(T*, float*, float*, const T*, const T*, const T*,           \

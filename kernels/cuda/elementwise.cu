@@ -1,4 +1,4 @@
-// elementwise.cu — GELU, residual add, bias add / gradient, fp32 accumulate and the sum of
+// elementwise.cu — GELU, SwiGLU, residual add, bias add / gradient, fp32 accumulate and the sum of
 // squares on the GPU; one source for nvcc and kernels/emu.
 //
 // The maps (GELU forward/backward, residual add, add_f32, add_bias) are grid-stride loops in
@@ -115,6 +115,40 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// SwiGLU over gu (rows, 2F) = [gate | up]: out (rows, F) = silu(gate) up, silu(g) = g / (1 +
+// e^-g) with expf (the CPU backend's own exp: tests bound the difference). Grid-stride, one
+// element per step.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    swiglu_forward_kernel(T* __restrict__ out, const T* __restrict__ gu, long long rows,
+                          long long F) {
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < rows * F; k += stride) {
+    const T* row = gu + (k / F) * 2 * F;
+    const long long f = k % F;
+    const float g = to_float(row[f]);
+    out[k] = from_float<T>(g / (1.0f + expf(-g)) * to_float(row[F + f]));
+  }
+}
+
+// dgu = [dout up silu'(gate) | dout silu(gate)], silu'(g) = s + g (e s) s with e = e^-g,
+// s = 1 / (1 + e); 0 below g = -80, where e s overflows (as the CPU backend).
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    swiglu_backward_kernel(T* __restrict__ dgu, const T* __restrict__ gu,
+                           const T* __restrict__ dout, long long rows, long long F) {
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < rows * F; k += stride) {
+    const long long off = (k / F) * 2 * F, f = k % F;
+    const float g = to_float(gu[off + f]), d = to_float(dout[k]);
+    const float e = expf(-g), sg = 1.0f / (1.0f + e);
+    float ds = sg + g * ((e * sg) * sg);
+    ds = g <= -80.0f ? 0.0f : ds;
+    dgu[off + f] = from_float<T>(d * to_float(gu[off + F + f]) * ds);
+    dgu[off + F + f] = from_float<T>(d * (g * sg));
+  }
+}
+
 // Row partition of the bias-gradient reduction (the formula of cpu::part_begin).
 ST_DEVICE long long group_begin(long long g, long long groups, long long rows) {
   return rows * g / groups;
@@ -228,6 +262,21 @@ Status gelu_backward(T* dx, const T* x, const T* dout, int64_t n, Stream stream)
 }
 
 template <class T>
+Status swiglu_forward(T* out, const T* gu, int64_t rows, int64_t ffn, Stream stream) {
+  if (rows * ffn == 0) return kOk;
+  return launch(swiglu_forward_kernel<T>, dim3(blocks_for(rows * ffn)), dim3(kThreads), 0, stream,
+                out, gu, (long long)rows, (long long)ffn);
+}
+
+template <class T>
+Status swiglu_backward(T* dgu, const T* gu, const T* dout, int64_t rows, int64_t ffn,
+                       Stream stream) {
+  if (rows * ffn == 0) return kOk;
+  return launch(swiglu_backward_kernel<T>, dim3(blocks_for(rows * ffn)), dim3(kThreads), 0, stream,
+                dgu, gu, dout, (long long)rows, (long long)ffn);
+}
+
+template <class T>
 Status residual_add(T* out, const T* a, const T* b, int64_t n, Stream stream) {
   return launch_map<T, AddOp, 2>(out, a, b, n, stream);
 }
@@ -287,6 +336,8 @@ Status sum_f64_in_order(double* out, const double* x, int64_t n, Stream stream) 
 }
 
 #define ST_INSTANTIATE(T)                                                               \
+  template Status swiglu_forward<T>(T*, const T*, int64_t, int64_t, Stream);            \
+  template Status swiglu_backward<T>(T*, const T*, const T*, int64_t, int64_t, Stream); \
   template Status gelu_forward<T>(T*, const T*, int64_t, Stream);                       \
   template Status gelu_backward<T>(T*, const T*, const T*, int64_t, Stream);            \
   template Status residual_add<T>(T*, const T*, const T*, int64_t, Stream);             \

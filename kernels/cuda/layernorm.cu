@@ -1,4 +1,5 @@
-// layernorm.cu — LayerNorm forward/backward on the GPU; one source for nvcc and kernels/emu.
+// layernorm.cu — LayerNorm and RMSNorm forward/backward on the GPU; one source for nvcc and
+// kernels/emu. RMSNorm is the same kernels with the mean taken as 0 and no bias (kRms).
 //
 // A direct port of kernels/cpu/layernorm.cpp (STYLE practice 9), so the statistics are the
 // same two-pass mean / biased variance in fp32 and only the summation order differs:
@@ -25,7 +26,19 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kRowsPerBlock = kThreads / 32;  // one warp per row
 
-template <class T>
+// d rstd w + b for LayerNorm (d = x - mean); d rstd w for RMSNorm (d = x; no bias).
+template <bool kRms, class T>
+ST_DEVICE float normalised(float d, float rs, T w, const T* bias, int c) {
+  if constexpr (kRms) {
+    return d * rs * to_float(w);
+  } else {
+    return d * rs * to_float(w) + to_float(bias[c]);
+  }
+}
+
+// kRms: RMSNorm (no mean, no bias: mean and bias are unused) — the same kernel with the mean
+// taken as 0, so (x - m) is x exactly.
+template <class T, bool kRms>
 __global__ void __launch_bounds__(kThreads)
     layernorm_forward_kernel(T* __restrict__ out, float* __restrict__ mean,
                              float* __restrict__ rstd, const T* __restrict__ x,
@@ -35,10 +48,14 @@ __global__ void __launch_bounds__(kThreads)
   const long long r = (long long)blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
   if (r >= rows) return;    // whole warps leave together; no block barrier follows
   const T* xr = x + r * C;  // (C)
-  // 1. Mean, then biased variance about it (two passes, as the CPU reference).
-  float sum = 0.0f;
-  for (int c = lane; c < C; c += 32) sum += to_float(xr[c]);
-  const float m = warp_sum(sum) / float(C);
+  // 1. Mean, then biased variance about it (two passes, as the CPU reference); RMSNorm: the
+  //    mean of squares.
+  float m = 0.0f;
+  if constexpr (!kRms) {
+    float sum = 0.0f;
+    for (int c = lane; c < C; c += 32) sum += to_float(xr[c]);
+    m = warp_sum(sum) / float(C);
+  }
   float sq = 0.0f;
   for (int c = lane; c < C; c += 32) {
     const float d = to_float(xr[c]) - m;
@@ -48,10 +65,10 @@ __global__ void __launch_bounds__(kThreads)
   // 2. Normalise, scale and shift; one rounding into T.
   T* o = out + r * C;  // (C)
   for (int c = lane; c < C; c += 32) {
-    o[c] = from_float<T>((to_float(xr[c]) - m) * rs * to_float(weight[c]) + to_float(bias[c]));
+    o[c] = from_float<T>(normalised<kRms>(to_float(xr[c]) - m, rs, weight[c], bias, c));
   }
   if (lane == 0) {
-    mean[r] = m;
+    if constexpr (!kRms) mean[r] = m;
     rstd[r] = rs;
   }
 }
@@ -71,7 +88,7 @@ constexpr int kResBlocksPerSm = 4;
 // kernel applied to res. res may alias a or b (no __restrict__ on those three): every element
 // is read and written by the same lane, and the loads of a row's a and b are all issued before
 // its first store so they are not serialised behind possibly-aliasing stores.
-template <class T>
+template <class T, bool kRms>
 __global__ void __launch_bounds__(kThreads, kResBlocksPerSm)
     residual_layernorm_forward_kernel(T* res, T* __restrict__ out, float* __restrict__ mean,
                                       float* __restrict__ rstd, const T* a, const T* b,
@@ -107,7 +124,7 @@ __global__ void __launch_bounds__(kThreads, kResBlocksPerSm)
     xr[c] = rounded;
     sum += to_float(rounded);
   }
-  const float m = warp_sum(sum) / float(C);
+  const float m = kRms ? 0.0f : warp_sum(sum) / float(C);
   // 2. Biased variance about the mean (layernorm_forward_kernel's second pass).
   float sq = 0.0f;
   ST_UNROLL
@@ -127,19 +144,20 @@ __global__ void __launch_bounds__(kThreads, kResBlocksPerSm)
   ST_UNROLL
   for (int k = 0; k < kResCache; ++k) {
     const int c = lane + 32 * k;
-    if (c < C) o[c] = from_float<T>((x[k] - m) * rs * to_float(weight[c]) + to_float(bias[c]));
+    if (c < C) o[c] = from_float<T>(normalised<kRms>(x[k] - m, rs, weight[c], bias, c));
   }
   for (int c = lane + 32 * kResCache; c < C; c += 32) {
-    o[c] = from_float<T>((to_float(xr[c]) - m) * rs * to_float(weight[c]) + to_float(bias[c]));
+    o[c] = from_float<T>(normalised<kRms>(to_float(xr[c]) - m, rs, weight[c], bias, c));
   }
   if (lane == 0) {
-    mean[r] = m;
+    if constexpr (!kRms) mean[r] = m;
     rstd[r] = rs;
   }
 }
 
-// dx += rstd (g w - mean(g w) - xhat mean(g w xhat)), one warp per row.
-template <class T>
+// dx += rstd (g w - mean(g w) - xhat mean(g w xhat)), one warp per row (RMSNorm: mean 0 and
+// no mean(g w) term).
+template <class T, bool kRms>
 __global__ void __launch_bounds__(kThreads)
     layernorm_backward_dx_kernel(T* __restrict__ dx, const T* __restrict__ dout,
                                  const T* __restrict__ x, const T* __restrict__ weight,
@@ -150,7 +168,7 @@ __global__ void __launch_bounds__(kThreads)
   if (r >= rows) return;
   const T* xr = x + r * C;     // (C)
   const T* gr = dout + r * C;  // (C)
-  const float m = mean[r], rs = rstd[r];
+  const float m = kRms ? 0.0f : mean[r], rs = rstd[r];
   // 1. The two row means the input gradient needs: mean(g w) and mean(g w xhat).
   float gw_sum = 0.0f, gwx_sum = 0.0f;
   for (int c = lane; c < C; c += 32) {
@@ -159,13 +177,14 @@ __global__ void __launch_bounds__(kThreads)
     gw_sum += gw;
     gwx_sum += gw * xhat;
   }
-  const float gw_mean = warp_sum(gw_sum) / float(C);
+  const float gw_mean = kRms ? 0.0f : warp_sum(gw_sum) / float(C);
   const float gwx_mean = warp_sum(gwx_sum) / float(C);
   // 2. Accumulate into dx (it already holds the residual gradient), one rounding into T.
   T* d = dx + r * C;  // (C)
   for (int c = lane; c < C; c += 32) {
     const float xhat = (to_float(xr[c]) - m) * rs;
-    const float g = (to_float(gr[c]) * to_float(weight[c]) - gw_mean - xhat * gwx_mean) * rs;
+    const float gw = to_float(gr[c]) * to_float(weight[c]);
+    const float g = kRms ? (gw - xhat * gwx_mean) * rs : (gw - gw_mean - xhat * gwx_mean) * rs;
     d[c] = from_float<T>(to_float(d[c]) + g);
   }
 }
@@ -175,8 +194,9 @@ ST_DEVICE long long group_begin(long long g, long long groups, long long rows) {
   return rows * g / groups;
 }
 
-// partial[g][0][c] = sum over rows of group g of dout * xhat; partial[g][1][c] = of dout.
-template <class T>
+// partial[g][0][c] = sum over rows of group g of dout * xhat; partial[g][1][c] = of dout
+// (RMSNorm: only the first, partial (groups, 1, C)).
+template <class T, bool kRms>
 __global__ void __launch_bounds__(kThreads)
     layernorm_backward_partial_kernel(float* __restrict__ partial, const T* __restrict__ dout,
                                       const T* __restrict__ x, const float* __restrict__ mean,
@@ -189,11 +209,15 @@ __global__ void __launch_bounds__(kThreads)
   const long long r1 = group_begin(g + 1, groups, rows);
   for (long long r = group_begin(g, groups, rows); r < r1; ++r) {
     const float gv = to_float(dout[r * C + c]);
-    dw += gv * ((to_float(x[r * C + c]) - mean[r]) * rstd[r]);
+    dw += gv * ((to_float(x[r * C + c]) - (kRms ? 0.0f : mean[r])) * rstd[r]);
     db += gv;
   }
-  partial[(g * 2 + 0) * C + c] = dw;
-  partial[(g * 2 + 1) * C + c] = db;
+  if constexpr (kRms) {
+    partial[g * C + c] = dw;
+  } else {
+    partial[(g * 2 + 0) * C + c] = dw;
+    partial[(g * 2 + 1) * C + c] = db;
+  }
 }
 
 // dweight[c] += sum over g of partial[g][0][c]; dbias likewise from partial[g][1][c]:
@@ -207,9 +231,9 @@ template <class T>
 Status layernorm_forward(T* out, float* mean, float* rstd, const T* x, const T* weight,
                          const T* bias, RowsShape s, float eps, Stream stream) {
   if (s.rows == 0) return kOk;
-  return launch(layernorm_forward_kernel<T>, dim3(ceil_div(s.rows, kRowsPerBlock)), dim3(kThreads),
-                0, stream, out, mean, rstd, x, weight, bias, (long long)s.rows, int(s.channels),
-                eps);
+  return launch(layernorm_forward_kernel<T, false>, dim3(ceil_div(s.rows, kRowsPerBlock)),
+                dim3(kThreads), 0, stream, out, mean, rstd, x, weight, bias, (long long)s.rows,
+                int(s.channels), eps);
 }
 
 template <class T>
@@ -217,7 +241,7 @@ Status residual_layernorm_forward(T* res, T* out, float* mean, float* rstd, cons
                                   const T* weight, const T* bias, RowsShape s, float eps,
                                   Stream stream) {
   if (s.rows == 0) return kOk;
-  return launch(residual_layernorm_forward_kernel<T>, dim3(ceil_div(s.rows, kRowsPerBlock)),
+  return launch(residual_layernorm_forward_kernel<T, false>, dim3(ceil_div(s.rows, kRowsPerBlock)),
                 dim3(kThreads), 0, stream, res, out, mean, rstd, a, b, weight, bias,
                 (long long)s.rows, int(s.channels), eps);
 }
@@ -230,19 +254,63 @@ Status layernorm_backward(T* dx, float* dweight, float* dbias, const T* dout, co
   const int C = int(s.channels);
   const long long groups = layernorm_backward_groups(s);
   Status e =
-      launch(layernorm_backward_dx_kernel<T>, dim3(ceil_div(s.rows, kRowsPerBlock)), dim3(kThreads),
-             0, stream, dx, dout, x, weight, mean, rstd, (long long)s.rows, C);
+      launch(layernorm_backward_dx_kernel<T, false>, dim3(ceil_div(s.rows, kRowsPerBlock)),
+             dim3(kThreads), 0, stream, dx, dout, x, weight, mean, rstd, (long long)s.rows, C);
   if (e != kOk) return e;
-  e = launch(layernorm_backward_partial_kernel<T>, dim3(ceil_div(C, kThreads), unsigned(groups)),
-             dim3(kThreads), 0, stream, workspace, dout, x, mean, rstd, (long long)s.rows, C,
-             groups);
+  e = launch(layernorm_backward_partial_kernel<T, false>,
+             dim3(ceil_div(C, kThreads), unsigned(groups)), dim3(kThreads), 0, stream, workspace,
+             dout, x, mean, rstd, (long long)s.rows, C, groups);
   if (e != kOk) return e;
   return launch(column_sum_kernel, dim3(ceil_div(C, kColumnSumCols), 2),
                 dim3(kColumnSumCols, kColumnSumLanes), 0, stream, dweight, dbias,
                 static_cast<const float*>(workspace), (long long)C, groups, 2 * (long long)C);
 }
 
+template <class T>
+Status rmsnorm_forward(T* out, float* rstd, const T* x, const T* weight, RowsShape s, float eps,
+                       Stream stream) {
+  if (s.rows == 0) return kOk;
+  return launch(layernorm_forward_kernel<T, true>, dim3(ceil_div(s.rows, kRowsPerBlock)),
+                dim3(kThreads), 0, stream, out, static_cast<float*>(nullptr), rstd, x, weight,
+                static_cast<const T*>(nullptr), (long long)s.rows, int(s.channels), eps);
+}
+
+template <class T>
+Status residual_rmsnorm_forward(T* res, T* out, float* rstd, const T* a, const T* b,
+                                const T* weight, RowsShape s, float eps, Stream stream) {
+  if (s.rows == 0) return kOk;
+  return launch(residual_layernorm_forward_kernel<T, true>, dim3(ceil_div(s.rows, kRowsPerBlock)),
+                dim3(kThreads), 0, stream, res, out, static_cast<float*>(nullptr), rstd, a, b,
+                weight, static_cast<const T*>(nullptr), (long long)s.rows, int(s.channels), eps);
+}
+
+template <class T>
+Status rmsnorm_backward(T* dx, float* dweight, const T* dout, const T* x, const T* weight,
+                        const float* rstd, float* workspace, RowsShape s, Stream stream) {
+  if (s.rows == 0) return kOk;
+  const int C = int(s.channels);
+  const long long groups = layernorm_backward_groups(s);
+  const float* no_mean = nullptr;
+  Status e =
+      launch(layernorm_backward_dx_kernel<T, true>, dim3(ceil_div(s.rows, kRowsPerBlock)),
+             dim3(kThreads), 0, stream, dx, dout, x, weight, no_mean, rstd, (long long)s.rows, C);
+  if (e != kOk) return e;
+  e = launch(layernorm_backward_partial_kernel<T, true>,
+             dim3(ceil_div(C, kThreads), unsigned(groups)), dim3(kThreads), 0, stream, workspace,
+             dout, x, no_mean, rstd, (long long)s.rows, C, groups);
+  if (e != kOk) return e;
+  return launch(column_sum_kernel, dim3(ceil_div(C, kColumnSumCols), 1),
+                dim3(kColumnSumCols, kColumnSumLanes), 0, stream, dweight,
+                static_cast<float*>(nullptr), static_cast<const float*>(workspace), (long long)C,
+                groups, (long long)C);
+}
+
 #define ST_INSTANTIATE(T)                                                                       \
+  template Status rmsnorm_forward<T>(T*, float*, const T*, const T*, RowsShape, float, Stream); \
+  template Status residual_rmsnorm_forward<T>(T*, T*, float*, const T*, const T*, const T*,     \
+                                              RowsShape, float, Stream);                        \
+  template Status rmsnorm_backward<T>(T*, float*, const T*, const T*, const T*, const float*,   \
+                                      float*, RowsShape, Stream);                               \
   template Status layernorm_forward<T>(T*, float*, float*, const T*, const T*, const T*,        \
                                        RowsShape, float, Stream);                               \
   template Status layernorm_backward<T>(T*, float*, float*, const T*, const T*, const T*,       \

@@ -13,6 +13,7 @@
 #include "kernels/cross_entropy.h"
 #include "kernels/embedding.h"
 #include "kernels/layernorm.h"
+#include "kernels/rope.h"
 #include "runtime/dtype.h"
 
 namespace shardtrain::kernels::cuda {

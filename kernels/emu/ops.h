@@ -10,6 +10,7 @@
 #include "kernels/embedding.h"
 #include "kernels/emu/emu_types.h"
 #include "kernels/layernorm.h"
+#include "kernels/rope.h"
 #include "runtime/dtype.h"
 
 namespace shardtrain::kernels::cuda_emu {
