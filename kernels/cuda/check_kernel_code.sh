@@ -8,7 +8,8 @@
 # (-O3, C++17, one architecture), keeps the PTX and the `ptxas -v` report in OUT_DIR, and checks:
 #   1. the PTX contains each required instruction (e.g. mma.sync.aligned.m16n8k16...bf16);
 #   2. every entry function whose name contains KERNEL reports 0 bytes stack frame and 0 bytes
-#      spill stores / spill loads, and there are EXPECTED_COUNT of them (all instantiations).
+#      spill stores / spill loads, and there are EXPECTED_COUNT of them (all instantiations;
+#      "any": at least one).
 # The ptxas lines for KERNEL are printed, so the test log doubles as the register/smem report.
 #
 # Usage: check_kernel_code.sh NVCC SOURCE_DIR SOURCE ARCH OUT_DIR KERNEL EXPECTED_COUNT PTX_NEEDLE...
@@ -42,7 +43,9 @@ awk -v kernel="$kernel" -v want="$count" '
   }
   mine && /Used [0-9]+ registers/ { print }
   END {
-    if (n != want) { printf "FAIL: %d entry functions named %s, expected %d\n", n, kernel, want; exit 1 }
+    if ((want == "any" && n == 0) || (want != "any" && n != want)) {
+      printf "FAIL: %d entry functions named %s, expected %s\n", n, kernel, want; exit 1
+    }
     if (bad) { print "FAIL: stack frame or spills above"; exit 1 }
     printf "ok: %d instantiations of %s, no stack frame, no spills\n", n, kernel
   }' "$base.ptxas.txt"

@@ -78,9 +78,10 @@ __global__ void __launch_bounds__(kThreads)
 // rest from res (this thread's own stores: L1/L2 hits), as layernorm_forward_kernel does x.
 constexpr int kResCache = 24;
 // The cache and the 2 x kResCache loads issued together take ~80 registers unbounded; asking for
-// 4 blocks (1024 threads) per SM caps them at 64 without spills (README register table). 32
-// warps per SM with 48 loads in flight each are far more bytes in flight than HBM needs.
-constexpr int kResBlocksPerSm = 4;
+// 3 blocks (768 threads) per SM caps them at 80 without spills (README register table; at 4
+// blocks, 64 registers, the bf16 copy spills since the device code converts with the hardware
+// cvt). 24 warps per SM with 48 loads in flight each are more bytes in flight than HBM needs.
+constexpr int kResBlocksPerSm = 3;
 
 // res = a + b (rounded once to T), then LayerNorm of the rounded res, one warp per row. The
 // statistics are summed from the rounded values in layernorm_forward_kernel's order (lane
@@ -94,6 +95,9 @@ __global__ void __launch_bounds__(kThreads, kResBlocksPerSm)
                                       float* __restrict__ rstd, const T* a, const T* b,
                                       const T* __restrict__ weight, const T* __restrict__ bias,
                                       long long rows, int C, float eps) {
+  // RMSNorm keeps no channels in registers (with the cache, ptxas spills it at any register
+  // bound tried, 64 to 128): it re-reads res, its own stores, in the normalising pass.
+  constexpr int kCache = kRms ? 0 : kResCache;
   const int lane = int(threadIdx.x) % 32;
   const long long r = (long long)blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
   if (r >= rows) return;    // whole warps leave together; no block barrier follows
@@ -102,51 +106,57 @@ __global__ void __launch_bounds__(kThreads, kResBlocksPerSm)
   T* xr = res + r * C;      // (C)
   // 1. res = a + b: first the fp32 sums of the cached channels (loads only), then each rounded
   //    once to T, stored, and kept (as fp32) for the statistics; the mean in the LN order.
-  float x[kResCache];
+  float x[kCache > 0 ? kCache : 1];  // (kCache 0: unused)
   ST_UNROLL
-  for (int k = 0; k < kResCache; ++k) {
+  for (int k = 0; k < kCache; ++k) {
     const int c = lane + 32 * k;
     x[k] = c < C ? to_float(ar[c]) + to_float(br[c]) : 0.0f;
   }
-  float sum = 0.0f;
+  // RMSNorm sums the squares in this pass already, in the order pass 2 would (the cached
+  // channels, then the rest): the same bits, without keeping the loads live across a pass.
+  float sum = 0.0f, sq = 0.0f;
   ST_UNROLL
-  for (int k = 0; k < kResCache; ++k) {
+  for (int k = 0; k < kCache; ++k) {
     const int c = lane + 32 * k;
     if (c < C) {
       const T rounded = from_float<T>(x[k]);
       xr[c] = rounded;
       x[k] = to_float(rounded);
       sum += x[k];
+      if constexpr (kRms) sq += x[k] * x[k];
     }
   }
-  for (int c = lane + 32 * kResCache; c < C; c += 32) {
+  for (int c = lane + 32 * kCache; c < C; c += 32) {
     const T rounded = from_float<T>(to_float(ar[c]) + to_float(br[c]));
     xr[c] = rounded;
-    sum += to_float(rounded);
+    const float v = to_float(rounded);
+    sum += v;
+    if constexpr (kRms) sq += v * v;
   }
   const float m = kRms ? 0.0f : warp_sum(sum) / float(C);
   // 2. Biased variance about the mean (layernorm_forward_kernel's second pass).
-  float sq = 0.0f;
-  ST_UNROLL
-  for (int k = 0; k < kResCache; ++k) {
-    if (lane + 32 * k < C) {
-      const float d = x[k] - m;
+  if constexpr (!kRms) {
+    ST_UNROLL
+    for (int k = 0; k < kCache; ++k) {
+      if (lane + 32 * k < C) {
+        const float d = x[k] - m;
+        sq += d * d;
+      }
+    }
+    for (int c = lane + 32 * kCache; c < C; c += 32) {
+      const float d = to_float(xr[c]) - m;
       sq += d * d;
     }
-  }
-  for (int c = lane + 32 * kResCache; c < C; c += 32) {
-    const float d = to_float(xr[c]) - m;
-    sq += d * d;
   }
   const float rs = 1.0f / sqrtf(warp_sum(sq) / float(C) + eps);
   // 3. Normalise, scale and shift; one rounding into T.
   T* o = out + r * C;  // (C)
   ST_UNROLL
-  for (int k = 0; k < kResCache; ++k) {
+  for (int k = 0; k < kCache; ++k) {
     const int c = lane + 32 * k;
     if (c < C) o[c] = from_float<T>(normalised<kRms>(x[k] - m, rs, weight[c], bias, c));
   }
-  for (int c = lane + 32 * kResCache; c < C; c += 32) {
+  for (int c = lane + 32 * kCache; c < C; c += 32) {
     o[c] = from_float<T>(normalised<kRms>(to_float(xr[c]) - m, rs, weight[c], bias, c));
   }
   if (lane == 0) {
