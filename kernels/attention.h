@@ -6,8 +6,11 @@
 // Scale 1/sqrt(D). fp32 arithmetic whatever the storage type T. Bitwise independent of the
 // OpenMP thread count.
 //
-// Layout: qkv is the output of GPT-2's c_attn, (B,T,3,H,D): each row of 3*H*D holds Q | K | V,
-// heads contiguous inside each (head h uses columns h*D ... h*D+D-1 of its third).
+// Layout: qkv (B,T,H+2K,D) with K = kv_heads: each row holds the H query heads, then the K key
+// heads, then the K value heads, each head D contiguous elements. Query head h attends with
+// key/value head h / (H/K) (grouped-query attention; K = 1 is multi-query). With K = H this
+// is GPT-2's c_attn output (B,T,3,H,D): Q | K | V. dqkv has the layout of qkv; the gradient of
+// a key/value head is summed over the H/K query heads that use it, in head order.
 #pragma once
 
 #include <cstdint>
@@ -17,11 +20,20 @@
 namespace shardtrain::kernels {
 
 struct AttentionShape {
-  int64_t batch;     // B
-  int64_t seq;       // T
-  int64_t heads;     // H (the heads this rank holds under tensor parallelism)
-  int64_t head_dim;  // D
+  int64_t batch;         // B
+  int64_t seq;           // T
+  int64_t heads;         // H (the query heads this rank holds under tensor parallelism)
+  int64_t head_dim;      // D
+  int64_t kv_heads = 0;  // K, dividing H; 0 means H (multi-head attention, GPT-2)
 };
+
+inline int64_t kv_heads_of(const AttentionShape& s) {
+  return s.kv_heads > 0 ? s.kv_heads : s.heads;
+}
+// Elements of one qkv row: (H + 2K) D.
+inline int64_t qkv_row_numel(const AttentionShape& s) {
+  return (s.heads + 2 * kv_heads_of(s)) * s.head_dim;
+}
 
 SHARDTRAIN_ISA_BEGIN
 // out (B,T,H,D) = softmax(Q K^T / sqrt(D), causal) V; lse (B,H,T) = logsumexp of each row of
@@ -29,14 +41,14 @@ SHARDTRAIN_ISA_BEGIN
 template <class T>
 void attention_forward(T* out,        // (B,T,H,D)
                        float* lse,    // (B,H,T)
-                       const T* qkv,  // (B,T,3,H,D)
+                       const T* qkv,  // (B,T,H+2K,D)
                        AttentionShape s);
 
-// dqkv (B,T,3,H,D) is overwritten with the gradients of Q, K and V.
+// dqkv (B,T,H+2K,D) is overwritten with the gradients of Q, K and V.
 template <class T>
-void attention_backward(T* dqkv,           // (B,T,3,H,D)
+void attention_backward(T* dqkv,           // (B,T,H+2K,D)
                         const T* dout,     // (B,T,H,D)
-                        const T* qkv,      // (B,T,3,H,D)
+                        const T* qkv,      // (B,T,H+2K,D)
                         const T* out,      // (B,T,H,D)
                         const float* lse,  // (B,H,T)
                         AttentionShape s);

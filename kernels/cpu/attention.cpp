@@ -1,7 +1,9 @@
 // attention.cpp — CPU causal self-attention, flash-style forward and backward.
 //
-// One OpenMP iteration per (b, h) pair, static schedule: each pair is computed start to finish
-// by one thread in a fixed order, so the result is bitwise the same for any thread count. A
+// One OpenMP iteration per (b, h) pair (backward: per (b, key/value head), its query heads in
+// order), static schedule: each is computed start to finish by one thread in a fixed order, so
+// the result is bitwise the same for any thread count. Grouped-query attention (kernels/
+// attention.h) only changes which K/V rows a query head reads and where dK/dV are summed. A
 // pair's Q, K, V (and dout) rows, strided inside qkv, are first gathered into contiguous fp32
 // scratch — widened once for 16-bit storage — and K (and V in backward) also transposed to
 // (D, Tp), Tp = T rounded up to the key tile, zero-padded. All five products (S = Q K^T,
@@ -58,9 +60,11 @@ constexpr int64_t kWideChunk = 32;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// Element offset of row t, part (0 = Q, 1 = K, 2 = V), head h inside a (B,T,3,H,D) tensor.
+// Element offset of row t, part (0 = Q, 1 = K, 2 = V), head h (a query head for part 0, a
+// key/value head otherwise) inside a (B,T,H+2K,D) tensor.
 inline int64_t qkv_offset(const AttentionShape& s, int64_t b, int64_t t, int64_t part, int64_t h) {
-  return ((b * s.seq + t) * 3 + part) * s.heads * s.head_dim + h * s.head_dim;
+  const int64_t first = part == 0 ? 0 : s.heads + (part - 1) * kv_heads_of(s);
+  return (b * s.seq + t) * qkv_row_numel(s) + (first + h) * s.head_dim;
 }
 // Element offset of row t, head h inside a (B,T,H,D) tensor.
 inline int64_t out_offset(const AttentionShape& s, int64_t b, int64_t t, int64_t h) {
@@ -181,12 +185,12 @@ inline int64_t tile_width(int64_t end, int64_t j0) {
 template <class T>
 void attention_forward(T* out, float* lse, const T* qkv, AttentionShape s) {
   const int64_t B = s.batch, Tn = s.seq, H = s.heads, D = s.head_dim;
-  const int64_t Tp = padded_seq(Tn), stride = 3 * H * D;
+  const int64_t Tp = padded_seq(Tn), stride = qkv_row_numel(s), group = H / kv_heads_of(s);
   const float scale = 1.0f / std::sqrt(float(D));
   const int64_t pairs = B * H;
 #pragma omp parallel for schedule(static) if (pairs > 1)
   for (int64_t bh = 0; bh < pairs; ++bh) {
-    const int64_t b = bh / H, h = bh % H;
+    const int64_t b = bh / H, h = bh % H, g = h / group;  // g: the key/value head
     // Per-thread scratch, carved from one buffer.
     float* base = scratch(3 * Tp * D + kQueryTile * (kKeyTile + D + 2), 0);
     float* q = base;                          // (T,D)
@@ -197,9 +201,9 @@ void attention_forward(T* out, float* lse, const T* qkv, AttentionShape s) {
     float* m = acc + kQueryTile * D;          // (kQueryTile) running max
     float* l = m + kQueryTile;                // (kQueryTile) running sum
     // 1. Gather this pair's Q, K (transposed) and V in fp32; K's rows are staged in v.
-    gather_rows(v, kt, qkv + qkv_offset(s, b, 0, 1, h), stride, Tn, D);
+    gather_rows(v, kt, qkv + qkv_offset(s, b, 0, 1, g), stride, Tn, D);
     gather_rows(q, nullptr, qkv + qkv_offset(s, b, 0, 0, h), stride, Tn, D);
-    gather_rows(v, nullptr, qkv + qkv_offset(s, b, 0, 2, h), stride, Tn, D);
+    gather_rows(v, nullptr, qkv + qkv_offset(s, b, 0, 2, g), stride, Tn, D);
 
     for (int64_t i0 = 0; i0 < Tn; i0 += kQueryTile) {
       const int64_t nq = std::min(kQueryTile, Tn - i0);
@@ -263,14 +267,15 @@ void attention_forward(T* out, float* lse, const T* qkv, AttentionShape s) {
 template <class T>
 void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* lse,
                         AttentionShape s) {
-  const int64_t B = s.batch, Tn = s.seq, H = s.heads, D = s.head_dim;
-  const int64_t Tp = padded_seq(Tn), stride = 3 * H * D, ostride = H * D;
+  const int64_t B = s.batch, Tn = s.seq, H = s.heads, D = s.head_dim, K = kv_heads_of(s);
+  const int64_t Tp = padded_seq(Tn), stride = qkv_row_numel(s), ostride = H * D, group = H / K;
   const float scale = 1.0f / std::sqrt(float(D));
-  const int64_t pairs = B * H;
+  // One iteration per (b, key/value head): it owns dK and dV, summed over its query heads in
+  // head order (with K = H, one query head: the multi-head computation).
+  const int64_t pairs = B * K;
 #pragma omp parallel for schedule(static) if (pairs > 1)
-  for (int64_t bh = 0; bh < pairs; ++bh) {
-    const int64_t b = bh / H, h = bh % H;
-    const float* row_lse = lse + bh * Tn;  // (T)
+  for (int64_t bg = 0; bg < pairs; ++bg) {
+    const int64_t b = bg / K, g = bg % K;
     float* base = scratch(9 * Tp * D + Tp + 2 * kQueryTile * kKeyTile, 0);
     float* q = base;                          // (T,D)
     float* k = q + Tp * D;                    // (T,D)
@@ -285,64 +290,71 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
     float* pt = drow + Tp;                    // (kQueryTile,kKeyTile) scores, then P
     float* dst = pt + kQueryTile * kKeyTile;  // (kQueryTile,kKeyTile) dP, then dS * scale
 
-    // 1. Gather Q, K (+ transposed), V (transposed only), dout; Drow_i = dout_i . out_i.
-    gather_rows(q, nullptr, qkv + qkv_offset(s, b, 0, 0, h), stride, Tn, D);
-    gather_rows(k, kt, qkv + qkv_offset(s, b, 0, 1, h), stride, Tn, D);
-    gather_rows(tmp, vt, qkv + qkv_offset(s, b, 0, 2, h), stride, Tn, D);
-    gather_rows(dout_f, nullptr, dout + out_offset(s, b, 0, h), ostride, Tn, D);
-    gather_rows(tmp, nullptr, out + out_offset(s, b, 0, h), ostride, Tn, D);
-    for (int64_t i = 0; i < Tn; ++i) {
-      const float* g = dout_f + i * D;
-      const float* o = tmp + i * D;
-      float sum = 0.0f;
+    // 1. Gather K (+ transposed) and V (transposed only) of the key/value head; then per query
+    //    head Q, dout, and Drow_i = dout_i . out_i.
+    gather_rows(k, kt, qkv + qkv_offset(s, b, 0, 1, g), stride, Tn, D);
+    gather_rows(tmp, vt, qkv + qkv_offset(s, b, 0, 2, g), stride, Tn, D);
+    std::fill(dk, dk + 2 * Tp * D, 0.0f);  // dk, dv are adjacent
+    for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+      const float* row_lse = lse + (b * H + h) * Tn;  // (T)
+      gather_rows(q, nullptr, qkv + qkv_offset(s, b, 0, 0, h), stride, Tn, D);
+      gather_rows(dout_f, nullptr, dout + out_offset(s, b, 0, h), ostride, Tn, D);
+      gather_rows(tmp, nullptr, out + out_offset(s, b, 0, h), ostride, Tn, D);
+      for (int64_t i = 0; i < Tn; ++i) {
+        const float* g = dout_f + i * D;
+        const float* o = tmp + i * D;
+        float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-      for (int64_t d = 0; d < D; ++d) sum += g[d] * o[d];
-      drow[i] = sum;
-    }
-    std::fill(dq, dq + 3 * Tp * D, 0.0f);  // dq, dk, dv are adjacent
-
-    const auto all_d = [D](int64_t, int64_t) { return std::pair<int64_t, int64_t>(0, D); };
-    for (int64_t i0 = 0; i0 < Tn; i0 += kQueryTile) {
-      const int64_t nq = std::min(kQueryTile, Tn - i0);
-      for (int64_t j0 = 0; j0 < i0 + nq; j0 += kKeyTile) {
-        // 2. Recompute the raw scores exactly as forward did, and dP = dO_i V_j^T.
-        const int64_t width = tile_width(i0 + nq, j0);
-        std::fill(pt, pt + 2 * kQueryTile * kKeyTile, 0.0f);  // pt and dst are adjacent
-        gemm_acc(pt, kKeyTile, nq, width, {q + i0 * D, D, 1}, kt + j0, Tp, all_d);
-        gemm_acc(dst, kKeyTile, nq, width, {dout_f + i0 * D, D, 1}, vt + j0, Tp, all_d);
-        // 3. P = exp(s * scale - lse), exactly 0 where masked; dS * scale = P (dP - Drow) scale.
-        for (int64_t r = 0; r < nq; ++r) {
-          const int64_t i = i0 + r, cnt = visible(i, j0);
-          const float li = row_lse[i], di = drow[i];
-          float* p = pt + r * kKeyTile;
-          float* ds = dst + r * kKeyTile;
-#pragma omp simd
-          for (int64_t j = 0; j < width; ++j) {
-            const float pj = j < cnt ? exp_f32(p[j] * scale - li) : 0.0f;
-            p[j] = pj;
-            ds[j] = pj * (ds[j] - di) * scale;
-          }
-        }
-        // 4. dQ_i += dS K_j over the keys the block's last query row can see.
-        gemm_acc(dq + i0 * D, D, nq, D, {dst, kKeyTile, 1}, k + j0 * D, D,
-                 [=](int64_t, int64_t last) {
-                   return std::pair<int64_t, int64_t>(0, visible(i0 + last, j0));
-                 });
-        // 5. dV_j += P^T dO_i and dK_j += dS^T Q_i over the query rows that see the block's
-        // first key (rows i >= key), read transposed in place.
-        const int64_t nk = std::min(kKeyTile, i0 + nq - j0);
-        const auto seen_by = [=](int64_t first, int64_t) {
-          return std::pair<int64_t, int64_t>(std::max<int64_t>(0, j0 + first - i0), nq);
-        };
-        gemm_acc(dv + j0 * D, D, nk, D, {pt, 1, kKeyTile}, dout_f + i0 * D, D, seen_by);
-        gemm_acc(dk + j0 * D, D, nk, D, {dst, 1, kKeyTile}, q + i0 * D, D, seen_by);
+        for (int64_t d = 0; d < D; ++d) sum += g[d] * o[d];
+        drow[i] = sum;
       }
+      std::fill(dq, dq + Tp * D, 0.0f);
+
+      const auto all_d = [D](int64_t, int64_t) { return std::pair<int64_t, int64_t>(0, D); };
+      for (int64_t i0 = 0; i0 < Tn; i0 += kQueryTile) {
+        const int64_t nq = std::min(kQueryTile, Tn - i0);
+        for (int64_t j0 = 0; j0 < i0 + nq; j0 += kKeyTile) {
+          // 2. Recompute the raw scores exactly as forward did, and dP = dO_i V_j^T.
+          const int64_t width = tile_width(i0 + nq, j0);
+          std::fill(pt, pt + 2 * kQueryTile * kKeyTile, 0.0f);  // pt and dst are adjacent
+          gemm_acc(pt, kKeyTile, nq, width, {q + i0 * D, D, 1}, kt + j0, Tp, all_d);
+          gemm_acc(dst, kKeyTile, nq, width, {dout_f + i0 * D, D, 1}, vt + j0, Tp, all_d);
+          // 3. P = exp(s * scale - lse), exactly 0 where masked; dS * scale = P (dP - Drow) scale.
+          for (int64_t r = 0; r < nq; ++r) {
+            const int64_t i = i0 + r, cnt = visible(i, j0);
+            const float li = row_lse[i], di = drow[i];
+            float* p = pt + r * kKeyTile;
+            float* ds = dst + r * kKeyTile;
+#pragma omp simd
+            for (int64_t j = 0; j < width; ++j) {
+              const float pj = j < cnt ? exp_f32(p[j] * scale - li) : 0.0f;
+              p[j] = pj;
+              ds[j] = pj * (ds[j] - di) * scale;
+            }
+          }
+          // 4. dQ_i += dS K_j over the keys the block's last query row can see.
+          gemm_acc(dq + i0 * D, D, nq, D, {dst, kKeyTile, 1}, k + j0 * D, D,
+                   [=](int64_t, int64_t last) {
+                     return std::pair<int64_t, int64_t>(0, visible(i0 + last, j0));
+                   });
+          // 5. dV_j += P^T dO_i and dK_j += dS^T Q_i over the query rows that see the block's
+          // first key (rows i >= key), read transposed in place.
+          const int64_t nk = std::min(kKeyTile, i0 + nq - j0);
+          const auto seen_by = [=](int64_t first, int64_t) {
+            return std::pair<int64_t, int64_t>(std::max<int64_t>(0, j0 + first - i0), nq);
+          };
+          gemm_acc(dv + j0 * D, D, nk, D, {pt, 1, kKeyTile}, dout_f + i0 * D, D, seen_by);
+          gemm_acc(dk + j0 * D, D, nk, D, {dst, 1, kKeyTile}, q + i0 * D, D, seen_by);
+        }
+      }
+      // 6. This query head's dQ into dqkv (overwrite).
+      for (int64_t t = 0; t < Tn; ++t) store_row(dqkv + qkv_offset(s, b, t, 0, h), dq + t * D, D);
     }
-    // 6. Write dQ | dK | dV into dqkv (overwrite).
-    for (int64_t part = 0; part < 3; ++part) {
-      const float* src = dq + part * Tp * D;
+    // 7. dK | dV of the key/value head, summed over its query heads (overwrite).
+    for (int64_t part = 1; part < 3; ++part) {
+      const float* src = dk + (part - 1) * Tp * D;
       for (int64_t t = 0; t < Tn; ++t) {
-        store_row(dqkv + qkv_offset(s, b, t, part, h), src + t * D, D);
+        store_row(dqkv + qkv_offset(s, b, t, part, g), src + t * D, D);
       }
     }
   }

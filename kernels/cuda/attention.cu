@@ -67,7 +67,7 @@ ST_DEVICE void stage_kv(const SharedSpan<T>& s, int buf, const T* k_src, const T
 template <class T, int D>
 __global__ void __launch_bounds__(kThreads)
     attention_forward_kernel(T* __restrict__ out, float* __restrict__ lse,
-                             const T* __restrict__ qkv, int Tn, int H, float scale_log2,
+                             const T* __restrict__ qkv, int Tn, int H, int K, float scale_log2,
                              bool aligned, bool out_aligned) {
   constexpr int kLd = D + kPad;
   ST_DYNAMIC_SHARED(T, smem);
@@ -76,10 +76,12 @@ __global__ void __launch_bounds__(kThreads)
   const int q0 = int(gridDim.x - 1 - blockIdx.x) * kBr;  // longest query tiles first
   const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
   const int g = lane >> 2, t = lane & 3;  // mma groupID, threadID_in_group
-  const long long stride = 3LL * H * D;   // qkv row (B,T,3,H,D): Q | K | V
+  // qkv row (B,T,H+2K,D): H query heads, K key heads, K value heads; head h reads key/value
+  // head h / (H/K).
+  const long long stride = (long long)(H + 2 * K) * D;
   const T* q_src = qkv + (long long)b * Tn * stride + (long long)h * D;
-  const T* k_src = q_src + (long long)H * D;
-  const T* v_src = k_src + (long long)H * D;
+  const T* k_src = qkv + (long long)b * Tn * stride + (long long)(H + h / (H / K)) * D;
+  const T* v_src = k_src + (long long)K * D;
   const int row_lo = q0 + 16 * warp + g, row_hi = row_lo + 8;  // this thread's two rows
 
   // 1. Q tile -> shared -> this warp's A fragments (16 rows x D), kept in registers; key tile 0
@@ -246,7 +248,7 @@ Status launch_forward(T* out, float* lse, const T* qkv, AttentionShape s, Stream
   const float scale_log2 = kLog2e / std::sqrt(float(D));
   return launch(attention_forward_kernel<T, D>, dim3(q_tiles, unsigned(s.heads), unsigned(s.batch)),
                 dim3(kThreads), smem_bytes<T, D>(), stream, out, lse, qkv, int(s.seq), int(s.heads),
-                scale_log2, is_aligned16(qkv), is_aligned16(out));
+                int(kv_heads_of(s)), scale_log2, is_aligned16(qkv), is_aligned16(out));
 }
 
 }  // namespace
@@ -256,6 +258,9 @@ Status attention_forward(T* out, float* lse, const T* qkv, AttentionShape s, Str
   if (s.batch * s.heads == 0 || s.seq == 0) return kOk;
   if (s.batch > 65535 || s.heads > 65535 || s.seq > 0x7fffffffLL) {
     return attention_tiles::unsupported("attention_forward", "grid too large");
+  }
+  if (kv_heads_of(s) > s.heads || s.heads % kv_heads_of(s) != 0) {
+    return attention_tiles::unsupported("attention_forward", "kv_heads must divide heads");
   }
   if (s.head_dim == 64) return launch_forward<T, 64>(out, lse, qkv, s, stream);
   if (s.head_dim == 128) return launch_forward<T, 128>(out, lse, qkv, s, stream);

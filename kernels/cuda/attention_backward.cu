@@ -47,17 +47,10 @@ constexpr int kBwdWarps = 8;
 constexpr int kBwdThreads = 32 * kBwdWarps;
 constexpr int kLdS = kBr + kPad;  // P^T, dS^T rows: 64 queries, padded
 
-// Blocks per SM the register budget is set for (__launch_bounds__): 2 at D = 64 on sm_80, where
-// ptxas fits the kernel in 128 registers without spilling; 1 otherwise (sm_90 would spill 4
-// bytes at 128 registers; D = 128 needs ~190-200).
-constexpr int bwd_min_blocks(int d) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-  return d <= 64 ? 2 : 1;
-#else
-  (void)d;
-  return 1;
-#endif
-}
+// One block of 8 warps per SM is what the register budget is set for (__launch_bounds__): at
+// 128 registers (2 blocks) ptxas spills at D = 64 (24 bytes on sm_80 with the GQA head loop,
+// 4 on sm_90); D = 128 needs ~200.
+constexpr int kBwdMinBlocks = 1;
 
 // Shared memory: the Q, dO, K and V tiles (rows padded), then P^T and dS^T (64 keys x 64 queries).
 template <class T, int D>
@@ -163,10 +156,11 @@ __global__ void __launch_bounds__(256)
 // ---- dQ, dK, dV -------------------------------------------------------------------------------
 
 template <class T, int D>
-__global__ void __launch_bounds__(kBwdThreads, bwd_min_blocks(D))
+__global__ void __launch_bounds__(kBwdThreads, kBwdMinBlocks)
     attention_backward_dqkv_kernel(T* __restrict__ dqkv, Workspace ws, const T* __restrict__ dout,
                                    const T* __restrict__ qkv, const float* __restrict__ lse, int Tn,
-                                   int H, int tiles, float scale_log2, float scale, bool aligned) {
+                                   int H, int K, int tiles, float scale_log2, float scale,
+                                   bool aligned) {
   constexpr int kLd = D + kPad, kHalf = D / 2;
   ST_DYNAMIC_SHARED(T, smem);
   ST_SHARED(float, s_lse2, kBr);  // lse * log2e of the query tile's rows (+inf past T)
@@ -179,20 +173,19 @@ __global__ void __launch_bounds__(kBwdThreads, bwd_min_blocks(D))
   if (threadIdx.x == 0) s_ticket[0] = atomicAdd(ws.ticket, 1);
   __syncthreads();
   const int ticket = s_ticket[0];
-  const int bh = ticket / tiles, jt = tiles - 1 - ticket % tiles;
-  const int b = bh / H, h = bh % H, j0 = jt * kBc;
+  const int bg = ticket / tiles, jt = tiles - 1 - ticket % tiles;
+  const int b = bg / K, kvh = bg % K, j0 = jt * kBc;  // kvh: the key/value head
+  const int group = H / K;                            // its query heads kvh group ..
   const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
   const int kw = warp % 4, hw = warp / 4;  // 16-row group (keys; queries for dQ), half
   const int g = lane >> 2, t = lane & 3;
   const int qh = 32 * hw, ch = kHalf * hw;  // this warp's query half (S^T, dP^T), column half
-  const long long stride = 3LL * H * D, ostride = (long long)H * D;
-  const T* q_src = qkv + (long long)b * Tn * stride + (long long)h * D;
-  const T* k_src = q_src + ostride;
-  const T* v_src = k_src + ostride;
-  const T* do_src = dout + (long long)b * Tn * ostride + (long long)h * D;
+  // qkv rows (B,T,H+2K,D): the H query heads, then K key heads, then K value heads.
+  const long long stride = (long long)(H + 2 * K) * D, ostride = (long long)H * D;
+  const long long kvstride = (long long)K * D;  // from a key head to its value head
+  const T* k_src = qkv + (long long)b * Tn * stride + (long long)(H + kvh) * D;
+  const T* v_src = k_src + kvstride;
   const int key_lo = j0 + 16 * kw + g, key_hi = key_lo + 8;  // this thread's two keys
-  float* dq_acc = ws.dq_acc + (long long)bh * Tn * D;        // (T, D) of this (b, h)
-  int* counters = ws.counters + (long long)bh * tiles;
 
   // 1. This block's K and V tiles, for the whole query loop.
   stage_tile<T, D, kBwdThreads>(smem, sk, k_src, stride, j0, Tn, aligned);
@@ -204,145 +197,154 @@ __global__ void __launch_bounds__(kBwdThreads, bwd_min_blocks(D))
     zero(dv[n]);
   }
 
-  // 2. Query tiles from the diagonal to the end.
-  for (int i0 = j0; i0 < Tn; i0 += kBr) {
-    const int it = i0 / kBr;
-    __syncthreads();  // the previous query tile, P^T and dS^T are no longer read
-    stage_tile<T, D, kBwdThreads>(smem, sq, q_src, stride, i0, Tn, aligned);
-    stage_tile<T, D, kBwdThreads>(smem, sdo, do_src, ostride, i0, Tn, aligned);
-    for (int r = int(threadIdx.x); r < kBr; r += kBwdThreads) {
-      const bool in = i0 + r < Tn;
-      s_lse2[size_t(r)] = in ? lse[(long long)bh * Tn + i0 + r] * kLog2e : INFINITY;
-      s_drow[size_t(r)] = in ? ws.drow[(long long)bh * Tn + i0 + r] : 0.0f;
-    }
-    __syncthreads();
+  // 2. The group's query heads in order; for each, its query tiles from the diagonal to the end
+  //    (dK, dV accumulate over all of them).
+  for (int h = kvh * group; h < (kvh + 1) * group; ++h) {
+    const int bh = b * H + h;
+    const T* q_src = qkv + (long long)b * Tn * stride + (long long)h * D;
+    const T* do_src = dout + (long long)b * Tn * ostride + (long long)h * D;
+    float* dq_acc = ws.dq_acc + (long long)bh * Tn * D;  // (T, D) of this (b, h)
+    int* counters = ws.counters + (long long)bh * tiles;
+    for (int i0 = j0; i0 < Tn; i0 += kBr) {
+      const int it = i0 / kBr;
+      __syncthreads();  // the previous query tile, P^T and dS^T are no longer read
+      stage_tile<T, D, kBwdThreads>(smem, sq, q_src, stride, i0, Tn, aligned);
+      stage_tile<T, D, kBwdThreads>(smem, sdo, do_src, ostride, i0, Tn, aligned);
+      for (int r = int(threadIdx.x); r < kBr; r += kBwdThreads) {
+        const bool in = i0 + r < Tn;
+        s_lse2[size_t(r)] = in ? lse[(long long)bh * Tn + i0 + r] * kLog2e : INFINITY;
+        s_drow[size_t(r)] = in ? ws.drow[(long long)bh * Tn + i0 + r] : 0.0f;
+      }
+      __syncthreads();
 
-    // 2a. S^T = K Q^T (16 keys x 32 queries per warp); P^T, 0 for queries before the key: only
-    // in the diagonal tile (i0 == j0; queries past T have lse = inf, so P = 0 for them anyway).
-    const bool diagonal = i0 == j0;
-    float p[4][4];
-    {
-      uint32_t kf[D / 16][4];
-      load_rows_a<T, kLd, D>(kf, smem, sk, 16 * kw, 0, lane);
-      ST_UNROLL
-      for (int n = 0; n < 4; ++n) {
-        zero(p[n]);
-        mma_rows_b<T, D>(p[n], kf, smem, sq, qh + 8 * n, lane);
+      // 2a. S^T = K Q^T (16 keys x 32 queries per warp); P^T, 0 for queries before the key: only
+      // in the diagonal tile (i0 == j0; queries past T have lse = inf, so P = 0 for them anyway).
+      const bool diagonal = i0 == j0;
+      float p[4][4];
+      {
+        uint32_t kf[D / 16][4];
+        load_rows_a<T, kLd, D>(kf, smem, sk, 16 * kw, 0, lane);
         ST_UNROLL
-        for (int r = 0; r < 4; ++r) {
-          const int col = qh + 8 * n + 2 * t + (r & 1);
-          const int key = r < 2 ? key_lo : key_hi;
-          p[n][r] = !diagonal || i0 + col >= key ? exp2f(p[n][r] * scale_log2 - s_lse2[size_t(col)])
-                                                 : 0.0f;
+        for (int n = 0; n < 4; ++n) {
+          zero(p[n]);
+          mma_rows_b<T, D>(p[n], kf, smem, sq, qh + 8 * n, lane);
+          ST_UNROLL
+          for (int r = 0; r < 4; ++r) {
+            const int col = qh + 8 * n + 2 * t + (r & 1);
+            const int key = r < 2 ? key_lo : key_hi;
+            p[n][r] = !diagonal || i0 + col >= key
+                          ? exp2f(p[n][r] * scale_log2 - s_lse2[size_t(col)])
+                          : 0.0f;
+          }
         }
       }
-    }
-    // 2b. dP^T = V dO^T, dS^T = P^T (dP^T - Drow); both into shared memory, rounded to T (row =
-    // key, column = query: 32-bit stores at word 36 (16 kw + g) + 16 hw + 4 n + t, banks
-    // 4 g + t + 16 hw: conflict-free within the warp).
-    {
-      uint32_t vf[D / 16][4];
-      load_rows_a<T, kLd, D>(vf, smem, sv, 16 * kw, 0, lane);
-      ST_UNROLL
-      for (int n = 0; n < 4; ++n) {
-        float dp[4];
-        zero(dp);
-        mma_rows_b<T, D>(dp, vf, smem, sdo, qh + 8 * n, lane);
-        const size_t lo = size_t(16 * kw + g) * kLdS + qh + 8 * n + 2 * t, hi = lo + 8 * kLdS;
-        store_shared_pair<T>(smem, sp + lo, p[n][0], p[n][1]);
-        store_shared_pair<T>(smem, sp + hi, p[n][2], p[n][3]);
-        const float d0 = s_drow[size_t(qh + 8 * n + 2 * t)],
-                    d1 = s_drow[size_t(qh + 8 * n + 2 * t + 1)];
-        store_shared_pair<T>(smem, sds + lo, p[n][0] * (dp[0] - d0), p[n][1] * (dp[1] - d1));
-        store_shared_pair<T>(smem, sds + hi, p[n][2] * (dp[2] - d0), p[n][3] * (dp[3] - d1));
+      // 2b. dP^T = V dO^T, dS^T = P^T (dP^T - Drow); both into shared memory, rounded to T (row =
+      // key, column = query: 32-bit stores at word 36 (16 kw + g) + 16 hw + 4 n + t, banks
+      // 4 g + t + 16 hw: conflict-free within the warp).
+      {
+        uint32_t vf[D / 16][4];
+        load_rows_a<T, kLd, D>(vf, smem, sv, 16 * kw, 0, lane);
+        ST_UNROLL
+        for (int n = 0; n < 4; ++n) {
+          float dp[4];
+          zero(dp);
+          mma_rows_b<T, D>(dp, vf, smem, sdo, qh + 8 * n, lane);
+          const size_t lo = size_t(16 * kw + g) * kLdS + qh + 8 * n + 2 * t, hi = lo + 8 * kLdS;
+          store_shared_pair<T>(smem, sp + lo, p[n][0], p[n][1]);
+          store_shared_pair<T>(smem, sp + hi, p[n][2], p[n][3]);
+          const float d0 = s_drow[size_t(qh + 8 * n + 2 * t)],
+                      d1 = s_drow[size_t(qh + 8 * n + 2 * t + 1)];
+          store_shared_pair<T>(smem, sds + lo, p[n][0] * (dp[0] - d0), p[n][1] * (dp[1] - d1));
+          store_shared_pair<T>(smem, sds + hi, p[n][2] * (dp[2] - d0), p[n][3] * (dp[3] - d1));
+        }
       }
-    }
-    __syncthreads();  // P^T and dS^T complete
+      __syncthreads();  // P^T and dS^T complete
 
-    // 2c. dV += P^T dO and dK += dS^T Q on this warp's 16 keys x D/2 columns; A from the
-    // shared P^T / dS^T rows, B = dO / Q stored k-major.
-    ST_UNROLL
-    for (int c = 0; c < kBr / 16; ++c) {
-      uint32_t a[1][4];
-      load_rows_a<T, kLdS, 16>(a, smem, sp, 16 * kw, 16 * c, lane);
-      mma_cols_b<T, kLd, kHalf>(dv, a[0], smem, sdo, c, ch, lane);
-      load_rows_a<T, kLdS, 16>(a, smem, sds, 16 * kw, 16 * c, lane);
-      mma_cols_b<T, kLd, kHalf>(dk, a[0], smem, sq, c, ch, lane);
-    }
-
-    // 2d. This key tile's turn on dQ_i: tiles it, it-1, ..., jt+1 have added.
-    const int turn = it - jt;
-    if (turn > 0) block_wait(&counters[it], turn);
-    // 2e. dQ_i, the warp's 16 query rows 16 kw .. x D/2 columns, = partial + dS K_j: A[m][k] =
-    // dS[query][key] = dS^T[key][query], stored k-major: ldmatrix.x4.trans, lane l addressing
-    // key row 16 kc + 8 (l / 16) + l % 8 at query column 16 kw + 8 ((l / 8) & 1); B = K stored
-    // k-major. The partial goes through L2 (load_l2 / store_l2).
-    uint32_t dsf[kBc / 16][4];
-    ST_UNROLL
-    for (int kc = 0; kc < kBc / 16; ++kc) {
-      ldmatrix<4, true>(dsf[kc], &smem[sds + size_t(16 * kc + 8 * (lane / 16) + lane % 8) * kLdS +
-                                       16 * kw + 8 * ((lane / 8) & 1)]);
-    }
-    const int row_lo = i0 + 16 * kw + g, row_hi = row_lo + 8;
-    ST_NO_UNROLL
-    for (int n = 0; n < kHalf / 8; n += 2) {
-      float acc[2][4];
+      // 2c. dV += P^T dO and dK += dS^T Q on this warp's 16 keys x D/2 columns; A from the
+      // shared P^T / dS^T rows, B = dO / Q stored k-major.
       ST_UNROLL
-      for (int m = 0; m < 2; ++m) {
-        zero(acc[m]);
-        const int d = ch + 8 * (n + m) + 2 * t;
-        if (turn > 0 && row_lo < Tn) {
-          const float2 v =
-              load_l2(reinterpret_cast<const float2*>(dq_acc + (long long)row_lo * D + d));
-          acc[m][0] = v.x;
-          acc[m][1] = v.y;
-        }
-        if (turn > 0 && row_hi < Tn) {
-          const float2 v =
-              load_l2(reinterpret_cast<const float2*>(dq_acc + (long long)row_hi * D + d));
-          acc[m][2] = v.x;
-          acc[m][3] = v.y;
-        }
+      for (int c = 0; c < kBr / 16; ++c) {
+        uint32_t a[1][4];
+        load_rows_a<T, kLdS, 16>(a, smem, sp, 16 * kw, 16 * c, lane);
+        mma_cols_b<T, kLd, kHalf>(dv, a[0], smem, sdo, c, ch, lane);
+        load_rows_a<T, kLdS, 16>(a, smem, sds, 16 * kw, 16 * c, lane);
+        mma_cols_b<T, kLd, kHalf>(dk, a[0], smem, sq, c, ch, lane);
       }
+
+      // 2d. This key tile's turn on dQ_i: tiles it, it-1, ..., jt+1 have added.
+      const int turn = it - jt;
+      if (turn > 0) block_wait(&counters[it], turn);
+      // 2e. dQ_i, the warp's 16 query rows 16 kw .. x D/2 columns, = partial + dS K_j: A[m][k] =
+      // dS[query][key] = dS^T[key][query], stored k-major: ldmatrix.x4.trans, lane l addressing
+      // key row 16 kc + 8 (l / 16) + l % 8 at query column 16 kw + 8 ((l / 8) & 1); B = K stored
+      // k-major. The partial goes through L2 (load_l2 / store_l2).
+      uint32_t dsf[kBc / 16][4];
       ST_UNROLL
       for (int kc = 0; kc < kBc / 16; ++kc) {
-        uint32_t f[4];
-        ldmatrix<4, true>(f,
-                          &smem[sk + size_t(16 * kc + lane % 16) * kLd + ch + 8 * (n + lane / 16)]);
-        const uint32_t b0[2] = {f[0], f[1]}, b1[2] = {f[2], f[3]};
-        mma_m16n8k16<T>(acc[0], dsf[kc], b0, acc[0]);
-        mma_m16n8k16<T>(acc[1], dsf[kc], b1, acc[1]);
+        ldmatrix<4, true>(dsf[kc], &smem[sds + size_t(16 * kc + 8 * (lane / 16) + lane % 8) * kLdS +
+                                         16 * kw + 8 * ((lane / 8) & 1)]);
       }
-      ST_UNROLL
-      for (int m = 0; m < 2; ++m) {
-        const int d = ch + 8 * (n + m) + 2 * t;
-        if (jt > 0) {  // more key tiles to come: the fp32 partial
-          if (row_lo < Tn) {
-            store_l2(reinterpret_cast<float2*>(dq_acc + (long long)row_lo * D + d),
-                     make_float2(acc[m][0], acc[m][1]));
+      const int row_lo = i0 + 16 * kw + g, row_hi = row_lo + 8;
+      ST_NO_UNROLL
+      for (int n = 0; n < kHalf / 8; n += 2) {
+        float acc[2][4];
+        ST_UNROLL
+        for (int m = 0; m < 2; ++m) {
+          zero(acc[m]);
+          const int d = ch + 8 * (n + m) + 2 * t;
+          if (turn > 0 && row_lo < Tn) {
+            const float2 v =
+                load_l2(reinterpret_cast<const float2*>(dq_acc + (long long)row_lo * D + d));
+            acc[m][0] = v.x;
+            acc[m][1] = v.y;
           }
-          if (row_hi < Tn) {
-            store_l2(reinterpret_cast<float2*>(dq_acc + (long long)row_hi * D + d),
-                     make_float2(acc[m][2], acc[m][3]));
+          if (turn > 0 && row_hi < Tn) {
+            const float2 v =
+                load_l2(reinterpret_cast<const float2*>(dq_acc + (long long)row_hi * D + d));
+            acc[m][2] = v.x;
+            acc[m][3] = v.y;
           }
-        } else {  // key tile 0 adds last: dQ = scale * sum, into part 0 of dqkv
-          T* lo = dqkv + ((long long)b * Tn + row_lo) * stride + (long long)h * D + d;
-          if (row_lo < Tn) {
-            lo[0] = from_float<T>(acc[m][0] * scale);
-            lo[1] = from_float<T>(acc[m][1] * scale);
-          }
-          if (row_hi < Tn) {
-            lo[8 * stride] = from_float<T>(acc[m][2] * scale);
-            lo[8 * stride + 1] = from_float<T>(acc[m][3] * scale);
+        }
+        ST_UNROLL
+        for (int kc = 0; kc < kBc / 16; ++kc) {
+          uint32_t f[4];
+          ldmatrix<4, true>(
+              f, &smem[sk + size_t(16 * kc + lane % 16) * kLd + ch + 8 * (n + lane / 16)]);
+          const uint32_t b0[2] = {f[0], f[1]}, b1[2] = {f[2], f[3]};
+          mma_m16n8k16<T>(acc[0], dsf[kc], b0, acc[0]);
+          mma_m16n8k16<T>(acc[1], dsf[kc], b1, acc[1]);
+        }
+        ST_UNROLL
+        for (int m = 0; m < 2; ++m) {
+          const int d = ch + 8 * (n + m) + 2 * t;
+          if (jt > 0) {  // more key tiles to come: the fp32 partial
+            if (row_lo < Tn) {
+              store_l2(reinterpret_cast<float2*>(dq_acc + (long long)row_lo * D + d),
+                       make_float2(acc[m][0], acc[m][1]));
+            }
+            if (row_hi < Tn) {
+              store_l2(reinterpret_cast<float2*>(dq_acc + (long long)row_hi * D + d),
+                       make_float2(acc[m][2], acc[m][3]));
+            }
+          } else {  // key tile 0 adds last: dQ = scale * sum, into part 0 of dqkv
+            T* lo = dqkv + ((long long)b * Tn + row_lo) * stride + (long long)h * D + d;
+            if (row_lo < Tn) {
+              lo[0] = from_float<T>(acc[m][0] * scale);
+              lo[1] = from_float<T>(acc[m][1] * scale);
+            }
+            if (row_hi < Tn) {
+              lo[8 * stride] = from_float<T>(acc[m][2] * scale);
+              lo[8 * stride + 1] = from_float<T>(acc[m][3] * scale);
+            }
           }
         }
       }
+      if (jt > 0) block_publish(&counters[it], turn + 1);
     }
-    if (jt > 0) block_publish(&counters[it], turn + 1);
   }
 
   // 3. dK = scale * sum into part 1, dV into part 2: keys < T, this warp's D/2 columns.
-  T* dk_lo = dqkv + ((long long)b * Tn + key_lo) * stride + ostride + (long long)h * D + ch;
+  T* dk_lo = dqkv + ((long long)b * Tn + key_lo) * stride + (long long)(H + kvh) * D + ch;
   T* dk_hi = dk_lo + 8 * stride;
   ST_UNROLL
   for (int n = 0; n < kHalf / 8; ++n) {
@@ -350,14 +352,14 @@ __global__ void __launch_bounds__(kBwdThreads, bwd_min_blocks(D))
     if (key_lo < Tn) {
       dk_lo[d] = from_float<T>(dk[n][0] * scale);
       dk_lo[d + 1] = from_float<T>(dk[n][1] * scale);
-      dk_lo[ostride + d] = from_float<T>(dv[n][0]);
-      dk_lo[ostride + d + 1] = from_float<T>(dv[n][1]);
+      dk_lo[kvstride + d] = from_float<T>(dv[n][0]);
+      dk_lo[kvstride + d + 1] = from_float<T>(dv[n][1]);
     }
     if (key_hi < Tn) {
       dk_hi[d] = from_float<T>(dk[n][2] * scale);
       dk_hi[d + 1] = from_float<T>(dk[n][3] * scale);
-      dk_hi[ostride + d] = from_float<T>(dv[n][2]);
-      dk_hi[ostride + d + 1] = from_float<T>(dv[n][3]);
+      dk_hi[kvstride + d] = from_float<T>(dv[n][2]);
+      dk_hi[kvstride + d + 1] = from_float<T>(dv[n][3]);
     }
   }
 }
@@ -366,6 +368,7 @@ template <class T, int D>
 Status launch_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* lse,
                        float* workspace, AttentionShape s, Stream stream) {
   const long long tiles = (s.seq + kBr - 1) / kBr, bh = s.batch * s.heads;
+  const long long K = kv_heads_of(s), bg = s.batch * K;
   const long long rows = s.batch * s.seq * s.heads;
   if (bh * tiles > 0x7fffffffLL || (rows + 7) / 8 > 0x7fffffffLL) {
     return unsupported("attention_backward", "grid too large");
@@ -377,9 +380,9 @@ Status launch_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const
                     0, stream, ws.drow, ws.counters, bh * tiles + 1, dout, out, rows, int(s.seq),
                     int(s.heads));
   if (e != kOk) return e;
-  return launch(attention_backward_dqkv_kernel<T, D>, dim3(unsigned(bh * tiles)), dim3(kBwdThreads),
+  return launch(attention_backward_dqkv_kernel<T, D>, dim3(unsigned(bg * tiles)), dim3(kBwdThreads),
                 smem_bytes<T, D>(), stream, dqkv, ws, dout, qkv, lse, int(s.seq), int(s.heads),
-                int(tiles), scale_log2, scale, aligned);
+                int(K), int(tiles), scale_log2, scale, aligned);
 }
 
 }  // namespace
@@ -390,6 +393,9 @@ Status attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, co
   if (s.batch * s.heads == 0 || s.seq == 0) return kOk;
   if (s.seq > 0x7fffffffLL || s.heads > 0x7fffffffLL) {
     return attention_tiles::unsupported("attention_backward", "grid too large");
+  }
+  if (kv_heads_of(s) > s.heads || s.heads % kv_heads_of(s) != 0) {
+    return attention_tiles::unsupported("attention_backward", "kv_heads must divide heads");
   }
   if (s.head_dim == 64)
     return launch_backward<T, 64>(dqkv, dout, qkv, out, lse, workspace, s, stream);

@@ -28,23 +28,27 @@ using shardtrain::testing::to_storage;
 
 using shardtrain::testing::usize;
 
-int64_t qkv_numel(AttentionShape s) { return s.batch * s.seq * 3 * s.heads * s.head_dim; }
+int64_t qkv_numel(AttentionShape s) { return s.batch * s.seq * qkv_row_numel(s); }
 int64_t out_numel(AttentionShape s) { return s.batch * s.seq * s.heads * s.head_dim; }
 
 std::string describe(AttentionShape s) {
   return "B=" + std::to_string(s.batch) + " T=" + std::to_string(s.seq) +
-         " H=" + std::to_string(s.heads) + " D=" + std::to_string(s.head_dim);
+         " H=" + std::to_string(s.heads) + " D=" + std::to_string(s.head_dim) +
+         " K=" + std::to_string(kv_heads_of(s));
 }
 
 using shardtrain::testing::rounding_of;
 
 // ---- Naive double reference ------------------------------------------------------------------
 
-// Index helpers for (B,T,3,H,D), (B,T,H,D) and (B,H,T).
+// Index helpers for (B,T,H+2K,D), (B,T,H,D) and (B,H,T). qkv(b, t, part, h, d) takes the query
+// head h for every part: K and V are those of its key/value head h / (H/K).
 struct Index {
   AttentionShape s;
   size_t qkv(int64_t b, int64_t t, int64_t part, int64_t h, int64_t d) const {
-    return usize((((b * s.seq + t) * 3 + part) * s.heads + h) * s.head_dim + d);
+    const int64_t K = kv_heads_of(s),
+                  head = part == 0 ? h : s.heads + (part - 1) * K + h / (s.heads / K);
+    return usize(((b * s.seq + t) * (s.heads + 2 * K) + head) * s.head_dim + d);
   }
   size_t out(int64_t b, int64_t t, int64_t h, int64_t d) const {
     return usize(((b * s.seq + t) * s.heads + h) * s.head_dim + d);
@@ -169,9 +173,11 @@ uint64_t seed_of(AttentionShape s) {
 // T = 1; T below, across and off the 32-row query and 64-key tiles (17, 33, 65, 100, 130); the
 // target T = 256; D = 32, 40 (a 32-column register chunk plus single columns), 64 and 80 (64 +
 // 16); B and H > 1.
+// Grouped-query rows (K < H): 2 groups of 2, 3 of 2, multi-query (K = 1).
 const AttentionShape kShapes[] = {
-    {1, 1, 1, 64},  {1, 17, 1, 32},  {2, 33, 3, 32},  {1, 50, 2, 40},  {1, 64, 2, 64},
-    {1, 65, 2, 80}, {2, 100, 2, 64}, {2, 130, 3, 64}, {1, 256, 2, 64},
+    {1, 1, 1, 64},   {1, 17, 1, 32},    {2, 33, 3, 32},    {1, 50, 2, 40},
+    {1, 64, 2, 64},  {1, 65, 2, 80},    {2, 100, 2, 64},   {2, 130, 3, 64},
+    {1, 256, 2, 64}, {2, 33, 4, 32, 2}, {1, 65, 6, 64, 3}, {1, 100, 4, 64, 1},
 };
 
 // ---- Forward ---------------------------------------------------------------------------------
@@ -247,8 +253,8 @@ std::vector<double> loss_gradient_fd(const std::vector<double>& qkv, const std::
 }
 
 // Small shapes for finite differences (each costs 2 * numel reference forwards).
-const AttentionShape kFdShapes[] = {
-    {1, 1, 1, 32}, {1, 3, 2, 8}, {2, 5, 2, 16}, {1, 9, 1, 80}, {1, 17, 1, 32}};
+const AttentionShape kFdShapes[] = {{1, 1, 1, 32},  {1, 3, 2, 8},    {2, 5, 2, 16},  {1, 9, 1, 80},
+                                    {1, 17, 1, 32}, {1, 5, 4, 8, 2}, {2, 4, 3, 8, 1}};
 
 // The analytic reference backward against central differences: both are double, so they agree
 // to the differences' own accuracy (truncation and cancellation both ~1e-10 relative at
