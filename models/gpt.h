@@ -42,6 +42,12 @@ namespace shardtrain::models {
 // LayerNorm's epsilon, GPT-2's (REFERENCE.md); exports write it into config.json.
 constexpr double kGptLayerNormEps = 1e-5;
 
+// The block type (model.arch). GPT2: learned positions, LayerNorm, GELU MLP, biases, tied head.
+// LLAMA: rotary positions, RMSNorm, SwiGLU MLP, grouped-query attention, no biases, an untied
+// head (unless tie_embeddings). The Llama layout (units, names, slices) exists; the Llama
+// forward/backward does not yet (validate_config refuses arch LLAMA for every command).
+enum class Arch : uint8_t { kGpt2, kLlama };
+
 struct GptDims {
   int64_t L;       // layers
   int64_t H;       // heads
@@ -53,7 +59,15 @@ struct GptDims {
   // Sequence parallelism (Korthikanti et al. 2022): with tp > 1, LayerNorm and residual
   // regions hold only 1/tp of the rows; the all-reduces become all-gather + reduce-scatter.
   bool sequence_parallel = false;
+  Arch arch = Arch::kGpt2;
+  int64_t KV = 0;                              // key/value heads (GPT2: H)
+  int64_t F = 0;                               // FFN hidden width (GPT2: 4C)
+  bool tied = true;                            // the LM head is the embedding (GPT2 always)
+  double rope_theta = 10000, norm_eps = 1e-5;  // LLAMA
+  double rope_factor = 0, rope_low = 1, rope_high = 4;  // LLAMA 3.1 rescaling (0: none)
+  int64_t rope_original = 8192;
   static GptDims from_config(const proto::ModelConfig& m, int tp = 1, bool sp = false);
+  int64_t D() const { return C / H; }
 };
 
 enum class ParamInit : uint8_t { kNormal, kResidualNormal, kZero, kOne };
@@ -64,10 +78,13 @@ enum class TpSplit : uint8_t {
   kRows,        // rank t holds rows [t*r, (t+1)*r) of the global tensor
   kColumns,     // the last dimension is `parts` blocks (c_attn: Q|K|V); rank t holds the t-th
                 // slice of each block, concatenated
+  kRowGroups,   // the rows are `parts` blocks (Llama's K/V heads, parts < tp dividing it);
+                // rank t holds block t * parts / tp: tp / parts ranks replicate each
 };
 
 struct ParamInfo {
-  std::string name;  // Hugging Face GPT-2 name, e.g. "h.3.attn.c_attn.weight"
+  std::string name;  // Hugging Face name, e.g. "h.3.attn.c_attn.weight" (GPT-2),
+                     // "model.layers.3.self_attn.q_proj.weight" (Llama)
   Shape shape;       // this rank's slice as stored here (wte: [Vp/tp, C])
   Shape hf_shape;    // the whole tensor as exported (wte: [V, C])
   int64_t offset;    // elements into the unit's flat buffer

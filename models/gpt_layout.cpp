@@ -1,5 +1,5 @@
-// gpt_layout.cpp — the parameter layout of GPT-2 (units, Hugging Face names and shapes,
-// tensor-parallel slices) and its seeded initialisation.
+// gpt_layout.cpp — the parameter layout of GPT-2 and Llama (units, Hugging Face names and
+// shapes, tensor-parallel slices) and its seeded initialisation.
 //
 // Kept apart from the compute (gpt.cpp) because the layout is also what ZeRO shards, what
 // checkpoints and exports name, and what memplan counts, without running anything.
@@ -39,10 +39,72 @@ GptDims GptDims::from_config(const proto::ModelConfig& m, int tp, bool sp) {
   d.tp = tp;
   d.Vp = (d.V + 64 * tp - 1) / (64 * tp) * (64 * tp);
   d.Tmax = m.seq_len();
+  d.KV = d.H;
+  d.F = 4 * d.C;
+  if (m.arch() == proto::LLAMA) {
+    d.arch = Arch::kLlama;
+    d.KV = m.has_n_kv_head() ? m.n_kv_head() : d.H;
+    // Llama's rule: 2/3 of 4C, rounded up to a multiple of 256.
+    d.F = m.has_ffn_hidden() ? m.ffn_hidden() : (8 * d.C / 3 + 255) / 256 * 256;
+    d.tied = m.tie_embeddings();
+    d.rope_theta = m.rope_theta();
+    d.norm_eps = m.norm_eps();
+    if (m.has_rope_scaling()) {
+      d.rope_factor = m.rope_scaling().factor();
+      d.rope_low = m.rope_scaling().low_freq_factor();
+      d.rope_high = m.rope_scaling().high_freq_factor();
+      d.rope_original = m.rope_scaling().original_max_position();
+    }
+  }
   return d;
 }
 
+namespace {
+
+// Llama in Hugging Face LlamaForCausalLM's names and nn.Linear (out, in) shapes: a
+// column-parallel projection splits its rows, a row-parallel one its columns. K/V heads split
+// with the query heads when tp divides KV, and are replicated (kRowGroups) when KV divides tp.
+std::vector<UnitLayout> llama_layout(const GptDims& g) {
+  std::vector<UnitLayout> units;
+  auto add = [](UnitLayout& u, std::string name, Shape shape, Shape hf_shape, bool decay,
+                ParamInit init, TpSplit split = TpSplit::kReplicated, int parts = 1) {
+    ParamInfo p{std::move(name), shape, hf_shape, u.numel, decay, init, split, parts};
+    u.numel += p.numel();
+    u.params.push_back(std::move(p));
+  };
+  const int64_t C = g.C, t = g.tp, D = g.D(), q = g.H * D, kv = g.KV * D, F = g.F;
+  const auto kN = ParamInit::kNormal, k1 = ParamInit::kOne;
+  const bool kv_split = g.KV % t == 0;
+  const TpSplit kv_mode = kv_split ? TpSplit::kRows : TpSplit::kRowGroups;
+  const Shape kv_local = kv_split ? Shape{kv / t, C} : Shape{D, C};
+  UnitLayout emb{"embeddings", {}, 0};
+  add(emb, "model.embed_tokens.weight", {g.Vp / t, C}, {g.V, C}, true, kN, TpSplit::kRows);
+  units.push_back(std::move(emb));
+  for (int64_t l = 0; l < g.L; ++l) {
+    UnitLayout u{str_cat("model.layers.", l), {}, 0};
+    const std::string p = str_cat("model.layers.", l, ".");
+    add(u, p + "input_layernorm.weight", {C}, {C}, false, k1);
+    add(u, p + "self_attn.q_proj.weight", {q / t, C}, {q, C}, true, kN, TpSplit::kRows);
+    add(u, p + "self_attn.k_proj.weight", kv_local, {kv, C}, true, kN, kv_mode, int(g.KV));
+    add(u, p + "self_attn.v_proj.weight", kv_local, {kv, C}, true, kN, kv_mode, int(g.KV));
+    add(u, p + "self_attn.o_proj.weight", {C, q / t}, {C, q}, true, kN, TpSplit::kColumns);
+    add(u, p + "post_attention_layernorm.weight", {C}, {C}, false, k1);
+    add(u, p + "mlp.gate_proj.weight", {F / t, C}, {F, C}, true, kN, TpSplit::kRows);
+    add(u, p + "mlp.up_proj.weight", {F / t, C}, {F, C}, true, kN, TpSplit::kRows);
+    add(u, p + "mlp.down_proj.weight", {C, F / t}, {C, F}, true, kN, TpSplit::kColumns);
+    units.push_back(std::move(u));
+  }
+  UnitLayout fin{"model.norm", {}, 0};
+  add(fin, "model.norm.weight", {C}, {C}, false, k1);
+  if (!g.tied) add(fin, "lm_head.weight", {g.Vp / t, C}, {g.V, C}, true, kN, TpSplit::kRows);
+  units.push_back(std::move(fin));
+  return units;
+}
+
+}  // namespace
+
 std::vector<UnitLayout> gpt_layout(const GptDims& g) {
+  if (g.arch == Arch::kLlama) return llama_layout(g);
   std::vector<UnitLayout> units;
   auto add = [](UnitLayout& u, std::string name, Shape shape, Shape hf_shape, bool decay,
                 ParamInit init, TpSplit split = TpSplit::kReplicated, int parts = 1) {
@@ -88,6 +150,8 @@ int64_t ParamInfo::global_index(int64_t local, int tp, int tp_rank) const {
       return local;
     case TpSplit::kRows:
       return int64_t(tp_rank) * numel() + local;  // a contiguous row block
+    case TpSplit::kRowGroups:
+      return int64_t(tp_rank) * parts / tp * numel() + local;  // block t * parts / tp
     case TpSplit::kColumns: {
       const int64_t cols = shape.back(), row = local / cols, col = local % cols;
       const int64_t part = cols / parts, block = col / part, within = col % part;

@@ -252,11 +252,47 @@ void validate_config(const Config& c, int world_size, ValidateFor purpose) {
           str_cat("(", m.d_model(), ") must be divisible by model.n_head (", m.n_head(), ")"));
   require(m.vocab_size() >= 2, "model.vocab_size", str_cat("must be >= 2, got ", m.vocab_size()));
   require(m.seq_len() >= 1, "model.seq_len", str_cat("must be >= 1, got ", m.seq_len()));
+  if (m.arch() == proto::LLAMA) {
+    const int kv = m.has_n_kv_head() ? m.n_kv_head() : m.n_head();
+    require(kv >= 1 && m.n_head() % kv == 0, "model.n_kv_head",
+            str_cat("(", kv, ") must be >= 1 and divide model.n_head (", m.n_head(), ")"));
+    require((m.d_model() / m.n_head()) % 2 == 0, "model.d_model",
+            str_cat("/ model.n_head (head dim ", m.d_model() / m.n_head(),
+                    ") must be even for rotary embeddings"));
+    require(!m.has_ffn_hidden() || m.ffn_hidden() >= 1, "model.ffn_hidden",
+            str_cat("must be >= 1, got ", m.ffn_hidden()));
+    require(m.rope_theta() > 0, "model.rope_theta", str_cat("must be > 0, got ", m.rope_theta()));
+    require(m.norm_eps() > 0, "model.norm_eps", str_cat("must be > 0, got ", m.norm_eps()));
+    if (m.has_rope_scaling()) {
+      const auto& r = m.rope_scaling();
+      require(r.factor() >= 1, "model.rope_scaling.factor",
+              str_cat("must be >= 1, got ", r.factor()));
+      require(r.low_freq_factor() > 0 && r.high_freq_factor() > r.low_freq_factor(),
+              "model.rope_scaling.high_freq_factor",
+              "must be > model.rope_scaling.low_freq_factor > 0");
+      require(r.original_max_position() >= 1, "model.rope_scaling.original_max_position",
+              "must be >= 1");
+    }
+  } else {  // GPT2: the Llama-only fields are errors, not silently ignored
+    const char* llama_only[] = {"n_kv_head", "ffn_hidden",     "rope_theta",
+                                "norm_eps",  "tie_embeddings", "rope_scaling"};
+    const auto* desc = m.GetDescriptor();
+    const auto* refl = m.GetReflection();
+    for (const char* f : llama_only) {
+      require(!refl->HasField(m, desc->FindFieldByName(f)), str_cat("model.", f),
+              "is a LLAMA field (model.arch is GPT2)");
+    }
+  }
 
   const auto& p = c.parallel();
   require(p.tp() >= 1, "parallel.tp", str_cat("must be >= 1, got ", p.tp()));
   require(m.n_head() % p.tp() == 0, "parallel.tp",
           str_cat("(", p.tp(), ") must divide model.n_head (", m.n_head(), ")"));
+  if (m.arch() == proto::LLAMA) {
+    const int kv = m.has_n_kv_head() ? m.n_kv_head() : m.n_head();
+    require(kv % p.tp() == 0 || p.tp() % kv == 0, "parallel.tp",
+            str_cat("(", p.tp(), ") must divide or be a multiple of model.n_kv_head (", kv, ")"));
+  }
   require(p.zero_stage() >= 0 && p.zero_stage() <= 3, "parallel.zero_stage",
           str_cat("must be 0, 1, 2 or 3, got ", p.zero_stage()));
   require(p.bucket_mb() > 0, "parallel.bucket_mb", str_cat("must be > 0, got ", p.bucket_mb()));
@@ -271,6 +307,12 @@ void validate_config(const Config& c, int world_size, ValidateFor purpose) {
     require(world_size % p.tp() == 0, "parallel.tp",
             str_cat("(", p.tp(), ") must divide the world size (", world_size, " ranks)"));
   }
+
+  // The Llama layout and kernels exist, its forward/backward (models/gpt.cpp) not yet: refuse
+  // it here, after every field check, so a config's real mistakes are reported first.
+  require(m.arch() != proto::LLAMA, "model.arch",
+          "LLAMA is not implemented yet (its kernels and parameter layout are, the model is not); "
+          "use GPT2");
 
   const auto& pr = c.precision();
   require(pr.grad_accum_dtype() == proto::F32 || pr.grad_accum_dtype() == pr.compute(),
