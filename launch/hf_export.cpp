@@ -50,6 +50,13 @@ HfExportPlan plan_hf_export(const std::string& out, const std::string& tokenizer
   plan.path = out;
   while (plan.path.size() > 1 && plan.path.back() == '/') plan.path.pop_back();
   plan.directory = !ends_with(plan.path, kSafetensorsSuffix);
+  // A .safetensors file is the layout's tensors by name, for either architecture; the model
+  // directory (config.json for transformers) is written for GPT2 only so far. On every rank,
+  // before any work.
+  if (plan.directory && config.model().arch() == proto::LLAMA) {
+    throw UserError(str_cat(out, ": a model directory for model.arch LLAMA is not supported yet; "
+                                 "export to a .safetensors file"));
+  }
   if (!check) return plan;
   if (!plan.directory) {
     if (tokenizer_flag.empty() && !config.data().tokenizer().empty()) {

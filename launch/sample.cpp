@@ -70,6 +70,9 @@ proto::ModelConfig model_config_of(const std::string& path, const std::vector<st
   }
   apply_overrides(config, sets);
   validate_config(config, 0, ValidateFor::kPlan);
+  if (config.model().arch() == proto::LLAMA) {
+    throw UserError("sample: model.arch LLAMA is not supported yet (GPT2 only)");
+  }
   return config.model();
 }
 

@@ -1,4 +1,4 @@
-// gpt.h — GPT-2 with explicit forward and backward, unit by unit.
+// gpt.h — GPT-2 and Llama with explicit forward and backward, unit by unit.
 //
 // A *unit* is the granule of parameter ownership: unit 0 = embeddings (wte, wpe), units
 // 1..L = transformer blocks, unit L+1 = the final LayerNorm. Each unit's parameters are one
@@ -10,6 +10,12 @@
 // Pre-LN block: x -> LN1 -> c_attn -> causal attention -> c_proj -> +x -> LN2 -> c_fc -> GELU
 // -> c_proj -> +. Every buffer a backward needs is saved in BlockActivations; nothing is
 // recomputed except the attention scores (flash-style, kernels/attention.h).
+//
+// Llama (dims.arch): the same pre-norm block with RMSNorm, q|k|v = one GEMM with the three
+// (out, in) weights (adjacent in the unit: one matrix), RoPE on q and k in place, grouped-query
+// attention, o_proj, and the MLP down(silu(gate) * up) with gate|up one GEMM. No biases, no
+// position table; the head is lm_head (unit L+1) unless tie_embeddings. Weights are Hugging
+// Face's nn.Linear (out, in), so every projection is a GEMM against W^T.
 //
 // Tensor parallelism (Megatron-LM, Shoeybi et al. 2019): with tp > 1 each rank of the tp group
 // holds a slice of every layer. c_attn is split by heads (its Q, K and V column blocks each),
@@ -124,7 +130,8 @@ class ParamSource {
 };
 
 // What one block saves for its backward. Shapes for N = B*T rows: ln*, atty, res2 (N,C);
-// qkv (N,3C); fch, fch_gelu (N,4C); *_mean, *_rstd (N) fp32; lse (B,H,T) fp32.
+// qkv (N,3C); fch, fch_gelu (N,4C); *_mean, *_rstd (N) fp32; lse (B,H,T) fp32. Llama: qkv
+// (N,(H+2KV)D) after RoPE, fch = gate|up (N,2F), fch_gelu = silu(gate) up (N,F), no means.
 struct BlockActivations {
   Tensor ln1, ln1_mean, ln1_rstd, qkv, atty, lse, res2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu;
 };
@@ -170,17 +177,35 @@ class Gpt {
   // scatter an in-place all-reduce.
   void gather_rows(const S* local, S* full);
   void scatter_rows(S* full, S* local);
-  // LayerNorm of this rank's rows of x into `full`, all-gathered under sequence parallelism.
-  // With `add`: res = x + add first, in the same pass (residual_layernorm_forward).
+  // LayerNorm (RMSNorm for Llama: mean and bias unused) of this rank's rows of x into `full`,
+  // all-gathered under sequence parallelism. With `add`: res = x + add first, in the same pass.
   void layer_norm(Tensor& full, Tensor& mean, Tensor& rstd, const S* x, const S* weight,
                   const S* bias, const S* add = nullptr, S* res = nullptr);
+  void norm_backward(S* dx, float* dweight, float* dbias, const S* dout, const S* x,
+                     const S* weight, Tensor& mean, Tensor& rstd);
+  // One block's forward / backward: GPT-2's and Llama's.
+  void gpt2_block_forward(int64_t l, const void* w);
+  void llama_block_forward(int64_t l, const void* w);
+  void gpt2_block_backward(int64_t l, const void* w, float* g);
+  void llama_block_backward(int64_t l, const void* w, float* g);
+  // The row-parallel projection of a block (c_proj / o_proj / down_proj): out = in W (+ bias)
+  // over this rank's slice, summed over the tp group (reduce-scattered to this rank's rows
+  // under sequence parallelism). Returns the (R, C) result.
+  const S* row_parallel(const void* w, int u, const S* in, int64_t K, int wi, int bi);
+  // Llama: the unit and parameter index of the LM head (wte when tied).
+  int head_unit() const;
+  int head_param() const;
   void embed(const void* emb);
   void embed_backward(float* dwte, float* dwpe, const S* dres);
   void vocab_parallel_loss();
-  // Row-major GEMMs of the model's three patterns (compute dtype, fp32 weight gradients).
-  void linear(S* out, const S* in, const S* w, const S* bias, int64_t N, int64_t K, int64_t M);
-  void linear_dinput(S* din, const S* dout, const S* w, int64_t N, int64_t K, int64_t M);
-  void linear_dweight(float* dw, const S* in, const S* dout, int64_t N, int64_t K, int64_t M);
+  // Row-major GEMMs of the model's three patterns (compute dtype, fp32 weight gradients), for
+  // w stored (K, M) (GPT-2's Conv1D) or, with `wt`, (M, K) (nn.Linear, Llama).
+  void linear(S* out, const S* in, const S* w, const S* bias, int64_t N, int64_t K, int64_t M,
+              bool wt = false);
+  void linear_dinput(S* din, const S* dout, const S* w, int64_t N, int64_t K, int64_t M,
+                     bool wt = false);
+  void linear_dweight(float* dw, const S* in, const S* dout, int64_t N, int64_t K, int64_t M,
+                      bool wt = false);
 
   GptDims dims_;
   int64_t B_, T_;
@@ -199,6 +224,8 @@ class Gpt {
   // (local LayerNorm output, reduce-scattered projections and input gradients).
   Tensor dres_, dln_, datty_, dqkv_, dfch_, dscratch_;
   Tensor ln_local_, proj_local_, dln_local_, dres_full_;
+  // Llama: RoPE's (T, D/2, 2) cos/sin table (kernels/rope.h), and the SwiGLU input gradient.
+  Tensor rope_table_, dact_;
   // Vocabulary-parallel cross-entropy: per-row statistics in doubles: the max (2N in fp32
   // units), the target logit and the sum of exponentials (4N).
   Tensor ce_max_, ce_aux_;
