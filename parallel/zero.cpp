@@ -35,8 +35,11 @@ namespace {
 
 // Hugging Face GPT-2 files may carry the causal-mask buffers of old transformers versions
 // (h.N.attn.bias of 4 dims, h.N.attn.masked_bias) and a tied lm_head.weight: not parameters.
-bool is_hf_non_parameter(const std::string& name, const SafetensorsTensor& t) {
-  if (name == "lm_head.weight") return true;
+// Tensors of a Hugging Face file that are not parameters of `dims`: GPT-2's lm_head.weight (the
+// tied copy of wte; an untied Llama head is a parameter), the attention masks.
+bool is_hf_non_parameter(const std::string& name, const SafetensorsTensor& t,
+                         const models::GptDims& dims) {
+  if (name == "lm_head.weight") return dims.tied;
   if (name.find(".attn.masked_bias") != std::string::npos) return true;
   return name.size() > 10 && name.compare(name.size() - 10, 10, ".attn.bias") == 0 &&
          t.shape.size() == 4;
@@ -485,7 +488,7 @@ void ZeroEngine::load_hf(const std::string& path) {
   std::map<std::string, const SafetensorsTensor*> by_name;
   for (const auto& [name, t] : file.tensors) {
     std::string bare = name.rfind("transformer.", 0) == 0 ? name.substr(12) : name;
-    if (!is_hf_non_parameter(bare, t)) by_name[bare] = &t;
+    if (!is_hf_non_parameter(bare, t, dims_)) by_name[bare] = &t;
   }
   std::set<std::string> expected;
   for (const auto& lu : layout_) {

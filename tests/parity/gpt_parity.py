@@ -1,4 +1,7 @@
-"""Parity: shardtrain vs PyTorch, same GPT, same initial weights, same batches, 5 AdamW steps.
+"""Parity: shardtrain vs PyTorch, same model, same initial weights, same batches, 5 AdamW steps.
+
+--arch gpt2 (default) or llama (grouped-query: 4 heads, 2 K/V heads, untied head; the
+reference is tests/parity/gpt_reference.py's Llama, written from Hugging Face's definition).
 
 shardtrain exports its seeded initial weights as safetensors, trains from them, and exports
 the result; PyTorch (tests/parity/gpt_reference.py) loads the same file and trains on the
@@ -28,8 +31,13 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpt_reference as ref  # noqa: E402
 
+MODELS = {
+    "gpt2": "",
+    "llama": "arch: LLAMA n_kv_head: 2 ffn_hidden: 160 rope_theta: 500",
+}
+
 CONFIG = """
-model {{ n_layer: 2 n_head: 4 d_model: 64 vocab_size: {vocab} seq_len: {T} }}
+model {{ n_layer: 2 n_head: 4 d_model: 64 vocab_size: {vocab} seq_len: {T} {arch} }}
 precision {{ compute: F32 }}
 optimizer {{ lr: 3e-3 min_lr: 3e-4 warmup_steps: 2 schedule: COSINE weight_decay: 0.1
             beta1: 0.9 beta2: 0.95 eps: 1e-5 grad_clip: {clip} }}
@@ -42,6 +50,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shardtrain", required=True)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--arch", choices=sorted(MODELS), default="gpt2")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -56,7 +65,7 @@ def main():
         cfg = os.path.join(tmp, "parity.pbtxt")
         with open(cfg, "w") as f:
             f.write(CONFIG.format(vocab=vocab, T=T, clip=clip, shard=shard, B=B, accum=accum,
-                                  steps=steps))
+                                  steps=steps, arch=MODELS[args.arch]))
         init = os.path.join(tmp, "init.safetensors")
         final = os.path.join(tmp, "final.safetensors")
         metrics = os.path.join(tmp, "metrics.jsonl")
@@ -68,7 +77,10 @@ def main():
         init_w = ref.read_safetensors(init)
         final_w = ref.read_safetensors(final)
 
-    model = ref.Gpt(init_w, n_layer=2, n_head=4)
+    if args.arch == "llama":
+        model = ref.Llama(init_w, n_layer=2, n_head=4, n_kv_head=2, theta=500.0)
+    else:
+        model = ref.Gpt(init_w, n_layer=2, n_head=4)
     decay = [p for n, p in model.p.items() if p.dim() >= 2]
     no_decay = [p for n, p in model.p.items() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},

@@ -1,4 +1,4 @@
-"""GPT-2 in plain PyTorch, the reference the parity tests hold shardtrain to.
+"""GPT-2 and Llama in plain PyTorch, the references the parity tests hold shardtrain to.
 
 Written from the definitions (REFERENCE.md): pre-LN blocks, tanh GELU, LayerNorm eps 1e-5,
 causal attention with scale 1/sqrt(head_dim), LM head tied to wte, Hugging Face names and
@@ -78,6 +78,54 @@ class Gpt(torch.nn.Module):
             x = x + m @ h("mlp.c_proj.weight") + h("mlp.c_proj.bias")
         x = F.layer_norm(x, (C,), self.w("ln_f.weight"), self.w("ln_f.bias"), 1e-5)
         return x @ self.w("wte.weight").T
+
+
+class Llama(Gpt):
+    """Llama as Hugging Face's LlamaForCausalLM defines it, spelled out: RMSNorm (fp32 mean of
+    squares, eps), rotary embeddings with rotate_half (dimension i pairs with i + D/2,
+    inv_freq = theta^(-2i/D), angles p * inv_freq in fp32), grouped-query attention (each K/V
+    head repeated for its n_head / n_kv_head query heads), SwiGLU MLP down(silu(gate) * up), no
+    biases, nn.Linear (out, in) weights, lm_head untied unless absent."""
+
+    def __init__(self, weights, n_layer, n_head, n_kv_head, theta=10000.0, eps=1e-5):
+        super().__init__(weights, n_layer, n_head)
+        self.n_kv_head, self.theta, self.eps = n_kv_head, theta, eps
+
+    def rms(self, x, weight):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * weight
+
+    def forward(self, idx):
+        B, T = idx.shape
+        emb = self.w("model.embed_tokens.weight")
+        C = emb.shape[1]
+        H, K, D = self.n_head, self.n_kv_head, C // self.n_head
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
+        angle = torch.arange(T, dtype=torch.float32)[:, None] * inv_freq[None, :]  # (T, D/2)
+        cos, sin = torch.cat([angle.cos()] * 2, -1), torch.cat([angle.sin()] * 2, -1)
+
+        def rope(v):  # (B, heads, T, D)
+            v1, v2 = v[..., : D // 2], v[..., D // 2:]
+            return v * cos + torch.cat([-v2, v1], -1) * sin
+
+        mask = torch.ones(T, T, dtype=torch.bool).tril()
+        x = emb[idx]
+        for i in range(self.n_layer):
+            h = lambda n: self.w(f"model.layers.{i}.{n}")
+            a = self.rms(x, h("input_layernorm.weight"))
+            q = (a @ h("self_attn.q_proj.weight").T).view(B, T, H, D).transpose(1, 2)
+            k = (a @ h("self_attn.k_proj.weight").T).view(B, T, K, D).transpose(1, 2)
+            v = (a @ h("self_attn.v_proj.weight").T).view(B, T, K, D).transpose(1, 2)
+            q, k = rope(q), rope(k)
+            k, v = k.repeat_interleave(H // K, dim=1), v.repeat_interleave(H // K, dim=1)
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(D)
+            y = att.masked_fill(~mask, float("-inf")).softmax(dim=-1) @ v
+            x = x + y.transpose(1, 2).reshape(B, T, C) @ h("self_attn.o_proj.weight").T
+            m = self.rms(x, h("post_attention_layernorm.weight"))
+            m = F.silu(m @ h("mlp.gate_proj.weight").T) * (m @ h("mlp.up_proj.weight").T)
+            x = x + m @ h("mlp.down_proj.weight").T
+        x = self.rms(x, self.w("model.norm.weight"))
+        head = "lm_head.weight" if "lm_head__weight" in self.p else "model.embed_tokens.weight"
+        return x @ self.w(head).T
 
 
 def windows(tokens, T, first, count):
