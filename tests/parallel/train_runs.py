@@ -23,6 +23,9 @@ small GPT and compares what the runs report (metrics JSON lines, exported weight
   tp_equivalence   tp=2 (np=2) and tp=2 x dp=2 (np=4) with ZeRO-3 (and ZeRO-1) equal np=1: loss
                    and grad_norm to 1e-5 relative per step, exported (unsplit) weights to 1e-5;
                    the same with sequence parallelism on (ZeRO 0, 2, 3).
+  --arch llama     runs a check on the same small model as Llama (RMSNorm, RoPE, SwiGLU, 4 query
+                   heads sharing 2 K/V heads, untied head): tp_equivalence, zero_bitwise and
+                   cuda_emu run both ways.
   metrics          the throughput fields on cpu (np 2: dp 2, tp 2) and cuda-emu (np 1, bf16):
                    tflops = model FLOPs (6 N + 12 L C T per token, computed here from the
                    config) x tokens per step / step time / world size, to 1e-6; eta_s = steps
@@ -46,7 +49,7 @@ import numpy as np
 MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe"]
 
 CONFIG = """
-model {{ n_layer: 2 n_head: 4 d_model: 64 vocab_size: {vocab} seq_len: 32 }}
+model {{ n_layer: 2 n_head: 4 d_model: 64 vocab_size: {vocab} seq_len: 32 {arch} }}
 parallel {{ zero_stage: 0 bucket_mb: 0.01 }}
 precision {{ compute: F32 }}
 optimizer {{ lr: 3e-3 min_lr: 3e-4 warmup_steps: 2 schedule: COSINE weight_decay: 0.1 grad_clip: 1.0 }}
@@ -74,7 +77,7 @@ def write_synthetic_shard(path):
 
 
 class Env:
-    def __init__(self, shardtrain, tmp, corpus=None):
+    def __init__(self, shardtrain, tmp, corpus=None, arch=""):
         self.shardtrain, self.tmp, self.n = shardtrain, tmp, 0
         if corpus:
             train = corpus
@@ -84,7 +87,7 @@ class Env:
             vocab = write_synthetic_shard(train)
         self.config = os.path.join(tmp, "base.pbtxt")
         with open(self.config, "w") as f:
-            f.write(CONFIG.format(vocab=vocab, train=train))
+            f.write(CONFIG.format(vocab=vocab, train=train, arch=arch))
 
     def run(self, np, sets, extra=(), check=True, timeout=600):
         self.n += 1
@@ -410,6 +413,8 @@ def cuda_emu(env):
     # (loss 4.59 -> 3.78 in 5 steps).
     base = ["optimizer.eps=1", "optimizer.lr=0.3", "optimizer.min_lr=0.03", "train.steps=5",
             "model.d_model=128", "model.n_head=2", "data.micro_batch=2"]
+    if ARCH == "llama":  # grouped-query on the GPU path: 4 query heads of 64 share 2 K/V heads
+        base[4:6] = ["model.d_model=256", "model.n_head=4"]
     emu = ["train.device=cuda-emu"]
     w0 = read_weights(initial_weights(env, base, "cuda_emu_init.safetensors"))
     runs = {}
@@ -495,6 +500,8 @@ def cuda_gpu(env):
     failures = []
     base = ["optimizer.eps=1", "optimizer.lr=0.3", "optimizer.min_lr=0.03", "train.steps=5",
             "model.d_model=128", "model.n_head=2", "data.micro_batch=2"]
+    if ARCH == "llama":  # grouped-query on the GPU path: 4 query heads of 64 share 2 K/V heads
+        base[4:6] = ["model.d_model=256", "model.n_head=4"]
     w0 = read_weights(initial_weights(env, base, "cuda_gpu_init.safetensors"))
     runs = [(1, ["precision.compute=BF16"]), (1, ["precision.compute=F16"])]
     if env_np() >= 2:
@@ -610,11 +617,17 @@ def metrics(env):
     return failures
 
 
+# The Llama variant of the test model (--arch llama): 2 K/V heads for 4 query heads, FFN 160,
+# untied head.
+LLAMA = "arch: LLAMA n_kv_head: 2 ffn_hidden: 160"
+
+
 def env_np():
     return NP
 
 
 NP = 2
+ARCH = "gpt2"
 PARAMS = UNITS = 0
 
 
@@ -625,9 +638,10 @@ def main():
     ap.add_argument("--check", required=True)
     ap.add_argument("--np", type=int, default=2)
     ap.add_argument("--corpus", default=None)
+    ap.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2")
     a = ap.parse_args()
-    global NP
-    NP = a.np
+    global NP, ARCH
+    NP, ARCH = a.np, a.arch
     os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
     os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     # Parameters of the test GPT (L=2, C=64, V=96 padded to 128, T=32): wte 128*64, wpe 32*64,
@@ -636,7 +650,7 @@ def main():
     PARAMS = 128 * C + 32 * C + L * (12 * C * C + 13 * C) + 2 * C
     UNITS = L + 2
     with tempfile.TemporaryDirectory() as tmp:
-        env = Env(a.shardtrain, tmp, a.corpus)
+        env = Env(a.shardtrain, tmp, a.corpus, LLAMA if a.arch == "llama" else "")
         checks = {
             "dp_equivalence": lambda: dp_equivalence(env),
             "zero_bitwise": lambda: zero_bitwise(env, a.np),
