@@ -3,6 +3,7 @@
   resume_exact   10 steps straight vs 5 + save + resume for 5, same layout (np=2, ZeRO-2; fp32
                  and fp16 with its loss scaler): bitwise-identical losses for steps 6-10; a
                  checkpoint that does not fit the config's shapes is refused.
+  --arch llama   runs a check on the Llama form of the test model.
   cross_layout   save at np=4 (tp=2, ZeRO-3) at step 5; resume at np=2 ZeRO-1 and at np=1
                  ZeRO-0, directly and after `reshard`: steps 6-10 equal the np=4 run's to 1e-5
                  relative in fp32 (only summation orders differ, ~1e-7); the resharded
@@ -221,11 +222,13 @@ def main():
     ap.add_argument("--rank", type=int, default=1, help="save_fault: the rank that dies")
     ap.add_argument("--point", default="mid_piece", choices=sorted(SAVE_FAULT_POINTS),
                     help="save_fault: where it dies")
+    ap.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2",
+                    help="the test model as GPT-2 or as Llama (train_runs.py's LLAMA)")
     a = ap.parse_args()
     os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
     os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     with tempfile.TemporaryDirectory() as tmp:
-        env = tr.Env(a.shardtrain, tmp)
+        env = tr.Env(a.shardtrain, tmp, arch=tr.LLAMA if a.arch == "llama" else "")
         failures = {"resume_exact": resume_exact, "cross_layout": cross_layout,
                     "save_fault": lambda e, t: save_fault(e, t, a.rank, a.point),
                     "resave_fault": lambda e, t: resave_fault(e, t, a.point)}[a.check](env, tmp)
