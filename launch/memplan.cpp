@@ -114,9 +114,6 @@ int run_memplan(const MemplanArgs& args) {
   Config config = load_config_file(args.config);
   apply_overrides(config, args.sets);
   validate_config(config, args.world, ValidateFor::kPlan);
-  if (config.model().arch() == proto::LLAMA) {
-    throw UserError("memplan: model.arch LLAMA is not modelled yet (GPT2 only)");
-  }
 
   // 2. Plan and print.
   const nlohmann::json j = memplan_json(config, args.world, device);

@@ -112,6 +112,12 @@ struct UnitLayout {
 
 std::vector<UnitLayout> gpt_layout(const GptDims& dims);
 
+// The units in the order Gpt::forward then Gpt::backward acquire them (ZeRO-3 prefetches the
+// next one; memplan replays them): embeddings, blocks, the final norm, then the tied head
+// (embeddings again); backward the head, the final norm, blocks in reverse. Untied (Llama):
+// the head is in the final norm's unit, acquired once each way.
+std::vector<int> acquire_order(const GptDims& dims);
+
 // Seeded GPT-2 initialisation: the value of global element g of a parameter depends only on
 // (seed, name, g), so a rank can initialise any slice of any layout (tp and ZeRO) and get
 // exactly the values of the unsplit model. Fills this rank's local elements [begin, end).

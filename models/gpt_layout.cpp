@@ -144,6 +144,20 @@ std::vector<UnitLayout> gpt_layout(const GptDims& g) {
   return units;
 }
 
+std::vector<int> acquire_order(const GptDims& dims) {
+  const int L = int(dims.L);
+  std::vector<int> order;
+  for (int u = 0; u <= L + 1; ++u) order.push_back(u);  // forward
+  if (dims.tied) {
+    order.push_back(0);  // the head, then backward the head again
+    order.push_back(0);
+  } else {
+    order.push_back(L + 1);  // backward starts with the head in the final unit
+  }
+  for (int u = L + 1 - (dims.tied ? 0 : 1); u >= 1; --u) order.push_back(u);
+  return order;
+}
+
 int64_t ParamInfo::global_index(int64_t local, int tp, int tp_rank) const {
   switch (split) {
     case TpSplit::kReplicated:

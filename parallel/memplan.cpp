@@ -38,6 +38,12 @@ models::GptDims plan_dims(const MemPlanInput& in) {
   m.set_d_model(int32_t(in.C));
   m.set_vocab_size(int32_t(in.V));
   m.set_seq_len(int32_t(in.Tmax));
+  if (in.llama) {
+    m.set_arch(proto::LLAMA);
+    if (in.KV > 0) m.set_n_kv_head(int32_t(in.KV));
+    if (in.F > 0) m.set_ffn_hidden(int32_t(in.F));
+    m.set_tie_embeddings(in.tied);
+  }
   return models::GptDims::from_config(m, in.tp, in.sequence_parallel && in.tp > 1);
 }
 
@@ -75,12 +81,7 @@ class EngineReplay {
         shard_(shard),
         gathered_(padded.size(), false),
         work_(padded.size(), false) {
-    const int L = int(in.L);
-    order_.push_back(0);
-    for (int u = 1; u <= L + 1; ++u) order_.push_back(u);
-    order_.push_back(0);
-    order_.push_back(0);
-    for (int u = L + 1; u >= 1; --u) order_.push_back(u);
+    order_ = models::acquire_order(plan_dims(in));
     esz_c_ = dtype_bytes(in.compute);
     esz_g_ = dtype_bytes(in.grad);
   }
@@ -165,24 +166,30 @@ class EngineReplay {
 };
 
 // models::Gpt::forward's and backward's calls on its ParamSource, in order.
-void replay_forward(EngineReplay& e, int L) {
+void replay_forward(EngineReplay& e, int L, bool tied) {
   e.acquire(0);  // 1. embeddings
   e.release(0);
   for (int u = 1; u <= L; ++u) {  // 2. blocks
     e.acquire(u);
     e.release(u);
   }
-  e.acquire(L + 1);  // 3. final LayerNorm, then the tied head
+  e.acquire(L + 1);  // 3. final norm, then the head: tied (wte) or in this unit (lm_head)
   e.release(L + 1);
-  e.acquire(0);
-  e.release(0);
+  if (tied) {
+    e.acquire(0);
+    e.release(0);
+  }
 }
 
-void replay_backward(EngineReplay& e, int L) {
-  e.acquire(0);  // 1. head: dwte
-  e.grads(0);
-  e.release(0);
-  e.acquire(L + 1);  // 2. final LayerNorm
+void replay_backward(EngineReplay& e, int L, bool tied) {
+  if (tied) {
+    e.acquire(0);  // 1. head: dwte
+    e.grads(0);
+    e.release(0);
+    e.acquire(L + 1);  // 2. final norm
+  } else {
+    e.acquire(L + 1);  // 1.-2. head (dlm_head) and final norm, one unit
+  }
   e.grads(L + 1);
   e.release(L + 1);
   e.grads_done(L + 1);
@@ -222,7 +229,46 @@ void replay_backward(EngineReplay& e, int L) {
 // buffers (ln_local, proj_local, dln_local) and one N-row (dres_full). Not modelled: the
 // GPU backends' one kernel scratch buffer ("kernel_workspace": the deterministic partial sums
 // of the LayerNorm, bias and attention backward kernels), which the cpu backend does not have.
+//
+// Llama (models::Gpt with arch LLAMA) saves per layer ln1, ln2 (N,C), res2 (R,C), the RMSNorm
+// rstd of both (R) fp32 (no means), qkv after RoPE (N, (H + 2 KV) D / t), atty (N,C/t), the
+// logsumexp, gate|up (N, 2F/t) and the SwiGLU output (N, F/t): with KV = H and F = 4C/3 that is
+// s b h (16 e) bytes again. Outside the layers as GPT-2 (only rstd for the final norm) plus
+// RoPE's cos/sin table (T, D/2, 2) fp32; no position table. Workspace: GPT-2's buffers at
+// Llama's widths (d_qkv, d_fch = d gate|up) plus d_act (N, F/t).
+void plan_llama_activations(const MemPlanInput& in, const models::GptDims& d, CategoryBytes& b) {
+  const int64_t e = dtype_bytes(in.compute), t = in.tp, N = in.B * in.T, C = in.C;
+  const bool sp = in.sequence_parallel && t > 1;
+  const int64_t R = sp ? N / t : N;
+  const int64_t f32 = 4, i32 = 4, D = d.D();
+  const int64_t kvl = d.KV % t == 0 ? d.KV / t : 1, qkv = (d.H / t + 2 * kvl) * D;
+  const int64_t Fl = d.F / t;
+  int64_t acts = 2 * N * i32;                                 // inputs, targets (B,T)
+  acts += (in.L + 1) * R * C * e;                             // residual stream, L+1 of (R,C)
+  const int64_t per_layer = 2 * N * C * e                     // ln1, ln2 (N,C)
+                            + R * C * e                       // res2 (R,C)
+                            + 2 * R * f32                     // ln1/ln2 rstd (R) fp32
+                            + N * qkv * e + N * (C / t) * e   // qkv, atty
+                            + in.B * (in.H / t) * in.T * f32  // lse (B,H,T) fp32
+                            + N * 2 * Fl * e + N * Fl * e;    // gate|up, SwiGLU output
+  acts += in.L * per_layer;
+  acts += N * C * e + R * f32;             // lnf (N,C), its rstd (R)
+  acts += N * (vocab_padded(in) / t) * e;  // logits (N,Vp)
+  acts += 2 * N * f32 + 8;                 // losses, loss_lse (N); the loss sum (one double)
+  acts += in.T * D * f32;                  // the RoPE table (T, D/2, 2)
+  b[size_t(kActs)] = acts;
+  // d_residual (R,C); d_ln, d_proj_out (N,C); d_atty, d_qkv, d_fch (gate|up), d_act.
+  int64_t work = R * C * e + 2 * N * C * e + N * (C / t + qkv + 2 * Fl + Fl) * e;
+  if (sp) work += 3 * R * C * e + N * C * e;
+  if (t > 1) work += 3 * N * 8;  // vocab-parallel cross-entropy: row max, target, sum (N doubles)
+  b[size_t(kWork)] = work;
+}
+
 void plan_activations(const MemPlanInput& in, CategoryBytes& b) {
+  if (in.llama) {
+    plan_llama_activations(in, plan_dims(in), b);
+    return;
+  }
   const int64_t e = dtype_bytes(in.compute), t = in.tp, N = in.B * in.T, C = in.C;
   const bool sp = in.sequence_parallel && t > 1;
   const int64_t R = sp ? N / t : N;  // rows of the LayerNorm / residual regions
@@ -259,6 +305,10 @@ MemPlanInput MemPlanInput::from_config(const proto::Config& c, int world) {
   in.V = m.vocab_size();
   in.Tmax = m.seq_len();
   in.T = m.seq_len();
+  in.llama = m.arch() == proto::LLAMA;
+  in.KV = m.has_n_kv_head() ? m.n_kv_head() : 0;
+  in.F = m.has_ffn_hidden() ? m.ffn_hidden() : 0;
+  in.tied = m.tie_embeddings();
   in.B = c.data().micro_batch();
   in.grad_accum = c.data().grad_accum();
   in.world = world;
@@ -266,6 +316,7 @@ MemPlanInput MemPlanInput::from_config(const proto::Config& c, int world) {
   in.zero_stage = c.parallel().zero_stage();
   in.sequence_parallel = c.parallel().sequence_parallel();
   in.overlap = c.parallel().overlap();
+  in.eval = c.train().eval_every() > 0;
   auto dt = [](proto::DType d) {
     return d == proto::BF16 ? DType::kBF16 : d == proto::F16 ? DType::kF16 : DType::kF32;
   };
@@ -321,25 +372,27 @@ MemPlan plan_memory(const MemPlanInput& in) {
   // 2. Activations and workspace: allocated once by the model, alive for the whole run.
   plan_activations(in, plan.steady);
 
-  // 3. Transients: replay train step, evaluation forward, train step (the evaluation leaves
-  //    stage 3's embeddings gathered into the next step). Two micro-steps stand for any
-  //    grad_accum > 1 (each starts by completing the previous one's reductions).
+  // 3. Transients: replay train step, evaluation forward (when train.eval_every > 0), train
+  //    step (the evaluation leaves stage 3's last forward unit gathered into the next step: the
+  //    embeddings with a tied head, the final unit with Llama's untied one). Two micro-steps
+  //    stand for any grad_accum > 1 (each starts by completing the previous one's reductions).
   const int64_t slots = ZeroEngine::grad_sq_slots(models::gpt_layout(plan_dims(in)));
   EngineReplay replay(in, padded, shard);
   const int L = int(in.L);
+  const bool tied = plan_dims(in).tied;
   for (int pass = 0; pass < 2; ++pass) {
     for (int64_t micro = 0; micro < std::min<int64_t>(in.grad_accum, 2); ++micro) {
       replay.finish_backward();  // ZeroEngine::begin_micro_step flushes the previous one
       replay.begin_pass();
-      replay_forward(replay, L);
-      replay_backward(replay, L);
+      replay_forward(replay, L, tied);
+      replay_backward(replay, L, tied);
     }
     replay.finish_backward();
     replay.step_stats(slots + 2);
     replay.adamw_step();
-    if (pass == 0) {
+    if (pass == 0 && in.eval) {
       replay.begin_pass();
-      replay_forward(replay, L);
+      replay_forward(replay, L, tied);
     }
   }
   const Transients& t = replay.transients();

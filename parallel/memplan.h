@@ -33,11 +33,17 @@ namespace shardtrain::parallel {
 // Everything the prediction depends on. Shapes: B micro-batch, T sequence (= seq_len).
 struct MemPlanInput {
   int64_t L = 0, H = 0, C = 0, V = 0, Tmax = 0;  // model (V before padding)
+  // Llama (arch LLAMA): K/V heads, FFN width, untied head; 0 / unset: from the defaults of
+  // models::GptDims::from_config.
+  bool llama = false;
+  int64_t KV = 0, F = 0;
+  bool tied = false;
   int64_t B = 1, T = 0;
   int64_t grad_accum = 1;  // micro-steps per step: buffers left pending carry into the next
   int world = 1, tp = 1, zero_stage = 0;
   bool sequence_parallel = false;
   bool overlap = true;  // parallel.overlap: reductions issued during the backward
+  bool eval = true;     // validation forwards between steps (train.eval_every > 0)
   DType compute = DType::kF32;
   DType grad = DType::kF32;  // gradient buffers: fp32, or 16-bit (precision.grad_accum_dtype)
   static MemPlanInput from_config(const proto::Config& c, int world);

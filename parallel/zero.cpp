@@ -89,14 +89,7 @@ ZeroEngine::ZeroEngine(const models::GptDims& dims, const ZeroOptions& options, 
     u->grads = make(stage <= 1 ? full : shard, DType::kF32, MemCategory::kGrads, "grads");
     units_.push_back(std::move(u));
   }
-  // The model's acquire order (models::Gpt): forward embeddings, blocks, ln_f, then the head
-  // (embeddings again); backward head, ln_f, blocks in reverse.
-  const int L = int(dims.L);
-  acquire_order_.push_back(0);
-  for (int u = 1; u <= L + 1; ++u) acquire_order_.push_back(u);
-  acquire_order_.push_back(0);
-  acquire_order_.push_back(0);
-  for (int u = L + 1; u >= 1; --u) acquire_order_.push_back(u);
+  acquire_order_ = models::acquire_order(dims);  // the model's, for the prefetch
 }
 
 ZeroEngine::~ZeroEngine() {

@@ -1,6 +1,6 @@
 """Memory planner vs measured memory, and the memory report's HTML page; each a ctest case.
 
-  match  --np N   train a small GPT for 2 steps at ZeRO stages 0-3 in fp32 and bf16 (and bf16
+  match  --np N   (--arch llama: the same on the Llama form of the model) train a small GPT for 2 steps at ZeRO stages 0-3 in fp32 and bf16 (and bf16
                   with tensor parallelism tp = 2, without and with sequence parallelism) with
                   --memory-report, and compare with `memplan --format json` for the same config
                   and world: model states (params, grads, master_params, optimizer_state) live
@@ -38,7 +38,7 @@ MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe"]
 # has 12*72^2 + 13*72 = 63144 elements (padded to 63168 at np 2 and 4), ln_f 144 (-> 160 at
 # np 2, 192 at np 4).
 CONFIG = """
-model {{ n_layer: 2 n_head: 4 d_model: 72 vocab_size: {vocab} seq_len: 32 }}
+model {{ n_layer: 2 n_head: 4 d_model: 72 vocab_size: {vocab} seq_len: 32 {arch} }}
 parallel {{ zero_stage: 0 bucket_mb: 0.01 }}
 precision {{ compute: F32 }}
 optimizer {{ lr: 3e-3 warmup_steps: 2 schedule: COSINE weight_decay: 0.1 grad_clip: 1.0 }}
@@ -49,12 +49,16 @@ MODEL_STATES = ("params", "grads", "master_params", "optimizer_state")
 CATEGORIES = MODEL_STATES + ("activations", "comm_buffers", "workspace")
 
 
-def make_config(tmp):
+# --arch llama: the same model as Llama (2 K/V heads for 4, FFN 200: odd unit sizes again).
+LLAMA = "arch: LLAMA n_kv_head: 2 ffn_hidden: 200"
+
+
+def make_config(tmp, arch=""):
     train = os.path.join(tmp, "train.bin")
     vocab = tr.write_synthetic_shard(train)
     path = os.path.join(tmp, "base.pbtxt")
     with open(path, "w") as f:
-        f.write(CONFIG.format(vocab=vocab, train=train))
+        f.write(CONFIG.format(vocab=vocab, train=train, arch=arch))
     return path
 
 
@@ -85,8 +89,8 @@ def memplan(exe, config, np, sets):
     return json.loads(run(cmd).stdout)
 
 
-def match(exe, tmp, np):
-    config = make_config(tmp)
+def match(exe, tmp, np, arch=""):
+    config = make_config(tmp, arch)
     failures = []
     for compute, tp, sp in (("F32", 1, 0), ("BF16", 1, 0), ("F16", 1, 0), ("BF16", 2, 0),
                             ("BF16", 2, 1)):
@@ -204,12 +208,13 @@ def main():
     ap.add_argument("--check", required=True, choices=["match", "html"])
     ap.add_argument("--np", type=int, default=2)
     ap.add_argument("--screenshot", default=None)
+    ap.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2")
     a = ap.parse_args()
     os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
     os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     with tempfile.TemporaryDirectory() as tmp:
         if a.check == "match":
-            failures = match(a.shardtrain, tmp, a.np)
+            failures = match(a.shardtrain, tmp, a.np, LLAMA if a.arch == "llama" else "")
         else:
             failures = html(a.shardtrain, tmp, a.screenshot)
     for f in failures:
