@@ -50,13 +50,6 @@ HfExportPlan plan_hf_export(const std::string& out, const std::string& tokenizer
   plan.path = out;
   while (plan.path.size() > 1 && plan.path.back() == '/') plan.path.pop_back();
   plan.directory = !ends_with(plan.path, kSafetensorsSuffix);
-  // A .safetensors file is the layout's tensors by name, for either architecture; the model
-  // directory (config.json for transformers) is written for GPT2 only so far. On every rank,
-  // before any work.
-  if (plan.directory && config.model().arch() == proto::LLAMA) {
-    throw UserError(str_cat(out, ": a model directory for model.arch LLAMA is not supported yet; "
-                                 "export to a .safetensors file"));
-  }
   if (!check) return plan;
   if (!plan.directory) {
     if (tokenizer_flag.empty() && !config.data().tokenizer().empty()) {
@@ -86,7 +79,52 @@ HfExportPlan plan_hf_export(const std::string& out, const std::string& tokenizer
   return plan;
 }
 
+namespace {
+
+// LlamaConfig's fields (transformers' LlamaForCausalLM): SwiGLU ("silu"), RMSNorm eps, RoPE
+// theta, grouped-query heads, no biases; rope_scaling in the "llama3" form that transformers
+// reads from 4.43 on (null without one; transformers 4.38, the tests' version, refuses it).
+std::string llama_config_json(const proto::ModelConfig& m, int32_t eot_id) {
+  const models::GptDims d = models::GptDims::from_config(m);
+  const nlohmann::json eot = eot_id >= 0 ? nlohmann::json(eot_id) : nlohmann::json(nullptr);
+  nlohmann::ordered_json scaling = nullptr;
+  if (m.has_rope_scaling()) {
+    scaling = {{"rope_type", "llama3"},
+               {"factor", m.rope_scaling().factor()},
+               {"low_freq_factor", m.rope_scaling().low_freq_factor()},
+               {"high_freq_factor", m.rope_scaling().high_freq_factor()},
+               {"original_max_position_embeddings", m.rope_scaling().original_max_position()}};
+  }
+  const nlohmann::ordered_json c = {{"architectures", {"LlamaForCausalLM"}},
+                                    {"model_type", "llama"},
+                                    {"vocab_size", m.vocab_size()},
+                                    {"hidden_size", m.d_model()},
+                                    {"intermediate_size", d.F},
+                                    {"num_hidden_layers", m.n_layer()},
+                                    {"num_attention_heads", m.n_head()},
+                                    {"num_key_value_heads", d.KV},
+                                    {"hidden_act", "silu"},
+                                    {"max_position_embeddings", m.seq_len()},
+                                    {"initializer_range", 0.02},
+                                    {"rms_norm_eps", m.norm_eps()},
+                                    {"rope_theta", m.rope_theta()},
+                                    {"rope_scaling", scaling},
+                                    {"attention_bias", false},
+                                    {"attention_dropout", 0.0},
+                                    {"mlp_bias", false},
+                                    {"pretraining_tp", 1},
+                                    {"tie_word_embeddings", m.tie_embeddings()},
+                                    {"use_cache", true},
+                                    {"bos_token_id", eot},
+                                    {"eos_token_id", eot},
+                                    {"torch_dtype", "float32"}};
+  return c.dump(2) + "\n";
+}
+
+}  // namespace
+
 std::string hf_config_json(const proto::ModelConfig& m, int32_t eot_id) {
+  if (m.arch() == proto::LLAMA) return llama_config_json(m, eot_id);
   // GPT2Config's fields for shardtrain's GPT-2: tanh GELU ("gelu_new"), the LM head tied to
   // wte, 4 x width MLP (n_inner null), no dropout (shardtrain trains without it). vocab_size
   // is the model's, without tensor-parallel padding: export writes wte with that many rows.

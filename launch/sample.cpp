@@ -43,6 +43,10 @@ proto::ModelConfig model_config_of(const std::string& path, const std::vector<st
     }
   } else {
     // Hugging Face layout: read the shapes; the head count must be given.
+    if (file.tensors.count("model.embed_tokens.weight")) {
+      throw UserError(str_cat(path, ": a Llama file without shardtrain metadata; sample it "
+                                    "through a shardtrain export or checkpoint of it"));
+    }
     auto shape = [&](const std::string& name) -> const Shape& {
       auto t = file.tensors.find(name);
       if (t == file.tensors.end()) t = file.tensors.find("transformer." + name);
@@ -70,9 +74,6 @@ proto::ModelConfig model_config_of(const std::string& path, const std::vector<st
   }
   apply_overrides(config, sets);
   validate_config(config, 0, ValidateFor::kPlan);
-  if (config.model().arch() == proto::LLAMA) {
-    throw UserError("sample: model.arch LLAMA is not supported yet (GPT2 only)");
-  }
   return config.model();
 }
 
