@@ -33,7 +33,10 @@ import gpt_reference as ref  # noqa: E402
 
 MODELS = {
     "gpt2": "",
-    "llama": "arch: LLAMA n_kv_head: 2 ffn_hidden: 160 rope_theta: 500",
+    # Llama 3.1's RoPE rescaling with an original context of 16 and head dim 16: frequency 0 in
+    # the blended band, 1 too, 2..7 divided by the factor (wavelengths 6.3, 13.6, 29.7, ...).
+    "llama": "arch: LLAMA n_kv_head: 2 ffn_hidden: 160 rope_theta: 500 rope_scaling { factor: 4 "
+             "low_freq_factor: 1 high_freq_factor: 4 original_max_position: 16 }",
 }
 
 CONFIG = """
@@ -78,7 +81,8 @@ def main():
         final_w = ref.read_safetensors(final)
 
     if args.arch == "llama":
-        model = ref.Llama(init_w, n_layer=2, n_head=4, n_kv_head=2, theta=500.0)
+        model = ref.Llama(init_w, n_layer=2, n_head=4, n_kv_head=2, theta=500.0,
+                          scaling=(4.0, 1.0, 4.0, 16.0))
     else:
         model = ref.Gpt(init_w, n_layer=2, n_head=4)
     decay = [p for n, p in model.p.items() if p.dim() >= 2]

@@ -87,9 +87,12 @@ class Llama(Gpt):
     head repeated for its n_head / n_kv_head query heads), SwiGLU MLP down(silu(gate) * up), no
     biases, nn.Linear (out, in) weights, lm_head untied unless absent."""
 
-    def __init__(self, weights, n_layer, n_head, n_kv_head, theta=10000.0, eps=1e-5):
+    def __init__(self, weights, n_layer, n_head, n_kv_head, theta=10000.0, eps=1e-5,
+                 scaling=None):
+        """scaling: Llama 3.1's (factor, low_freq_factor, high_freq_factor, original max
+        position), as transformers' _compute_llama3_parameters applies it to inv_freq."""
         super().__init__(weights, n_layer, n_head)
-        self.n_kv_head, self.theta, self.eps = n_kv_head, theta, eps
+        self.n_kv_head, self.theta, self.eps, self.scaling = n_kv_head, theta, eps, scaling
 
     def rms(self, x, weight):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * weight
@@ -100,6 +103,14 @@ class Llama(Gpt):
         C = emb.shape[1]
         H, K, D = self.n_head, self.n_kv_head, C // self.n_head
         inv_freq = 1.0 / (self.theta ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
+        if self.scaling:
+            factor, low, high, original = self.scaling
+            wavelen = 2 * math.pi / inv_freq
+            scaled = torch.where(wavelen > original / low, inv_freq / factor, inv_freq)
+            smooth = (original / wavelen - low) / (high - low)
+            blended = (1 - smooth) * scaled / factor + smooth * scaled
+            medium = (wavelen >= original / high) & (wavelen <= original / low)
+            inv_freq = torch.where(medium, blended, scaled)
         angle = torch.arange(T, dtype=torch.float32)[:, None] * inv_freq[None, :]  # (T, D/2)
         cos, sin = torch.cat([angle.cos()] * 2, -1), torch.cat([angle.sin()] * 2, -1)
 
