@@ -59,6 +59,11 @@ ZeroEngine::ZeroEngine(const models::GptDims& dims, const ZeroOptions& options, 
       layout_(models::gpt_layout(dims)) {
   ST_CHECK(dims.tp == 1 || (tp != nullptr && tp->size() == dims.tp), "tp group required");
   ST_CHECK(options.stage >= 0 && options.stage <= 3, "ZeRO stage ", options.stage);
+  if (tp_ && dims.arch == models::Arch::kLlama && dims.KV % dims.tp != 0) {
+    const int replicas = int(dims.tp / dims.KV);  // ranks per K/V head
+    kv_replicas_ = tp_->split(tp_rank_ / replicas, tp_rank_);
+    kv_replica_rank_ = tp_rank_ % replicas;
+  }
   const int64_t n = dp.size(), r = dp.rank();
   const int stage = options.stage;
   const bool f32 = options.compute == DType::kF32;
@@ -249,20 +254,25 @@ void ZeroEngine::flush_reductions() {
 
 void ZeroEngine::finish_backward() {
   flush_reductions();
-  if (dims_.sequence_parallel && tp_) {
-    // Under sequence parallelism each tp rank's replicated parameters (LayerNorms, c_proj
-    // biases, wpe) saw only its rows: sum them over the tp group, over the range the
-    // optimizer reads (all of it at stage 0, the owned shard otherwise).
-    for (size_t ui = 0; ui < units_.size(); ++ui) {
-      Unit& u = *units_[ui];
-      const int64_t begin = options_.stage == 0 ? 0 : u.own_begin;
-      const int64_t end = options_.stage == 0 ? u.padded : u.own_begin + u.shard;
-      float* g = u.grads.data<float>() - (options_.stage >= 2 ? u.own_begin : 0);
-      for (const auto& p : layout_[ui].params) {
-        if (p.split != models::TpSplit::kReplicated) continue;
-        const int64_t lo = std::max(begin, p.offset), hi = std::min(end, p.offset + p.numel());
-        if (lo < hi) tp_->all_reduce(g + lo, hi - lo, DType::kF32);
-      }
+  // Partial gradients to add over tp ranks, over the range the optimizer reads (all of it at
+  // stage 0, the owned shard otherwise): under sequence parallelism each tp rank's replicated
+  // parameters (LayerNorms, c_proj biases, wpe) saw only its rows, summed over the tp group;
+  // replicated K/V heads (Llama, tp > n_kv_head) saw only the query heads of their rank, summed
+  // over the ranks holding the same heads.
+  const bool sp = dims_.sequence_parallel && tp_;
+  if (!sp && !kv_replicas_) return;
+  for (size_t ui = 0; ui < units_.size(); ++ui) {
+    Unit& u = *units_[ui];
+    const int64_t begin = options_.stage == 0 ? 0 : u.own_begin;
+    const int64_t end = options_.stage == 0 ? u.padded : u.own_begin + u.shard;
+    float* g = u.grads.data<float>() - (options_.stage >= 2 ? u.own_begin : 0);
+    for (const auto& p : layout_[ui].params) {
+      Communicator* group = p.split == models::TpSplit::kReplicated && sp ? tp_
+                            : p.split == models::TpSplit::kRowGroups      ? kv_replicas_.get()
+                                                                          : nullptr;
+      if (group == nullptr) continue;
+      const int64_t lo = std::max(begin, p.offset), hi = std::min(end, p.offset + p.numel());
+      if (lo < hi) group->all_reduce(g + lo, hi - lo, DType::kF32);
     }
   }
 }
@@ -277,7 +287,8 @@ StepStats ZeroEngine::step_stats(const double* loss_sum) {
   // Over the owned shard at every stage, so the sum (and its rounding) is the same for all:
   // one sum per run of adjacent counted parameters in a unit's shard (padding past the last
   // parameter holds zeros), added on the host in order. Parameters replicated over the tp
-  // group have identical gradients on every tp rank: they count on tp rank 0 only.
+  // group have identical gradients on every tp rank: they count on tp rank 0 only; replicated
+  // K/V heads on the first rank holding them.
   struct Range {
     const float* g;
     int64_t n;
@@ -289,6 +300,7 @@ StepStats ZeroEngine::step_stats(const double* loss_sum) {
     const int64_t begin = u.own_begin, end = u.own_begin + u.shard;
     for (const auto& p : layout_[ui].params) {
       if (p.split == models::TpSplit::kReplicated && tp_rank_ != 0) continue;
+      if (p.split == models::TpSplit::kRowGroups && kv_replica_rank_ != 0) continue;
       const int64_t lo = std::max(begin, p.offset), hi = std::min(end, p.offset + p.numel());
       if (lo >= hi) continue;
       if (!ranges.empty() && ranges.back().g + ranges.back().n == g + (lo - begin)) {
@@ -426,6 +438,8 @@ std::vector<OwnedRun> owned_runs_of(const models::GptDims& dims,
     for (size_t pi = 0; pi < layout[ui].params.size(); ++pi) {
       const models::ParamInfo& p = layout[ui].params[pi];
       if (p.split == models::TpSplit::kReplicated && tp_rank != 0) continue;
+      // Replicated K/V heads: saved by the first of the ranks holding them.
+      if (p.split == models::TpSplit::kRowGroups && tp_rank % (dims.tp / p.parts) != 0) continue;
       const int64_t lo = std::max(own_begin, p.offset) - p.offset;
       int64_t hi = std::min(own_begin + shard, p.offset + p.numel()) - p.offset;
       // Vocabulary padding (global index past the real tensor) is never saved: wte's padding

@@ -151,6 +151,11 @@ class ZeroEngine final : public models::ParamSource {
   Communicator& dp_;
   Communicator* tp_;
   int tp_rank_ = 0;
+  // Llama with tp > n_kv_head: the tp ranks holding the same K/V heads (models::TpSplit::
+  // kRowGroups), whose gradients of those heads are partial sums to add; this rank's place
+  // among them (the first counts them in the norm and saves them).
+  std::unique_ptr<Communicator> kv_replicas_;
+  int kv_replica_rank_ = 0;
   TrackingAllocator& alloc_;
   kernels::Backend& be_;
   std::vector<models::UnitLayout> layout_;

@@ -292,11 +292,6 @@ void validate_config(const Config& c, int world_size, ValidateFor purpose) {
     const int kv = m.has_n_kv_head() ? m.n_kv_head() : m.n_head();
     require(kv % p.tp() == 0 || p.tp() % kv == 0, "parallel.tp",
             str_cat("(", p.tp(), ") must divide or be a multiple of model.n_kv_head (", kv, ")"));
-    // The layout has the replicated K/V slices (models/gpt_layout.cpp), the ZeRO engine does not
-    // yet sum their gradients over the replicas.
-    require(kv % p.tp() == 0, "parallel.tp",
-            str_cat("(", p.tp(), ") > model.n_kv_head (", kv,
-                    "): replicated K/V heads are not implemented yet"));
   }
   require(p.zero_stage() >= 0 && p.zero_stage() <= 3, "parallel.zero_stage",
           str_cat("must be 0, 1, 2 or 3, got ", p.zero_stage()));

@@ -82,7 +82,9 @@ def resume_exact(env, tmp):
     return failures
 
 
-def cross_layout(env, tmp):
+def cross_layout(env, tmp, save_tp=2):
+    """save_tp: the tp of the saving run (4 with --arch llama's kv_layout: n_kv_head 2 < tp, each
+    K/V head replicated on 2 ranks, saved once)."""
     failures = []
     # bf16: the state is identical at resume; only the rounding of 16-bit activations differs
     # between layouts (2^-9 relative per value, averaging down over a loss of 4096 tokens:
@@ -90,8 +92,10 @@ def cross_layout(env, tmp):
     for compute, tol in (("F32", 1e-5), ("BF16", 1e-3)):
         root = os.path.join(tmp, f"x_{compute}")
         base = [f"precision.compute={compute}", "checkpoint.every=5"]
-        saved, _, _ = env.run(4, base + ["parallel.tp=2", "parallel.zero_stage=3",
-                                         "data.micro_batch=8", f"checkpoint.dir={root}"])
+        # 16 sequences per step in every layout: micro-batch 16 over the 4 / tp data ranks.
+        saved, _, _ = env.run(4, base + [f"parallel.tp={save_tp}", "parallel.zero_stage=3",
+                                         f"data.micro_batch={16 * save_tp // 4}",
+                                         f"checkpoint.dir={root}"])
         ckpt = os.path.join(root, "step_00000005")
         want = losses(saved, 6)
         layouts = [(2, ["parallel.zero_stage=1", "data.micro_batch=8"]),
@@ -100,7 +104,8 @@ def cross_layout(env, tmp):
             got, _, _ = env.run(np_, base + sets + [f"checkpoint.dir={root}_np{np_}"],
                                 ["--resume", ckpt])
             worst = max(tr.rel(g, w) for g, w in zip(losses(got, 6), want))
-            print(f"{compute}: np=4 tp=2 ZeRO-3 -> np={np_} {sets[0]}: worst rel diff {worst:.2e}")
+            print(f"{compute}: np=4 tp={save_tp} ZeRO-3 -> np={np_} {sets[0]}: worst rel diff "
+                  f"{worst:.2e}")
             if worst > tol or len(got) != 5:
                 failures.append(f"{compute} resume at np={np_} differs by {worst:.2e} > {tol}")
         # Offline reshard for np=2 ZeRO-1, then resume: the same as resuming the original.
@@ -230,6 +235,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         env = tr.Env(a.shardtrain, tmp, arch=tr.LLAMA if a.arch == "llama" else "")
         failures = {"resume_exact": resume_exact, "cross_layout": cross_layout,
+                    "cross_layout_tp4": lambda e, t: cross_layout(e, t, save_tp=4),
                     "save_fault": lambda e, t: save_fault(e, t, a.rank, a.point),
                     "resave_fault": lambda e, t: resave_fault(e, t, a.point)}[a.check](env, tmp)
     for f in failures:

@@ -26,6 +26,8 @@ small GPT and compares what the runs report (metrics JSON lines, exported weight
   --arch llama     runs a check on the same small model as Llama (RMSNorm, RoPE, SwiGLU, 4 query
                    heads sharing 2 K/V heads, untied head): tp_equivalence, zero_bitwise and
                    cuda_emu run both ways.
+  kv_replicated    (--arch llama) tp 4 > n_kv_head 2, each K/V head replicated on 2 tp ranks
+                   (ZeRO 3; ZeRO 1 with sequence parallelism) equals np=1 as tp_equivalence.
   metrics          the throughput fields on cpu (np 2: dp 2, tp 2) and cuda-emu (np 1, bf16):
                    tflops = model FLOPs (6 N + 12 L C T per token, computed here from the
                    config) x tokens per step / step time / world size, to 1e-6; eta_s = steps
@@ -392,6 +394,18 @@ def tp_equivalence(env):
         (1e-5, 1e-5, 1e-5))
 
 
+def kv_replicated(env):
+    # Llama with tp 4 > n_kv_head 2: each K/V head on 2 tp ranks (models/gpt_layout.cpp,
+    # TpSplit::kRowGroups), its gradient summed over them and counted once in the norm. Against
+    # np 1, bounds as tp_equivalence: a gradient left partial moves the K/V weights by whole
+    # updates, one counted twice moves grad_norm by percents.
+    return equivalence(env, ["data.micro_batch=4"], [
+        (4, ["parallel.tp=4", "parallel.zero_stage=3", "data.micro_batch=4"]),
+        (4, ["parallel.tp=4", "parallel.zero_stage=1", "data.micro_batch=4",
+             "parallel.sequence_parallel=true"])],
+        (1e-5, 1e-5, 1e-5))
+
+
 def cuda_emu(env):
     """The GPU code path without a GPU: train.device cuda-emu runs the model and the ZeRO engine
     through kernels/gpu_backend.inc with the CUDA kernels' own source (kernels/emu), exactly as
@@ -660,6 +674,7 @@ def main():
             "fault": lambda: fault(env),
             "tp_equivalence": lambda: tp_equivalence(env),
             "cuda_emu": lambda: cuda_emu(env),
+            "kv_replicated": lambda: kv_replicated(env),
             "cuda_gpu": lambda: cuda_gpu(env),
             "metrics": lambda: metrics(env),
         }
