@@ -53,5 +53,14 @@ void attention_backward(T* dqkv,           // (B,T,H+2K,D)
                         const float* lse,  // (B,H,T)
                         AttentionShape s);
 
+// Decoding with a KV cache (generation): out (n, H, D) for n query rows at positions pos ..
+// pos+n-1; q rows of q_stride elements with the H query heads first; k, v: the cache, rows
+// 0 .. pos+n-1 of K heads x D (k_stride elements apart). Row i attends keys 0 .. pos+i, key/value
+// head h / (H/K) for query head h; scale 1/sqrt(D), fp32. Not tiled: a row's pos+i+1 scores are
+// held at once (fine for generation's one row per step). s.batch and s.seq are unused.
+template <class T>
+void attention_decode(T* out, const T* q, int64_t q_stride, const T* k, const T* v,
+                      int64_t k_stride, AttentionShape s, int64_t pos, int64_t n);
+
 SHARDTRAIN_ISA_END
 }  // namespace shardtrain::kernels

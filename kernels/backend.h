@@ -77,6 +77,11 @@ class Backend {
                                  AttentionShape s) = 0;
   virtual void attention_backward(DType t, void* dqkv, const void* dout, const void* qkv,
                                   const void* out, const float* lse, AttentionShape s) = 0;
+  // Generation with a KV cache (kernels/attention.h): the cpu backend only; the GPU backends
+  // refuse it (UserError) — `sample` runs on the cpu.
+  virtual void attention_decode(DType t, void* out, const void* q, int64_t q_stride, const void* k,
+                                const void* v, int64_t k_stride, AttentionShape s, int64_t pos,
+                                int64_t n) = 0;
   virtual void gelu_forward(DType t, void* out, const void* x, int64_t n) = 0;
   virtual void gelu_backward(DType t, void* dx, const void* x, const void* dout, int64_t n) = 0;
   virtual void residual_add(DType t, void* out, const void* a, const void* b, int64_t n) = 0;

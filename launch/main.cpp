@@ -100,6 +100,8 @@ int main(int argc, char** argv) {
   sample_cmd->add_option("--logits-out", smp.logits_out,
                          "write the prompt's logits (positions x vocabulary, fp32) here");
   sample_cmd->add_flag("--print-ids", smp.print_ids, "print token ids instead of text");
+  sample_cmd->add_flag("--no-cache", smp.no_cache,
+                       "no KV cache: run the whole window for every new token (the reference)");
   sample_cmd->add_option("--tokens", smp.tokens, "tokens to generate (default 200)");
   sample_cmd->add_option("--temperature", smp.temperature, "softmax temperature (default 0.8)");
   sample_cmd->add_option("--top-k", smp.top_k, "sample among the k most likely (default 40)");

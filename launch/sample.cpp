@@ -1,10 +1,12 @@
-// sample.cpp — autoregressive sampling, one forward of the whole window per token.
+// sample.cpp — autoregressive sampling with a KV cache.
 //
 // The model's shape comes from the weights file: shardtrain writes its model config into the
 // safetensors metadata ("shardtrain.model"); for other files (e.g. Hugging Face GPT-2) the
-// shapes fix everything but the head count, given with --set model.n_head=H. No KV cache: the
-// window (the last seq_len tokens) is run in full for each new token, which is simple and
-// fast enough for the small models this is used with; a cache is a later optimisation.
+// shapes fix everything but the head count, given with --set model.n_head=H. The prompt runs
+// once through models::Gpt::decode, then each new token alone against the cached keys and
+// values: O(T) attention per token. Once the text outgrows the context the window slides (the
+// last seq_len tokens), which the cache cannot follow: from then on each token reruns the
+// window, as --no-cache does from the start (the reference the cache is tested against).
 // Sampling: logits / temperature, the top-k kept, softmax, one draw from a seeded generator;
 // ranks are by logit, then by the smaller id, so top-k 1 is exactly argmax as PyTorch takes
 // it (the first maximum). --logits-out writes the logits of the prompt's positions, for
@@ -140,12 +142,23 @@ int run_sample(const SampleArgs& args) {
                       {{"format", "pt"}});
   }
 
+  // The logits of the last token: decode the tokens the cache lacks, or rerun the window.
+  int64_t cached = 0;  // positions whose keys and values the cache holds
+  auto next_logits = [&]() -> const float* {
+    const int64_t len = int64_t(ids.size());
+    if (args.no_cache || len > T) return model.logits() + (forward() - 1) * dims.Vp;
+    engine.begin_forward_only();
+    model.decode(engine, ids.data() + cached, len - cached, cached);
+    const int64_t rows = len - cached;
+    cached = len;
+    return model.logits() + (rows - 1) * dims.Vp;
+  };
+
   std::mt19937_64 rng(args.seed);
   std::string text = args.prompt;
   std::vector<std::pair<float, int32_t>> ranked;
   for (int n = 0; n < args.tokens; ++n) {
-    const int64_t len = forward();
-    const float* logits = model.logits() + (len - 1) * dims.Vp;
+    const float* logits = next_logits();
     ranked.clear();
     for (int32_t v = 0; v < vocab; ++v) ranked.push_back({logits[v], v});
     const size_t k =

@@ -20,6 +20,7 @@ struct SampleArgs {
   uint64_t seed = 1;
   std::string logits_out;  // the prompt's logits, (prompt length, V) fp32, as safetensors
   bool print_ids = false;  // print the ids (prompt and generated) instead of the text
+  bool no_cache = false;   // rerun the whole window per token instead of the KV cache
 };
 
 int run_sample(const SampleArgs& args);

@@ -94,6 +94,7 @@ Gpt<S>::Gpt(const GptDims& dims, int64_t B, int64_t T, TrackingAllocator& alloc,
       T_(T),
       tp_(tp),
       layout_(gpt_layout(dims)),
+      alloc_(alloc),
       be_(backend),
       dt_(dtype_of<S>()) {
   ST_CHECK(T <= dims.Tmax, "sequence length ", T, " exceeds the model's ", dims.Tmax);
@@ -590,6 +591,116 @@ void Gpt<S>::llama_block_backward(int64_t l, const void* w, float* g) {
   scatter_rows(dln, dln_local);
   norm_backward(dres, grad(kInNorm), nullptr, dln_local, residual_[size_t(l)].data<S>(),
                 param<S>(w, u, kInNorm), b.ln1_mean, b.ln1_rstd);
+}
+
+template <class S>
+void Gpt<S>::decode(ParamSource& ps, const int32_t* tokens, int64_t n, int64_t pos) {
+  ST_CHECK(dims_.tp == 1 && B_ == 1 && n >= 1 && pos >= 0 && pos + n <= T_,
+           "decode: tp 1, batch 1 and positions within the context");
+  const int64_t C = dims_.C, L = dims_.L, kv_cols = dims_.KV * dims_.D();
+  const bool llama = dims_.arch == Arch::kLlama;
+  if (k_cache_.empty()) {
+    for (int64_t l = 0; l < L; ++l) {
+      k_cache_.push_back(Tensor::empty({T_, kv_cols}, dt_, alloc_, MemCategory::kActivations,
+                                       str_cat("h.", l, ".k_cache")));
+      v_cache_.push_back(Tensor::empty({T_, kv_cols}, dt_, alloc_, MemCategory::kActivations,
+                                       str_cat("h.", l, ".v_cache")));
+    }
+  }
+  be_.upload(inputs_.raw(), tokens, n * int64_t(sizeof(int32_t)));
+  // 1. Embeddings of the n tokens (GPT-2: plus the positions pos ..).
+  ps.acquire(0);
+  const void* emb = ps.params(0);
+  S* x = residual_[0].data<S>();
+  be_.embedding_lookup_slice(dt_, x, inputs_.data<int32_t>(), param<S>(emb, 0, 0), 0, dims_.Vp, n,
+                             C);
+  if (!llama) be_.add_positions(dt_, x, param<S>(emb, 0, 1), n, pos, dims_.Tmax, C);
+  ps.release(0);
+  // 2. Blocks, each on the n rows, its keys and values appended to the cache.
+  for (int64_t l = 0; l < L; ++l) {
+    const int u = int(l) + 1;
+    ps.acquire(u);
+    block_decode(l, ps.params(u), n, pos);
+    ps.release(u);
+  }
+  // 3. Final norm and head on the n rows.
+  const int uf = int(L) + 1, hu = head_unit();
+  ps.acquire(uf);
+  const void* wf = ps.params(uf);
+  const k::RowsShape rs{n, C};
+  if (llama) {
+    be_.rmsnorm_forward(dt_, lnf_.data<S>(), lnf_rstd_.data<float>(),
+                        residual_[size_t(L)].data<S>(), param<S>(wf, uf, 0), rs,
+                        float(dims_.norm_eps));
+  } else {
+    be_.layernorm_forward(dt_, lnf_.data<S>(), lnf_mean_.data<float>(), lnf_rstd_.data<float>(),
+                          residual_[size_t(L)].data<S>(), param<S>(wf, uf, 0), param<S>(wf, uf, 1),
+                          rs, float(kGptLayerNormEps));
+  }
+  if (hu != uf) {
+    ps.release(uf);
+    ps.acquire(hu);
+  }
+  linear(logits_.data<S>(), lnf_.data<S>(), param<S>(ps.params(hu), hu, head_param()), nullptr, n,
+         C, dims_.Vp, true);
+  ps.release(hu);
+}
+
+// One block on n rows at positions pos ..: the forward's kernels with n rows in place of B*T,
+// the attention against the cache (kernels/attention.h attention_decode).
+template <class S>
+void Gpt<S>::block_decode(int64_t l, const void* w, int64_t n, int64_t pos) {
+  const int64_t C = dims_.C, D = dims_.D(), H = dims_.H, KV = dims_.KV, F = dims_.F;
+  const int64_t qkv_cols = (H + 2 * KV) * D;
+  const bool llama = dims_.arch == Arch::kLlama;
+  const int u = int(l) + 1;
+  BlockActivations& b = blocks_[size_t(l)];
+  const S* x = residual_[size_t(l)].data<S>();
+  const k::RowsShape rs{n, C};
+  auto p = [&](int i) { return param<S>(w, u, i); };
+  auto pick = [llama](int llama_index, int gpt2_index) { return llama ? llama_index : gpt2_index; };
+  if (llama) {
+    be_.rmsnorm_forward(dt_, b.ln1.data<S>(), b.ln1_rstd.data<float>(), x, p(kInNorm), rs,
+                        float(dims_.norm_eps));
+  } else {
+    be_.layernorm_forward(dt_, b.ln1.data<S>(), b.ln1_mean.data<float>(), b.ln1_rstd.data<float>(),
+                          x, p(kLn1W), p(kLn1B), rs, float(kGptLayerNormEps));
+  }
+  S* qkv = b.qkv.data<S>();
+  linear(qkv, b.ln1.data<S>(), p(pick(kQ, kAttnW)), llama ? nullptr : p(kAttnB), n, C, qkv_cols,
+         llama);
+  if (llama) {
+    be_.rope_forward(dt_, qkv, rope_table_.data<float>(), {n, n, qkv_cols, H + KV, D, pos});
+  }
+  S* kc = k_cache_[size_t(l)].data<S>();
+  S* vc = v_cache_[size_t(l)].data<S>();
+  const int64_t row = KV * D * int64_t(sizeof(S));
+  for (int64_t r = 0; r < n; ++r) {
+    be_.copy(kc + (pos + r) * KV * D, qkv + r * qkv_cols + H * D, row);
+    be_.copy(vc + (pos + r) * KV * D, qkv + r * qkv_cols + (H + KV) * D, row);
+  }
+  be_.attention_decode(dt_, b.atty.data<S>(), qkv, qkv_cols, kc, vc, KV * D, {1, n, H, D, KV}, pos,
+                       n);
+  S* proj = dscratch_.data<S>();
+  linear(proj, b.atty.data<S>(), p(pick(kO, kAttnProjW)), llama ? nullptr : p(kAttnProjB), n, H * D,
+         C, llama);
+  if (llama) {
+    be_.residual_rmsnorm_forward(dt_, b.res2.data<S>(), b.ln2.data<S>(), b.ln2_rstd.data<float>(),
+                                 x, proj, p(kPostNorm), rs, float(dims_.norm_eps));
+    linear(b.fch.data<S>(), b.ln2.data<S>(), p(kGate), nullptr, n, C, 2 * F, true);
+    be_.swiglu_forward(dt_, b.fch_gelu.data<S>(), b.fch.data<S>(), n, F);
+  } else {
+    be_.residual_layernorm_forward(dt_, b.res2.data<S>(), b.ln2.data<S>(), b.ln2_mean.data<float>(),
+                                   b.ln2_rstd.data<float>(), x, proj, p(kLn2W), p(kLn2B), rs,
+                                   float(kGptLayerNormEps));
+    k::GemmDesc d;
+    d.shape = {n, F, C};
+    d.ab_dtype = d.c_dtype = dt_;
+    be_.gemm_bias_gelu(d, b.ln2.data<S>(), p(kFcW), b.fch_gelu.data<S>(), b.fch.data<S>(), p(kFcB));
+  }
+  linear(proj, b.fch_gelu.data<S>(), p(pick(kDown, kMlpProjW)), llama ? nullptr : p(kMlpProjB), n,
+         F, C, llama);
+  be_.residual_add(dt_, residual_[size_t(l) + 1].data<S>(), b.res2.data<S>(), proj, n * C);
 }
 
 template class Gpt<float>;

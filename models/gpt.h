@@ -169,6 +169,13 @@ class Gpt {
   // ps.grads(); calls ps.grads_done(unit) as each unit finishes, last unit first.
   void backward(ParamSource& ps, float grad_weight);
 
+  // Generation with a KV cache (B = 1, tp = 1, the cpu backend): runs the n tokens at
+  // positions pos .. pos+n-1 against the keys and values cached by earlier calls for positions
+  // 0 .. pos-1 (pos = 0 starts over), leaving their logits in rows 0 .. n-1 of logits() and
+  // their keys and values in the cache. pos + n <= T. A new token costs attention over the
+  // pos keys before it, not a forward of the whole window.
+  void decode(ParamSource& ps, const int32_t* tokens, int64_t n, int64_t pos);
+
   // (B,T,Vp/tp) after forward: this rank's vocabulary slice [tp_rank*Vp/tp, ...), in the
   // backend's memory (host memory for cpu and cuda-emu).
   const S* logits() const { return logits_.data<S>(); }
@@ -232,6 +239,10 @@ class Gpt {
   Tensor ln_local_, proj_local_, dln_local_, dres_full_;
   // Llama: RoPE's (T, D/2, 2) cos/sin table (kernels/rope.h), and the SwiGLU input gradient.
   Tensor rope_table_, dact_;
+  // decode's key and value caches, per layer (T, KV D), allocated by the first decode.
+  std::vector<Tensor> k_cache_, v_cache_;
+  TrackingAllocator& alloc_;
+  void block_decode(int64_t l, const void* w, int64_t n, int64_t pos);
   // Vocabulary-parallel cross-entropy: per-row statistics in doubles: the max (2N in fp32
   // units), the target logit and the sum of exponentials (4N).
   Tensor ce_max_, ce_aux_;

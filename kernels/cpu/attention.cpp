@@ -301,11 +301,11 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
       gather_rows(dout_f, nullptr, dout + out_offset(s, b, 0, h), ostride, Tn, D);
       gather_rows(tmp, nullptr, out + out_offset(s, b, 0, h), ostride, Tn, D);
       for (int64_t i = 0; i < Tn; ++i) {
-        const float* g = dout_f + i * D;
+        const float* gr = dout_f + i * D;
         const float* o = tmp + i * D;
         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-        for (int64_t d = 0; d < D; ++d) sum += g[d] * o[d];
+        for (int64_t d = 0; d < D; ++d) sum += gr[d] * o[d];
         drow[i] = sum;
       }
       std::fill(dq, dq + Tp * D, 0.0f);
@@ -360,10 +360,48 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
   }
 }
 
-#define ST_INSTANTIATE_ATTENTION(T)                                                   \
-  template void attention_forward<T>(T*, float*, const T*, AttentionShape);           \
-  template void attention_backward<T>(T*, const T*, const T*, const T*, const float*, \
-                                      AttentionShape);
+template <class T>
+void attention_decode(T* out, const T* q, int64_t q_stride, const T* k, const T* v,
+                      int64_t k_stride, AttentionShape s, int64_t pos, int64_t n) {
+  const int64_t H = s.heads, D = s.head_dim, group = H / kv_heads_of(s);
+  const float scale = 1.0f / std::sqrt(float(D));
+  const int64_t pairs = n * H;
+#pragma omp parallel for schedule(static) if (pairs > 1)
+  for (int64_t ih = 0; ih < pairs; ++ih) {
+    const int64_t i = ih / H, h = ih % H, g = h / group, keys = pos + i + 1;
+    float* base = scratch(2 * D + keys, 0);
+    float* qf = base;     // (D) the query row
+    float* acc = qf + D;  // (D) the output accumulator
+    float* sc = acc + D;  // (keys) scores, then exp
+    cpu::widen(qf, q + i * q_stride + h * D, D);
+    float m = kNegInf;
+    for (int64_t j = 0; j < keys; ++j) {
+      const T* kr = k + j * k_stride + g * D;
+      float dot = 0.0f;
+      for (int64_t d = 0; d < D; ++d) dot += qf[d] * to_float(kr[d]);
+      sc[j] = dot * scale;
+      m = std::max(m, sc[j]);
+    }
+    float sum = 0.0f;
+    std::fill(acc, acc + D, 0.0f);
+    for (int64_t j = 0; j < keys; ++j) {
+      const float p = exp_f32(sc[j] - m);
+      sum += p;
+      const T* vr = v + j * k_stride + g * D;
+      for (int64_t d = 0; d < D; ++d) acc[d] += p * to_float(vr[d]);
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t d = 0; d < D; ++d) acc[d] *= inv;
+    store_row(out + (i * H + h) * D, acc, D);
+  }
+}
+
+#define ST_INSTANTIATE_ATTENTION(T)                                                     \
+  template void attention_forward<T>(T*, float*, const T*, AttentionShape);             \
+  template void attention_backward<T>(T*, const T*, const T*, const T*, const float*,   \
+                                      AttentionShape);                                  \
+  template void attention_decode<T>(T*, const T*, int64_t, const T*, const T*, int64_t, \
+                                    AttentionShape, int64_t, int64_t);
 ST_INSTANTIATE_ATTENTION(float)
 ST_INSTANTIATE_ATTENTION(BFloat16)
 ST_INSTANTIATE_ATTENTION(Half)

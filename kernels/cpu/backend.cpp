@@ -85,6 +85,16 @@ class CpuBackend final : public Backend {
                                  static_cast<const T*>(qkv), static_cast<const T*>(out), lse, s);
     });
   }
+  void attention_decode(DType t, void* out, const void* q, int64_t q_stride, const void* k,
+                        const void* v, int64_t k_stride, AttentionShape s, int64_t pos,
+                        int64_t n) override {
+    with_float_type(t, [&](auto tag) {
+      using T = decltype(tag);
+      isa::attention_decode<T>(static_cast<T*>(out), static_cast<const T*>(q), q_stride,
+                               static_cast<const T*>(k), static_cast<const T*>(v), k_stride, s, pos,
+                               n);
+    });
+  }
   void rmsnorm_forward(DType t, void* out, float* rstd, const void* x, const void* weight,
                        RowsShape s, float eps) override {
     with_float_type(t, [&](auto tag) {

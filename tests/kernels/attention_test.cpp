@@ -208,6 +208,26 @@ TEST(Attention, ForwardF16) {
 }
 
 // T = 1: the only key is the row itself, so out = V exactly and lse = q.k / sqrt(D).
+// Decoding with a KV cache equals the causal forward on the same rows: the cache is qkv's own
+// K and V columns (stride one qkv row), queries rows pos .. pos+n-1 of it. Both fp32 with an
+// exact softmax, in different orders (flash-tiled online max vs one pass): 1e-6 of max |v|.
+TEST(Attention, DecodeWithCacheEqualsForward) {
+  for (AttentionShape s : {AttentionShape{1, 70, 4, 32, 2}, AttentionShape{1, 33, 2, 64},
+                           AttentionShape{1, 9, 4, 16, 1}}) {
+    const auto qkv = make_qkv<float>(s, seed_of(s));
+    const Forward<float> f = run_forward(qkv, s);
+    const int64_t H = s.heads, D = s.head_dim, row = qkv_row_numel(s);
+    for (auto [pos, n] : {std::pair<int64_t, int64_t>{0, s.seq}, {s.seq - 1, 1}, {s.seq / 2, 3}}) {
+      if (pos + n > s.seq) continue;
+      std::vector<float> out(size_t(n * H * D));
+      attention_decode(out.data(), qkv.data() + pos * row, row, qkv.data() + H * D,
+                       qkv.data() + (H + kv_heads_of(s)) * D, row, s, pos, n);
+      const std::vector<float> want(f.out.begin() + pos * H * D, f.out.begin() + (pos + n) * H * D);
+      EXPECT_LT(max_rel_error(out, want), 1e-6) << describe(s) << " pos " << pos << " n " << n;
+    }
+  }
+}
+
 TEST(Attention, SingleTokenCopiesV) {
   const AttentionShape s{3, 1, 2, 32};
   auto qkv = make_qkv<float>(s, 7);
