@@ -25,6 +25,26 @@ TEST(ModelFlops, Gpt2SmallByHand) {
   EXPECT_EQ(gpt_train_flops_per_token(d, 1024), 854438400.0);
 }
 
+TEST(ModelFlops, Llama3_8bByHand) {
+  // Llama 3 8B: per layer q, o 4096^2 each, k, v 4096 x 1024 each, gate/up/down 4096 x 14336
+  // each = 33,554,432 + 8,388,608 + 176,160,768 = 218,103,808; x 32 = 6,979,321,856; the head
+  // 4096 x 128256 = 525,336,576 (the parameter count less the embedding and the norms).
+  proto::ModelConfig m;
+  m.set_arch(proto::LLAMA);
+  m.set_n_layer(32);
+  m.set_d_model(4096);
+  m.set_n_head(32);
+  m.set_n_kv_head(8);
+  m.set_ffn_hidden(14336);
+  m.set_vocab_size(128256);
+  m.set_seq_len(8192);
+  const GptDims d = GptDims::from_config(m);
+  EXPECT_EQ(gpt_matmul_params(d), 6979321856 + 525336576);
+  // 6 N + 12 L C T at T = 8192 (attention: H D = C query width whatever the K/V heads).
+  EXPECT_EQ(gpt_train_flops_per_token(d, 8192),
+            6.0 * (6979321856.0 + 525336576.0) + 12.0 * 32 * 4096 * 8192);
+}
+
 TEST(ModelFlops, EqualsMegatronsClosedForm) {
   const int64_t L = 4, C = 256, V = 8192, T = 256;
   const double megatron =
