@@ -46,8 +46,9 @@ proto::ModelConfig model_config_of(const std::string& path, const std::vector<st
   } else {
     // Hugging Face layout: read the shapes; the head count must be given.
     if (file.tensors.count("model.embed_tokens.weight")) {
-      throw UserError(str_cat(path, ": a Llama file without shardtrain metadata; sample it "
-                                    "through a shardtrain export or checkpoint of it"));
+      throw UserError(str_cat(path,
+                              ": a Llama file without shardtrain metadata; sample it "
+                              "through a shardtrain export or checkpoint of it"));
     }
     auto shape = [&](const std::string& name) -> const Shape& {
       auto t = file.tensors.find(name);

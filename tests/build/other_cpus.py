@@ -35,7 +35,7 @@ def train_cmd(shardtrain, tmp, tag):
         tr.write_synthetic_shard(shard)
     config = os.path.join(tmp, "cfg.pbtxt")
     with open(config, "w") as f:
-        f.write(tr.CONFIG.format(vocab=96, train=shard))
+        f.write(tr.CONFIG.format(vocab=96, train=shard, arch=""))
     metrics = os.path.join(tmp, f"{tag}.jsonl")
     return [shardtrain, "train", "--config", config, "--metrics", metrics,
             "--set", "precision.compute=BF16", "--set", "train.steps=3",
