@@ -235,6 +235,29 @@ __global__ void __launch_bounds__(kThreads)
 
 unsigned ceil_div(long long a, long long b) { return unsigned((a + b - 1) / b); }
 
+// The backward of both norms, three launches: dx per row, per-column partial sums of the
+// weight (and, LayerNorm only, bias) gradients over row groups, then the fixed-order column sums.
+template <bool kRms, class T>
+Status norm_backward(T* dx, float* dweight, float* dbias, const T* dout, const T* x,
+                     const T* weight, const float* mean, const float* rstd, float* workspace,
+                     RowsShape s, Stream stream) {
+  if (s.rows == 0) return kOk;
+  const int C = int(s.channels);
+  const long long groups = layernorm_backward_groups(s);
+  const int sums = kRms ? 1 : 2;  // rows of partial sums per group: dweight (and dbias)
+  Status e =
+      launch(layernorm_backward_dx_kernel<T, kRms>, dim3(ceil_div(s.rows, kRowsPerBlock)),
+             dim3(kThreads), 0, stream, dx, dout, x, weight, mean, rstd, (long long)s.rows, C);
+  if (e != kOk) return e;
+  e = launch(layernorm_backward_partial_kernel<T, kRms>,
+             dim3(ceil_div(C, kThreads), unsigned(groups)), dim3(kThreads), 0, stream, workspace,
+             dout, x, mean, rstd, (long long)s.rows, C, groups);
+  if (e != kOk) return e;
+  return launch(column_sum_kernel, dim3(ceil_div(C, kColumnSumCols), unsigned(sums)),
+                dim3(kColumnSumCols, kColumnSumLanes), 0, stream, dweight, dbias,
+                static_cast<const float*>(workspace), (long long)C, groups, sums * (long long)C);
+}
+
 }  // namespace
 
 template <class T>
@@ -260,20 +283,8 @@ template <class T>
 Status layernorm_backward(T* dx, float* dweight, float* dbias, const T* dout, const T* x,
                           const T* weight, const float* mean, const float* rstd, float* workspace,
                           RowsShape s, Stream stream) {
-  if (s.rows == 0) return kOk;
-  const int C = int(s.channels);
-  const long long groups = layernorm_backward_groups(s);
-  Status e =
-      launch(layernorm_backward_dx_kernel<T, false>, dim3(ceil_div(s.rows, kRowsPerBlock)),
-             dim3(kThreads), 0, stream, dx, dout, x, weight, mean, rstd, (long long)s.rows, C);
-  if (e != kOk) return e;
-  e = launch(layernorm_backward_partial_kernel<T, false>,
-             dim3(ceil_div(C, kThreads), unsigned(groups)), dim3(kThreads), 0, stream, workspace,
-             dout, x, mean, rstd, (long long)s.rows, C, groups);
-  if (e != kOk) return e;
-  return launch(column_sum_kernel, dim3(ceil_div(C, kColumnSumCols), 2),
-                dim3(kColumnSumCols, kColumnSumLanes), 0, stream, dweight, dbias,
-                static_cast<const float*>(workspace), (long long)C, groups, 2 * (long long)C);
+  return norm_backward<false>(dx, dweight, dbias, dout, x, weight, mean, rstd, workspace, s,
+                              stream);
 }
 
 template <class T>
@@ -297,22 +308,8 @@ Status residual_rmsnorm_forward(T* res, T* out, float* rstd, const T* a, const T
 template <class T>
 Status rmsnorm_backward(T* dx, float* dweight, const T* dout, const T* x, const T* weight,
                         const float* rstd, float* workspace, RowsShape s, Stream stream) {
-  if (s.rows == 0) return kOk;
-  const int C = int(s.channels);
-  const long long groups = layernorm_backward_groups(s);
-  const float* no_mean = nullptr;
-  Status e =
-      launch(layernorm_backward_dx_kernel<T, true>, dim3(ceil_div(s.rows, kRowsPerBlock)),
-             dim3(kThreads), 0, stream, dx, dout, x, weight, no_mean, rstd, (long long)s.rows, C);
-  if (e != kOk) return e;
-  e = launch(layernorm_backward_partial_kernel<T, true>,
-             dim3(ceil_div(C, kThreads), unsigned(groups)), dim3(kThreads), 0, stream, workspace,
-             dout, x, no_mean, rstd, (long long)s.rows, C, groups);
-  if (e != kOk) return e;
-  return launch(column_sum_kernel, dim3(ceil_div(C, kColumnSumCols), 1),
-                dim3(kColumnSumCols, kColumnSumLanes), 0, stream, dweight,
-                static_cast<float*>(nullptr), static_cast<const float*>(workspace), (long long)C,
-                groups, (long long)C);
+  return norm_backward<true>(dx, dweight, static_cast<float*>(nullptr), dout, x, weight,
+                             static_cast<const float*>(nullptr), rstd, workspace, s, stream);
 }
 
 #define ST_INSTANTIATE(T)                                                                       \

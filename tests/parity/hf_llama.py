@@ -17,19 +17,11 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-try:
-    import torch
-    from safetensors.numpy import load_file
-    from transformers import AutoModelForCausalLM
-except ImportError as e:
-    print(f"SKIP: {e} (scripts/setup.sh installs transformers 4.38.2 into /opt/shardtrain-venv)")
-    sys.exit(77)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_common import AutoModelForCausalLM, greedy_ids, logits_error, run, torch  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "parallel"))
 import train_runs as tr  # noqa: E402
@@ -47,14 +39,6 @@ optimizer {{ lr: 3e-3 min_lr: 3e-4 warmup_steps: 5 schedule: COSINE }}
 data {{ train: "{shard}" micro_batch: 8 }}
 train {{ steps: 30 seed: 3 log_every: 10 threads: 2 }}
 """
-
-
-def run(cmd):
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"FAIL: {' '.join(cmd)} exited {r.returncode}:\n{r.stderr}")
-    return r.stdout
 
 
 def check_export(st, tmp, tied, failures):
@@ -83,29 +67,23 @@ def check_export(st, tmp, tied, failures):
     for name, ids in [("pattern", [(i * 7 + i // 5) % vocab for i in range(40)]),
                       ("random", [rng.randrange(vocab) for _ in range(48)])]:
         out = os.path.join(tmp, f"logits_{tied}_{name}.safetensors")
-        run([st, "sample", "--ckpt", model_dir, "--prompt-ids", ",".join(map(str, ids)),
-             "--tokens", "0", "--logits-out", out])
-        ours = load_file(out)["logits"]
-        with torch.no_grad():
-            theirs = model(torch.tensor([ids])).logits[0].numpy()
-        if ours.shape != theirs.shape:
-            failures.append(f"tied={tied} {name}: logits shape {ours.shape} vs {theirs.shape}")
+        rel, _ = logits_error(st, model, model_dir, ids, out)
+        if rel is None:
+            failures.append(f"tied={tied} {name}: logits shapes differ")
             continue
-        rel = float(abs(ours - theirs).max() / abs(theirs).max())
         print(f"tied={tied} logits, {name}: max |diff| / max |logit| = {rel:.2e} "
               f"(bound {LOGITS_RTOL:.0e})")
         if rel > LOGITS_RTOL:
             failures.append(f"tied={tied} {name}: logits differ by {rel:.2e}")
 
     prompt = [(i * 7 + i // 5) % vocab for i in range(10)]
-    ours = run([st, "sample", "--ckpt", model_dir, "--prompt-ids", ",".join(map(str, prompt)),
-                "--tokens", "12", "--top-k", "1", "--print-ids"]).split()
+    ours = greedy_ids(st, model_dir, prompt, 12)
     with torch.no_grad():
         theirs = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
                                 pad_token_id=0)[0].tolist()
-    print(f"tied={tied} greedy: shardtrain {' '.join(ours)}; transformers "
+    print(f"tied={tied} greedy: shardtrain {' '.join(map(str, ours))}; transformers "
           f"{' '.join(map(str, theirs))}")
-    if [int(x) for x in ours] != theirs:
+    if ours != theirs:
         failures.append(f"tied={tied}: greedy generation differs")
 
 

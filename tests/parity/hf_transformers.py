@@ -19,7 +19,6 @@ shardtrain: its bytes), is checked to behave as documented (models/tokenizer_hf.
 Exit 77 (a ctest skip) when transformers is not installed.
 """
 import argparse
-import json
 import os
 import random
 import struct
@@ -29,17 +28,10 @@ import tempfile
 
 import numpy as np
 
-# Everything is loaded from local directories; no hub look-up, ever.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-try:
-    import torch
-    import transformers
-    from safetensors.numpy import load_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-except ImportError as e:
-    print(f"SKIP: {e} (scripts/setup.sh installs transformers 4.38.2 into /opt/shardtrain-venv)")
-    sys.exit(77)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_common import (AutoModelForCausalLM, greedy_ids, logits_error, run, torch,  # noqa: E402
+                       transformers)
+from transformers import AutoTokenizer  # noqa: E402
 
 # Logits: max |shardtrain - transformers| over all positions and ids, relative to the largest
 # |logit|. Both run fp32 with different GEMM blockings and reduction orders; measured here
@@ -63,14 +55,6 @@ def read_shard(path):
     magic, _, width, _, count = struct.unpack("<8sIIQQ", data[:32])
     assert magic == b"STTOKENS", path
     return np.frombuffer(data[64:], dtype={2: np.uint16, 4: np.uint32}[width])[:count].tolist()
-
-
-def run(cmd, **kw):
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, **kw)
-    if r.returncode != 0:
-        sys.exit(f"FAIL: {' '.join(cmd)} exited {r.returncode}:\n{r.stderr}")
-    return r.stdout
 
 
 def random_text(rng, words):
@@ -155,24 +139,17 @@ def main():
         cases = {"kjv passage": val[100:164],
                  "random ids": [rng.randrange(vocab) for _ in range(61)] + [vocab - 1, 0, vocab - 2]}
         for name, ids in cases.items():
-            out = os.path.join(tmp, "logits.safetensors")
-            run([st, "sample", "--ckpt", model_dir, "--prompt-ids", ",".join(map(str, ids)),
-                 "--tokens", "0", "--logits-out", out])
-            ours = load_file(out)["logits"]
-            with torch.no_grad():
-                theirs = model(torch.tensor([ids])).logits[0].numpy()
-            check(ours.shape == theirs.shape, f"{name}: logits shape {ours.shape} vs "
-                  f"{theirs.shape}")
-            rel = float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+            rel, top = logits_error(st, model, model_dir, ids, os.path.join(tmp, "l.safetensors"))
+            check(rel is not None, f"{name}: logits shapes differ")
+            if rel is None:
+                continue
             print(f"logits, {name}: max |diff| / max |logit| = {rel:.2e} "
-                  f"(max |logit| {np.abs(theirs).max():.3f}; bound {LOGITS_RTOL:.0e})")
+                  f"(max |logit| {top:.3f}; bound {LOGITS_RTOL:.0e})")
             check(rel <= LOGITS_RTOL, f"{name}: logits differ by {rel:.2e} > {LOGITS_RTOL:.0e}")
 
         # 4. Greedy generation: 8 prompt ids, 48 new ones (within the 64-token context).
         prompt, new = val[500:508], 48
-        ours = [int(x) for x in run([st, "sample", "--ckpt", model_dir, "--prompt-ids",
-                                     ",".join(map(str, prompt)), "--tokens", str(new),
-                                     "--top-k", "1", "--print-ids"]).split()]
+        ours = greedy_ids(st, model_dir, prompt, new)
         with torch.no_grad():
             theirs = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, 8,
                                     dtype=torch.long), max_new_tokens=new, do_sample=False,
