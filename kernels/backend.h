@@ -61,7 +61,8 @@ class Backend {
   virtual void gemm(const GemmDesc& d, const void* a, const void* b, void* c,
                     const void* bias = nullptr) = 0;
   // FFN up-projection: pre = A B + bias, out = gelu(pre) (kernels/elementwise.h's GELU); d
-  // has alpha 1, beta 0, c_dtype = ab_dtype. cuda fuses it into one cuBLASLt epilogue.
+  // has alpha 1, beta 0, c_dtype = ab_dtype. out is bitwise gelu_forward(pre): selective
+  // recomputation (models/gpt.h) recomputes it that way.
   virtual void gemm_bias_gelu(const GemmDesc& d, const void* a, const void* b, void* out, void* pre,
                               const void* bias) = 0;
   virtual void layernorm_forward(DType t, void* out, float* mean, float* rstd, const void* x,

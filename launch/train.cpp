@@ -191,6 +191,8 @@ std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
   // w % tp of dp rank w / tp. The device (train.device) comes with its memory and groups.
   const int tp = c.parallel().tp();
   run->dims = models::GptDims::from_config(c.model(), tp, c.parallel().sequence_parallel());
+  run->dims.recompute = models::recompute_of(c.parallel().recompute());
+  run->dims.recompute_layers = c.parallel().recompute_layers();
   // The allocation timeline (24 bytes per event, a few dozen events per step) grows with the
   // run: it is recorded only for the memory report that draws it.
   run->dev = make_run_device(c.train().device(), mpi, tp,

@@ -126,21 +126,34 @@ Gpt<S>::Gpt(const GptDims& dims, int64_t B, int64_t T, TrackingAllocator& alloc,
   inputs_ = Tensor::empty({B, T}, DType::kI32, alloc, MemCategory::kActivations, "inputs");
   for (int64_t l = 0; l <= dims.L; ++l)
     residual_.push_back(act({R, C}, dt, str_cat("residual.", l)));
+  // A block's buffers in two groups: the norms' outputs and statistics with the MLP activation
+  // (what SELECTIVE recomputes), and the GEMM and attention outputs (what it keeps). A block
+  // allocates the groups it keeps; the others are the shared recompute buffers.
+  auto allocate = [&](const std::string& p, BlockActivations& b, bool norms, bool gemms) {
+    if (norms) {
+      b.ln1 = act({N, C}, dt, p + "ln1");
+      if (!llama) b.ln1_mean = act({R}, DType::kF32, p + "ln1_mean");
+      b.ln1_rstd = act({R}, DType::kF32, p + "ln1_rstd");
+      b.ln2 = act({N, C}, dt, p + "ln2");
+      if (!llama) b.ln2_mean = act({R}, DType::kF32, p + "ln2_mean");
+      b.ln2_rstd = act({R}, DType::kF32, p + "ln2_rstd");
+      b.fch_gelu = act({N, Fl}, dt, p + "fch_gelu");
+    }
+    if (gemms) {
+      b.qkv = act({N, qkv_cols}, dt, p + "qkv");
+      b.atty = act({N, C / t}, dt, p + "atty");
+      b.lse = act({B, Hl, T}, DType::kF32, p + "attn_lse");
+      b.res2 = act({R, C}, dt, p + "res2");
+      b.fch = act({N, fc_cols}, dt, p + "fch");
+    }
+  };
+  bool any_full = false;
+  for (int64_t l = 0; l < dims.L; ++l) any_full |= dims.block_recompute(l) == Recompute::kFull;
+  if (dims.recompute != Recompute::kNone) allocate("recompute.", recomputed_, true, any_full);
   for (int64_t l = 0; l < dims.L; ++l) {
-    const std::string p = str_cat("h.", l, ".");
-    BlockActivations b;
-    b.ln1 = act({N, C}, dt, p + "ln1");
-    if (!llama) b.ln1_mean = act({R}, DType::kF32, p + "ln1_mean");
-    b.ln1_rstd = act({R}, DType::kF32, p + "ln1_rstd");
-    b.qkv = act({N, qkv_cols}, dt, p + "qkv");
-    b.atty = act({N, C / t}, dt, p + "atty");
-    b.lse = act({B, Hl, T}, DType::kF32, p + "attn_lse");
-    b.res2 = act({R, C}, dt, p + "res2");
-    b.ln2 = act({N, C}, dt, p + "ln2");
-    if (!llama) b.ln2_mean = act({R}, DType::kF32, p + "ln2_mean");
-    b.ln2_rstd = act({R}, DType::kF32, p + "ln2_rstd");
-    b.fch = act({N, fc_cols}, dt, p + "fch");
-    b.fch_gelu = act({N, Fl}, dt, p + "fch_gelu");
+    const Recompute r = dims.block_recompute(l);
+    BlockActivations b = recomputed_;  // shares the recompute buffers' storage
+    allocate(str_cat("h.", l, "."), b, r == Recompute::kNone, r != Recompute::kFull);
     blocks_.push_back(std::move(b));
   }
   lnf_ = act({N, C}, dt, "lnf");
@@ -388,7 +401,7 @@ void Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* targ
 // (reduce-scattered under sequence parallelism), then the replicated bias is added. With
 // tp == 1 the bias rides in the GEMM.
 template <class S>
-void Gpt<S>::gpt2_block_forward(int64_t l, const void* w) {
+void Gpt<S>::gpt2_block_forward(int64_t l, const void* w, bool recompute) {
   const int64_t N = B_ * T_, C = dims_.C, t = dims_.tp, R = rows_;
   const k::AttentionShape attn{B_, T_, dims_.H / t, C / dims_.H};
   const int u = int(l) + 1;
@@ -409,6 +422,7 @@ void Gpt<S>::gpt2_block_forward(int64_t l, const void* w) {
     be_.gemm_bias_gelu(d, b.ln2.data<S>(), param<S>(w, u, kFcW), b.fch_gelu.data<S>(),
                        b.fch.data<S>(), param<S>(w, u, kFcB));
   }
+  if (recompute) return;
   const S* mlp_out = row_parallel(w, u, b.fch_gelu.data<S>(), 4 * C / t, kMlpProjW, kMlpProjB);
   be_.residual_add(dt_, residual_[size_t(l) + 1].data<S>(), b.res2.data<S>(), mlp_out, R * C);
 }
@@ -418,7 +432,7 @@ void Gpt<S>::gpt2_block_forward(int64_t l, const void* w) {
 // attention, o_proj; RMSNorm of res2, gate|up (one GEMM), SwiGLU, down_proj. Row-parallel
 // outputs as GPT-2's, without biases.
 template <class S>
-void Gpt<S>::llama_block_forward(int64_t l, const void* w) {
+void Gpt<S>::llama_block_forward(int64_t l, const void* w, bool recompute) {
   const int64_t N = B_ * T_, C = dims_.C, t = dims_.tp, R = rows_, D = dims_.D();
   const int64_t Hl = dims_.H / t, KVl = kv_local(dims_), qkv_cols = (Hl + 2 * KVl) * D;
   const int64_t Fl = dims_.F / t;
@@ -436,8 +450,54 @@ void Gpt<S>::llama_block_forward(int64_t l, const void* w) {
              b.res2.data<S>());
   linear(b.fch.data<S>(), b.ln2.data<S>(), param<S>(w, u, kGate), nullptr, N, C, 2 * Fl, true);
   be_.swiglu_forward(dt_, b.fch_gelu.data<S>(), b.fch.data<S>(), N, Fl);
+  if (recompute) return;
   const S* mlp_out = row_parallel(w, u, b.fch_gelu.data<S>(), Fl, kDown, -1);
   be_.residual_add(dt_, residual_[size_t(l) + 1].data<S>(), b.res2.data<S>(), mlp_out, R * C);
+}
+
+// SELECTIVE: the norms from their inputs (the block's input and res2, both kept) and the MLP
+// activation from the kept pre-activation, by the forward's kernels: ln2 by the plain norm,
+// which is bitwise the fused residual norm of the forward applied to res2 (kernels/layernorm.h),
+// fch_gelu by gelu_forward, bitwise gemm_bias_gelu's output (kernels/backend.h). FULL: the
+// forward again, up to the MLP's output projection.
+template <class S>
+void Gpt<S>::recompute_block(int64_t l, const void* w) {
+  const bool llama = dims_.arch == Arch::kLlama;
+  switch (dims_.block_recompute(l)) {
+    case Recompute::kNone:
+      return;
+    case Recompute::kFull:
+      if (llama) {
+        llama_block_forward(l, w, true);
+      } else {
+        gpt2_block_forward(l, w, true);
+      }
+      return;
+    case Recompute::kSelective:
+      break;
+  }
+  const int u = int(l) + 1;
+  const int64_t N = B_ * T_, Fl = dims_.F / dims_.tp;
+  BlockActivations& b = blocks_[size_t(l)];
+  const S* x = residual_[size_t(l)].data<S>();
+  if (llama) {
+    layer_norm(b.ln1, b.ln1_mean, b.ln1_rstd, x, param<S>(w, u, kInNorm), nullptr);
+    layer_norm(b.ln2, b.ln2_mean, b.ln2_rstd, b.res2.data<S>(), param<S>(w, u, kPostNorm),
+               nullptr);
+    be_.swiglu_forward(dt_, b.fch_gelu.data<S>(), b.fch.data<S>(), N, Fl);
+  } else {
+    layer_norm(b.ln1, b.ln1_mean, b.ln1_rstd, x, param<S>(w, u, kLn1W), param<S>(w, u, kLn1B));
+    layer_norm(b.ln2, b.ln2_mean, b.ln2_rstd, b.res2.data<S>(), param<S>(w, u, kLn2W),
+               param<S>(w, u, kLn2B));
+    be_.gelu_forward(dt_, b.fch_gelu.data<S>(), b.fch.data<S>(), N * Fl);
+  }
+}
+
+template <class S>
+typename Gpt<S>::BackwardBuffers Gpt<S>::backward_buffers() {
+  S* dres = dres_.data<S>();
+  S* dln = dln_.data<S>();
+  return {dres, sp_ ? dres_full_.data<S>() : dres, dln, sp_ ? dln_local_.data<S>() : dln};
 }
 
 template <class S>
@@ -445,9 +505,8 @@ void Gpt<S>::backward(ParamSource& ps, float grad_weight) {
   const int64_t N = B_ * T_, C = dims_.C, L = dims_.L, t = dims_.tp;
   const int64_t Vl = dims_.Vp / t, R = rows_;
   const int32_t* targets = targets_.data<int32_t>();
-  S* dres = dres_.data<S>();                        // (R,C): this rank's rows
-  S* dln = dln_.data<S>();                          // (N,C): partial under tp
-  S* dln_local = sp_ ? dln_local_.data<S>() : dln;  // (R,C)
+  // dres (R,C): this rank's rows; dln (N,C): partial under tp; dln_local (R,C).
+  const auto [dres, dres_full, dln, dln_local] = backward_buffers();
 
   // 1. Loss and head: dlogits in place, then dlnf = dlogits @ W (partial sums under tp:
   //    all-reduced, or reduce-scattered to this rank's rows), dW += dlogits^T @ lnf, W = wte
@@ -491,11 +550,13 @@ void Gpt<S>::backward(ParamSource& ps, float grad_weight) {
   //    all of them, replicated over the tp group, without sequence parallelism).
   for (int64_t l = L - 1; l >= 0; --l) {
     const int u = int(l) + 1;
-    ps.acquire(u);
+    ps.acquire(u);  // once for the recomputation and the backward (ZeRO-3: one gather)
+    const void* w = ps.params(u);
+    recompute_block(l, w);
     if (dims_.arch == Arch::kLlama) {
-      llama_block_backward(l, ps.params(u), ps.grads(u));
+      llama_block_backward(l, w, ps.grads(u));
     } else {
-      gpt2_block_backward(l, ps.params(u), ps.grads(u));
+      gpt2_block_backward(l, w, ps.grads(u));
     }
     ps.release(u);
     ps.grads_done(u);
@@ -514,11 +575,8 @@ void Gpt<S>::gpt2_block_backward(int64_t l, const void* w, float* g) {
   const k::AttentionShape attn{B_, T_, dims_.H / t, C / dims_.H};
   const int u = int(l) + 1;
   BlockActivations& b = blocks_[size_t(l)];
-  auto grad = [&](int index) { return g + layout_[size_t(u)].params[size_t(index)].offset; };
-  S* dres = dres_.data<S>();
-  S* dres_full = sp_ ? dres_full_.data<S>() : dres;
-  S* dln = dln_.data<S>();
-  S* dln_local = sp_ ? dln_local_.data<S>() : dln;
+  auto grad = [&](int index) { return param_grad(g, u, index); };
+  const auto [dres, dres_full, dln, dln_local] = backward_buffers();
 
   // MLP: out = res2 + c_proj(gelu(c_fc(ln2(res2)))).
   gather_rows(dres, dres_full);
@@ -558,11 +616,8 @@ void Gpt<S>::llama_block_backward(int64_t l, const void* w, float* g) {
   const int64_t Fl = dims_.F / t;
   const int u = int(l) + 1;
   BlockActivations& b = blocks_[size_t(l)];
-  auto grad = [&](int index) { return g + layout_[size_t(u)].params[size_t(index)].offset; };
-  S* dres = dres_.data<S>();
-  S* dres_full = sp_ ? dres_full_.data<S>() : dres;
-  S* dln = dln_.data<S>();
-  S* dln_local = sp_ ? dln_local_.data<S>() : dln;
+  auto grad = [&](int index) { return param_grad(g, u, index); };
+  const auto [dres, dres_full, dln, dln_local] = backward_buffers();
 
   // MLP: out = res2 + down(silu(gate(ln2)) * up(ln2)), ln2 = RMSNorm(res2).
   gather_rows(dres, dres_full);

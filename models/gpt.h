@@ -9,7 +9,8 @@
 //
 // Pre-LN block: x -> LN1 -> c_attn -> causal attention -> c_proj -> +x -> LN2 -> c_fc -> GELU
 // -> c_proj -> +. Every buffer a backward needs is saved in BlockActivations; nothing is
-// recomputed except the attention scores (flash-style, kernels/attention.h).
+// recomputed except the attention scores (flash-style, kernels/attention.h), unless
+// parallel.recompute asks for more (Recompute below).
 //
 // Llama (dims.arch): the same pre-norm block with RMSNorm, q|k|v = one GEMM with the three
 // (out, in) weights (adjacent in the unit: one matrix), RoPE on q and k in place, grouped-query
@@ -50,9 +51,18 @@ constexpr double kGptLayerNormEps = 1e-5;
 
 // The block type (model.arch). GPT2: learned positions, LayerNorm, GELU MLP, biases, tied head.
 // LLAMA: rotary positions, RMSNorm, SwiGLU MLP, grouped-query attention, no biases, an untied
-// head (unless tie_embeddings). The Llama layout (units, names, slices) exists; the Llama
-// forward/backward does not yet (validate_config refuses arch LLAMA for every command).
+// head (unless tie_embeddings).
 enum class Arch : uint8_t { kGpt2, kLlama };
+
+// Activation recomputation (parallel.recompute). NONE: a block keeps every buffer its backward
+// reads. SELECTIVE: it keeps the outputs of its GEMMs and of the attention (qkv, atty and its
+// logsumexp, res2, fch) and recomputes, just before its backward, what is cheap: both norms'
+// outputs and statistics and the MLP activation (fch_gelu). FULL: it keeps nothing but its
+// input (the residual stream) and runs its forward again just before its backward. The
+// recomputed buffers are one set shared by all blocks; every recomputation runs the forward's
+// own kernels on the forward's own inputs, so results are bitwise those of NONE.
+enum class Recompute : uint8_t { kNone, kSelective, kFull };
+Recompute recompute_of(proto::Recompute r);
 
 struct GptDims {
   int64_t L;       // layers
@@ -72,8 +82,15 @@ struct GptDims {
   double rope_theta = 10000, norm_eps = 1e-5;  // LLAMA
   double rope_factor = 0, rope_low = 1, rope_high = 4;  // LLAMA 3.1 rescaling (0: none)
   int64_t rope_original = 8192;
+  Recompute recompute = Recompute::kNone;
+  int64_t recompute_layers = 0;  // FULL: the first N blocks recompute (0: all of them)
   static GptDims from_config(const proto::ModelConfig& m, int tp = 1, bool sp = false);
   int64_t D() const { return C / H; }
+  // What block l recomputes: `recompute`, except NONE for blocks past recompute_layers.
+  Recompute block_recompute(int64_t l) const {
+    const bool past = recompute == Recompute::kFull && recompute_layers > 0 && l >= recompute_layers;
+    return past ? Recompute::kNone : recompute;
+  }
 };
 
 enum class ParamInit : uint8_t { kNormal, kResidualNormal, kZero, kOne };
@@ -135,9 +152,10 @@ class ParamSource {
   virtual void grads_done(int unit) = 0;     // the unit's backward finished
 };
 
-// What one block saves for its backward. Shapes for N = B*T rows: ln*, atty, res2 (N,C);
+// What one block's backward reads. Shapes for N = B*T rows: ln*, atty, res2 (N,C);
 // qkv (N,3C); fch, fch_gelu (N,4C); *_mean, *_rstd (N) fp32; lse (B,H,T) fp32. Llama: qkv
 // (N,(H+2KV)D) after RoPE, fch = gate|up (N,2F), fch_gelu = silu(gate) up (N,F), no means.
+// Under recomputation the recomputed members are the shared recompute buffers (Recompute).
 struct BlockActivations {
   Tensor ln1, ln1_mean, ln1_rstd, qkv, atty, lse, res2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu;
 };
@@ -196,11 +214,25 @@ class Gpt {
                   const S* bias, const S* add = nullptr, S* res = nullptr);
   void norm_backward(S* dx, float* dweight, float* dbias, const S* dout, const S* x,
                      const S* weight, Tensor& mean, Tensor& rstd);
-  // One block's forward / backward: GPT-2's and Llama's.
-  void gpt2_block_forward(int64_t l, const void* w);
-  void llama_block_forward(int64_t l, const void* w);
+  // One block's forward / backward: GPT-2's and Llama's. With `recompute` (FULL, inside the
+  // backward) the forward stops once every buffer the backward reads exists, before the MLP's
+  // output projection.
+  void gpt2_block_forward(int64_t l, const void* w, bool recompute = false);
+  void llama_block_forward(int64_t l, const void* w, bool recompute = false);
+  // Refills what block l recomputes (dims.block_recompute) just before its backward.
+  void recompute_block(int64_t l, const void* w);
   void gpt2_block_backward(int64_t l, const void* w, float* g);
   void llama_block_backward(int64_t l, const void* w, float* g);
+  // What both block backwards start from: dLoss/d(residual) on this rank's rows and its
+  // all-gathered form (the same buffer without sequence parallelism), the norm-input gradient
+  // (N rows, partial under tp) and its reduced rows here; and parameter `index`'s gradient.
+  struct BackwardBuffers {
+    S *dres, *dres_full, *dln, *dln_local;
+  };
+  BackwardBuffers backward_buffers();
+  float* param_grad(float* g, int unit, int index) const {
+    return g + layout_[size_t(unit)].params[size_t(index)].offset;
+  }
   // The row-parallel projection of a block (c_proj / o_proj / down_proj): out = in W (+ bias)
   // over this rank's slice, summed over the tp group (reduce-scattered to this rank's rows
   // under sequence parallelism). Returns the (R, C) result.
@@ -231,6 +263,7 @@ class Gpt {
   std::vector<UnitLayout> layout_;
   std::vector<Tensor> residual_;  // L+1 of (B,T,C): the stream entering each block, and out
   std::vector<BlockActivations> blocks_;
+  BlockActivations recomputed_;  // the shared recompute buffers (parallel.recompute)
   Tensor lnf_, lnf_mean_, lnf_rstd_, logits_, losses_, loss_lse_, loss_sum_;
   Tensor inputs_, targets_;
   // Workspace reused by every block: backward scratch, and the sequence-parallel row buffers

@@ -29,6 +29,12 @@ uint64_t fnv1a(const std::string& s) {
 
 }  // namespace
 
+Recompute recompute_of(proto::Recompute r) {
+  return r == proto::FULL ? Recompute::kFull
+         : r == proto::SELECTIVE ? Recompute::kSelective
+                                 : Recompute::kNone;
+}
+
 GptDims GptDims::from_config(const proto::ModelConfig& m, int tp, bool sp) {
   GptDims d;
   d.sequence_parallel = sp && tp > 1;

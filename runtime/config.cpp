@@ -303,6 +303,12 @@ void validate_config(const Config& c, int world_size, ValidateFor purpose) {
           str_cat("needs data.micro_batch x model.seq_len (",
                   int64_t(c.data().micro_batch()) * m.seq_len(),
                   " rows) divisible by parallel.tp (", p.tp(), ")"));
+  require(p.recompute_layers() >= 0 && p.recompute_layers() <= m.n_layer(),
+          "parallel.recompute_layers",
+          str_cat("must be between 0 (all) and model.n_layer (", m.n_layer(), "), got ",
+                  p.recompute_layers()));
+  require(p.recompute_layers() == 0 || p.recompute() == proto::FULL, "parallel.recompute_layers",
+          "needs parallel.recompute FULL");
   if (world_size > 0) {
     require(world_size % p.tp() == 0, "parallel.tp",
             str_cat("(", p.tp(), ") must divide the world size (", world_size, " ranks)"));

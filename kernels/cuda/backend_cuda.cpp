@@ -63,14 +63,6 @@ struct World {
   void gemm(const GemmDesc& d, const void* a, const void* b, void* c, const void* bias) {
     lt->gemm(d, a, b, c, bias, stream());
   }
-  // cuBLASLt's GELU_AUX_BIAS epilogue (one pass over the output instead of three) where its
-  // shape rules allow: batch 1, n % 8 == 0.
-  bool gemm_bias_gelu(const GemmDesc& d, const void* a, const void* b, void* out, void* pre,
-                      const void* bias) {
-    if (d.shape.batch != 1 || d.shape.n % 8 != 0) return false;
-    lt->gemm_bias_gelu(d, a, b, out, pre, bias, stream());
-    return true;
-  }
 };
 
 #include "kernels/gpu_backend.inc"

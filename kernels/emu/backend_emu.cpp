@@ -40,10 +40,6 @@ struct World {
   void gemm(const GemmDesc& d, const void* a, const void* b, void* c, const void* bias) {
     cpu_backend().gemm(d, a, b, c, bias);
   }
-  // No cuBLASLt epilogue under the emulator: the GEMM, then the GELU kernel.
-  bool gemm_bias_gelu(const GemmDesc&, const void*, const void*, void*, void*, const void*) {
-    return false;
-  }
 };
 
 #include "kernels/gpu_backend.inc"

@@ -28,6 +28,9 @@ small GPT and compares what the runs report (metrics JSON lines, exported weight
                    cuda_emu run both ways.
   kv_replicated    (--arch llama) tp 4 > n_kv_head 2, each K/V head replicated on 2 tp ranks
                    (ZeRO 3; ZeRO 1 with sequence parallelism) equals np=1 as tp_equivalence.
+  recompute        parallel.recompute NONE / SELECTIVE / FULL bitwise equal (np 2 ZeRO 3 with
+                   accumulation, tp 2 + sequence parallel, bf16, cuda-emu bf16 and f16, FULL on 2
+                   of 3 blocks), each holding fewer activation bytes than the mode before.
   metrics          the throughput fields on cpu (np 2: dp 2, tp 2) and cuda-emu (np 1, bf16):
                    tflops = model FLOPs (6 N + 12 L C T per token, computed here from the
                    config) x tokens per step / step time / world size, to 1e-6; eta_s = steps
@@ -394,6 +397,51 @@ def tp_equivalence(env):
         (1e-5, 1e-5, 1e-5))
 
 
+def recompute(env):
+    """parallel.recompute NONE / SELECTIVE / FULL train bitwise alike: the same losses, grad
+    norms and exported weights, every recomputation running the forward's kernels on the
+    forward's inputs (models/gpt.h, Recompute). Layouts: np 2 ZeRO 3 with 2 micro-steps; tp 2
+    with sequence parallelism (the norms' all-gathers and the row-parallel reduce-scatters run
+    again inside the backward); bf16 at ZeRO 2; the GPU code path (cuda-emu, bf16 and f16); and
+    FULL on the first 2 of 3 blocks (recompute_layers). A mode that recomputed nothing would
+    pass the equality, so each must also hold fewer activation bytes than the one before it
+    (the exact bytes are memory.recompute's)."""
+    failures = []
+    emu = ["model.d_model=128", "model.n_head=2", "data.micro_batch=2", "train.steps=4",
+           "train.device=cuda-emu"]
+    if ARCH == "llama":  # head_dim 64 with grouped-query attention on the GPU path
+        emu[0:2] = ["model.d_model=256", "model.n_head=4"]
+    modes = [["parallel.recompute=NONE"], ["parallel.recompute=SELECTIVE"],
+             ["parallel.recompute=FULL"]]
+    layouts = [
+        (2, ["parallel.zero_stage=3", "data.grad_accum=2", "data.micro_batch=2"], modes),
+        (2, ["parallel.tp=2", "parallel.sequence_parallel=true", "parallel.zero_stage=1"], modes),
+        (2, ["precision.compute=BF16", "parallel.zero_stage=2"], modes),
+        (1, ["precision.compute=BF16"] + emu, modes),
+        (2, ["precision.compute=F16", "parallel.zero_stage=3"] + emu, modes),
+        (2, ["parallel.zero_stage=3", "model.n_layer=3"],
+         [modes[0], ["parallel.recompute=FULL", "parallel.recompute_layers=2"]]),
+    ]
+    for np_, sets, cases in layouts:
+        runs = [(case, env.run(np_, sets + case)) for case in cases]
+        (ref_case, (ref_lines, ref_w, _)) = runs[0]
+        prev = None
+        for case, (lines, w, _) in runs:
+            acts = lines[-1]["mem_live_bytes"]["activations"]
+            same = ([a["loss"] for a in lines] == [b["loss"] for b in ref_lines] and
+                    [a["grad_norm"] for a in lines] == [b["grad_norm"] for b in ref_lines] and
+                    w == ref_w and len(lines) == len(ref_lines) > 0)
+            print(f"np={np_} {' '.join(sets)} {' '.join(case)}: activations {acts} bytes; "
+                  f"losses, grad norms and weights bitwise equal to {ref_case[0]}: {same}")
+            if not same:
+                failures.append(f"np={np_} {sets}: {case} differs from {ref_case}")
+            if prev is not None and not acts < prev:
+                failures.append(f"np={np_} {sets}: {case} holds {acts} activation bytes, not "
+                                f"fewer than the mode before it ({prev})")
+            prev = acts
+    return failures
+
+
 def kv_replicated(env):
     # Llama with tp 4 > n_kv_head 2: each K/V head on 2 tp ranks (models/gpt_layout.cpp,
     # TpSplit::kRowGroups), its gradient summed over them and counted once in the norm. Against
@@ -675,6 +723,7 @@ def main():
             "tp_equivalence": lambda: tp_equivalence(env),
             "cuda_emu": lambda: cuda_emu(env),
             "kv_replicated": lambda: kv_replicated(env),
+            "recompute": lambda: recompute(env),
             "cuda_gpu": lambda: cuda_gpu(env),
             "metrics": lambda: metrics(env),
         }
