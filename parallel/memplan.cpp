@@ -44,7 +44,10 @@ models::GptDims plan_dims(const MemPlanInput& in) {
     if (in.F > 0) m.set_ffn_hidden(int32_t(in.F));
     m.set_tie_embeddings(in.tied);
   }
-  return models::GptDims::from_config(m, in.tp, in.sequence_parallel && in.tp > 1);
+  models::GptDims d = models::GptDims::from_config(m, in.tp, in.sequence_parallel && in.tp > 1);
+  d.recompute = models::recompute_of(in.recompute);
+  d.recompute_layers = in.recompute_layers;
+  return d;
 }
 
 std::vector<int64_t> unit_numels(const MemPlanInput& in) {
@@ -205,18 +208,29 @@ void replay_backward(EngineReplay& e, int L, bool tied) {
 
 // Activations and workspace: the tensors models::Gpt's constructor allocates.
 //
-// Per transformer layer (N = B*T rows, e bytes per compute element) Gpt saves residual (the
-// block's input), ln1, qkv (3), atty, res2, ln2, fch (4) and fch_gelu (4): 16 N C elements,
-// plus fp32 LayerNorm mean/rstd (4 x 4N bytes) and the flash-attention logsumexp (B,H,T) fp32
-// (4 H N bytes):  s b h (16 e) + s b (16 + 4 a)  bytes, in Korthikanti et al.'s letters.
-// Their 16-bit count is s b h (34 + 5 a s / h): the same 16 sbh elements (32 sbh bytes: LN
-// inputs and outputs, Q K V, attention output, fc1 output and GELU output) plus 2 sbh of
-// dropout masks that shardtrain does not have (no dropout), plus 5 a s^2 b for the scores,
-// softmax and its dropout mask that flash attention never stores (it recomputes them from
-// Q, K and the logsumexp). With e = 2 the per-layer difference is therefore
-// -2 sbh - 5 a s^2 b + s b (16 + 4 a). Outside the layers: the final residual and ln_f
-// (2 N C e + 8N), the logits (N Vp e), per-token losses and logsumexp (8N), the loss sum (8
-// bytes), and the int32 inputs and targets (8N).
+// Per transformer layer (N = B*T rows, e bytes per compute element) Gpt saves, besides the
+// block's input (the residual stream, kept in every mode), two groups (models/gpt.h, Recompute):
+//   norms + activation:  ln1, ln2 (N C e each), fch_gelu (4 N C e), and the fp32 LayerNorm
+//                        mean and rstd of both (4 x 4N bytes):    s b h (6 e) + 16 s b
+//   GEMM/attention out:  qkv (3 N C e), atty (N C e), res2 (N C e), fch (4 N C e) and the
+//                        flash-attention logsumexp (B,H,T) fp32:  s b h (9 e) + 4 a s b
+// in Korthikanti et al.'s letters (s b = N, h = C, a = H). NONE keeps both groups for every
+// layer: s b h (16 e) + s b (16 + 4 a) with the input. Their 16-bit count is s b h (34 + 5 a s
+// / h): the same 16 sbh elements (32 sbh bytes: LN inputs and outputs, Q K V, attention
+// output, fc1 output and GELU output) plus 2 sbh of dropout masks that shardtrain does not
+// have (no dropout), plus 5 a s^2 b for the scores, softmax and its dropout mask that flash
+// attention never stores (it recomputes them from Q, K and the logsumexp). With e = 2 the
+// per-layer difference is therefore -2 sbh - 5 a s^2 b + s b (16 + 4 a).
+// SELECTIVE keeps the second group and the input per layer, and one shared copy of the first
+// (recomputed just before each block's backward): L (s b h (10 e) + 4 a s b) + s b h (6 e) +
+// 16 s b, i.e. 20 sbh per 16-bit layer where Korthikanti's selective recompute (of the
+// attention core, which flash attention here recomputes anyway) keeps 34 sbh.
+// FULL on n of the L blocks (parallel.recompute_layers, 0 = all) keeps only the input of those
+// n (s b h e per layer: Korthikanti's 2 sbh), both groups of the others, and one shared copy
+// of both groups: (L - n + 1) (s b h (15 e) + s b (16 + 4 a)) besides the inputs.
+// Outside the layers: the final residual and ln_f (2 N C e + 8N), the logits (N Vp e),
+// per-token losses and logsumexp (8N), the loss sum (8 bytes), and the int32 inputs and
+// targets (8N).
 //
 // Tensor parallel (models::Gpt, Megatron-style; Korthikanti Table 2): qkv, atty, fch,
 // fch_gelu, the logsumexp and the logits are split by tp (heads / columns / vocabulary);
@@ -230,65 +244,47 @@ void replay_backward(EngineReplay& e, int L, bool tied) {
 // GPU backends' one kernel scratch buffer ("kernel_workspace": the deterministic partial sums
 // of the LayerNorm, bias and attention backward kernels), which the cpu backend does not have.
 //
-// Llama (models::Gpt with arch LLAMA) saves per layer ln1, ln2 (N,C), res2 (R,C), the RMSNorm
-// rstd of both (R) fp32 (no means), qkv after RoPE (N, (H + 2 KV) D / t), atty (N,C/t), the
-// logsumexp, gate|up (N, 2F/t) and the SwiGLU output (N, F/t): with KV = H and F = 4C/3 that is
-// s b h (16 e) bytes again. Outside the layers as GPT-2 (only rstd for the final norm) plus
-// RoPE's cos/sin table (T, D/2, 2) fp32; no position table. Workspace: GPT-2's buffers at
-// Llama's widths (d_qkv, d_fch = d gate|up) plus d_act (N, F/t).
-void plan_llama_activations(const MemPlanInput& in, const models::GptDims& d, CategoryBytes& b) {
+// Llama (models::Gpt with arch LLAMA) has the same two groups at its widths: ln1, ln2 (N,C),
+// the RMSNorm rstd of both (R) fp32 (no means) and the SwiGLU output (N, F/t); qkv after RoPE
+// (N, (H + 2 KV) D / t), atty (N,C/t), res2 (R,C), the logsumexp and gate|up (N, 2F/t): with
+// KV = H and F = 4C/3 that is s b h (16 e) bytes again. Outside the layers as GPT-2 (only rstd
+// for the final norm) plus RoPE's cos/sin table (T, D/2, 2) fp32; no position table.
+// Workspace: GPT-2's buffers at Llama's widths (d_qkv, d_fch = d gate|up) plus d_act (N, F/t).
+void plan_activations(const MemPlanInput& in, CategoryBytes& b) {
+  const models::GptDims d = plan_dims(in);
+  const bool llama = in.llama;
   const int64_t e = dtype_bytes(in.compute), t = in.tp, N = in.B * in.T, C = in.C;
   const bool sp = in.sequence_parallel && t > 1;
-  const int64_t R = sp ? N / t : N;
+  const int64_t R = sp ? N / t : N;  // rows of the norm / residual regions
   const int64_t f32 = 4, i32 = 4, D = d.D();
   const int64_t kvl = d.KV % t == 0 ? d.KV / t : 1, qkv = (d.H / t + 2 * kvl) * D;
-  const int64_t Fl = d.F / t;
-  int64_t acts = 2 * N * i32;                                 // inputs, targets (B,T)
-  acts += (in.L + 1) * R * C * e;                             // residual stream, L+1 of (R,C)
-  const int64_t per_layer = 2 * N * C * e                     // ln1, ln2 (N,C)
-                            + R * C * e                       // res2 (R,C)
-                            + 2 * R * f32                     // ln1/ln2 rstd (R) fp32
-                            + N * qkv * e + N * (C / t) * e   // qkv, atty
-                            + in.B * (in.H / t) * in.T * f32  // lse (B,H,T) fp32
-                            + N * 2 * Fl * e + N * Fl * e;    // gate|up, SwiGLU output
-  acts += in.L * per_layer;
-  acts += N * C * e + R * f32;             // lnf (N,C), its rstd (R)
-  acts += N * (vocab_padded(in) / t) * e;  // logits (N,Vp)
-  acts += 2 * N * f32 + 8;                 // losses, loss_lse (N); the loss sum (one double)
-  acts += in.T * D * f32;                  // the RoPE table (T, D/2, 2)
-  b[size_t(kActs)] = acts;
-  // d_residual (R,C); d_ln, d_proj_out (N,C); d_atty, d_qkv, d_fch (gate|up), d_act.
-  int64_t work = R * C * e + 2 * N * C * e + N * (C / t + qkv + 2 * Fl + Fl) * e;
-  if (sp) work += 3 * R * C * e + N * C * e;
-  if (t > 1) work += 3 * N * 8;  // vocab-parallel cross-entropy: row max, target, sum (N doubles)
-  b[size_t(kWork)] = work;
-}
-
-void plan_activations(const MemPlanInput& in, CategoryBytes& b) {
-  if (in.llama) {
-    plan_llama_activations(in, plan_dims(in), b);
-    return;
+  const int64_t Fl = d.F / t, fc = llama ? 2 * Fl : Fl;  // MLP width; its input GEMM's output
+  const int64_t stats = llama ? 1 : 2;                     // rstd (and the LayerNorm mean)
+  const int64_t norms = 2 * N * C * e                      // ln1, ln2 (N,C)
+                        + 2 * stats * R * f32              // their statistics (R) fp32
+                        + N * Fl * e;                      // GELU / SwiGLU output
+  const int64_t gemms = N * qkv * e + N * (C / t) * e      // qkv, atty
+                        + in.B * (in.H / t) * in.T * f32   // lse (B,H,T) fp32
+                        + R * C * e                        // res2 (R,C)
+                        + N * fc * e;                      // fch: c_fc / gate|up output
+  int64_t acts = 2 * N * i32;      // inputs, targets (B,T)
+  acts += (in.L + 1) * R * C * e;  // residual stream, L+1 of (R,C)
+  bool any_full = false;
+  for (int64_t l = 0; l < in.L; ++l) {
+    const models::Recompute r = d.block_recompute(l);
+    any_full |= r == models::Recompute::kFull;
+    if (r == models::Recompute::kNone) acts += norms;
+    if (r != models::Recompute::kFull) acts += gemms;
   }
-  const int64_t e = dtype_bytes(in.compute), t = in.tp, N = in.B * in.T, C = in.C;
-  const bool sp = in.sequence_parallel && t > 1;
-  const int64_t R = sp ? N / t : N;  // rows of the LayerNorm / residual regions
-  const int64_t f32 = 4, i32 = 4;
-  int64_t acts = 2 * N * i32;                  // inputs, targets (B,T)
-  acts += (in.L + 1) * R * C * e;              // residual stream, L+1 of (R,C)
-  const int64_t per_layer = 2 * N * C * e      // ln1, ln2 (N,C)
-                            + R * C * e        // res2 (R,C)
-                            + 2 * 2 * R * f32  // ln1/ln2 mean and rstd (R) fp32
-                            + N * (3 * C / t) * e + N * (C / t) * e  // qkv (N,3C), atty (N,C)
-                            + in.B * (in.H / t) * in.T * f32         // lse (B,H,T) fp32
-                            + 2 * N * (4 * C / t) * e;               // fch, fch_gelu (N,4C)
-  acts += in.L * per_layer;
-  acts += N * C * e + 2 * R * f32;         // lnf (N,C), its mean and rstd (R)
+  if (d.recompute != models::Recompute::kNone) acts += norms + (any_full ? gemms : 0);
+  acts += N * C * e + stats * R * f32;     // the final norm (N,C), its statistics (R)
   acts += N * (vocab_padded(in) / t) * e;  // logits (N,Vp)
   acts += 2 * N * f32 + 8;                 // losses, loss_lse (N); the loss sum (one double)
+  if (llama) acts += in.T * D * f32;       // the RoPE table (T, D/2, 2)
   b[size_t(kActs)] = acts;
-  // Backward scratch: d_residual (R,C); d_ln, d_proj_out (N,C); d_atty (N,C), d_qkv (N,3C),
-  // d_fch (N,4C) split by tp; sequence parallel: 3 x (R,C) + (N,C).
-  int64_t work = R * C * e + 2 * N * C * e + N * ((C + 3 * C + 4 * C) / t) * e;
+  // Backward scratch: d_residual (R,C); d_ln, d_proj_out (N,C); d_atty (N,C/t), d_qkv, d_fch
+  // (and Llama's d_act); sequence parallel: 3 x (R,C) + (N,C).
+  int64_t work = R * C * e + 2 * N * C * e + N * (C / t + qkv + fc + (llama ? Fl : 0)) * e;
   if (sp) work += 3 * R * C * e + N * C * e;
   if (t > 1) work += 3 * N * 8;  // vocab-parallel cross-entropy: row max, target, sum (N doubles)
   b[size_t(kWork)] = work;
@@ -316,6 +312,8 @@ MemPlanInput MemPlanInput::from_config(const proto::Config& c, int world) {
   in.zero_stage = c.parallel().zero_stage();
   in.sequence_parallel = c.parallel().sequence_parallel();
   in.overlap = c.parallel().overlap();
+  in.recompute = c.parallel().recompute();
+  in.recompute_layers = c.parallel().recompute_layers();
   in.eval = c.train().eval_every() > 0;
   auto dt = [](proto::DType d) {
     return d == proto::BF16 ? DType::kBF16 : d == proto::F16 ? DType::kF16 : DType::kF32;

@@ -43,6 +43,8 @@ struct MemPlanInput {
   int world = 1, tp = 1, zero_stage = 0;
   bool sequence_parallel = false;
   bool overlap = true;  // parallel.overlap: reductions issued during the backward
+  proto::Recompute recompute = proto::NONE;  // parallel.recompute
+  int64_t recompute_layers = 0;              // FULL: the first N blocks (0: all)
   bool eval = true;     // validation forwards between steps (train.eval_every > 0)
   DType compute = DType::kF32;
   DType grad = DType::kF32;  // gradient buffers: fp32, or 16-bit (precision.grad_accum_dtype)

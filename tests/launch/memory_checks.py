@@ -1,6 +1,9 @@
 """Memory planner vs measured memory, and the memory report's HTML page; each a ctest case.
 
-  match  --np N   (--arch llama: the same on the Llama form of the model) train a small GPT for 2 steps at ZeRO stages 0-3 in fp32 and bf16 (and bf16
+  match  --np N   (--arch llama: the same on the Llama form of the model; --recompute: with
+                  parallel.recompute SELECTIVE, FULL and FULL on the first block, each in fp32
+                  ZeRO 0, bf16 ZeRO 3 and bf16 tp 2 + sequence parallel ZeRO 2, instead of the
+                  layouts below) train a small GPT for 2 steps at ZeRO stages 0-3 in fp32 and bf16 (and bf16
                   with tensor parallelism tp = 2, without and with sequence parallelism) with
                   --memory-report, and compare with `memplan --format json` for the same config
                   and world: model states (params, grads, master_params, optimizer_state) live
@@ -89,46 +92,62 @@ def memplan(exe, config, np, sets):
     return json.loads(run(cmd).stdout)
 
 
-def match(exe, tmp, np, arch=""):
+# --recompute: each recomputation mode (FULL also on the first block only) in three layouts.
+RECOMPUTE_MODES = (["parallel.recompute=SELECTIVE"], ["parallel.recompute=FULL"],
+                   ["parallel.recompute=FULL", "parallel.recompute_layers=1"])
+
+
+def layouts(recompute):
+    """(compute, tp, sequence parallel, ZeRO stage, extra sets) of each run to compare."""
+    if not recompute:
+        return [(compute, tp, sp, stage, [])
+                for compute, tp, sp in (("F32", 1, 0), ("BF16", 1, 0), ("F16", 1, 0),
+                                        ("BF16", 2, 0), ("BF16", 2, 1))
+                for stage in (0, 1, 2, 3)]
+    return [(compute, tp, sp, stage, mode) for mode in RECOMPUTE_MODES
+            for compute, tp, sp, stage in (("F32", 1, 0, 0), ("BF16", 1, 0, 3),
+                                           ("BF16", 2, 1, 2))]
+
+
+def match(exe, tmp, np, arch="", recompute=False):
     config = make_config(tmp, arch)
     failures = []
-    for compute, tp, sp in (("F32", 1, 0), ("BF16", 1, 0), ("F16", 1, 0), ("BF16", 2, 0),
-                            ("BF16", 2, 1)):
-        for stage in (0, 1, 2, 3):
-            sets = [f"parallel.zero_stage={stage}", f"precision.compute={compute}",
-                    f"parallel.tp={tp}", f"parallel.sequence_parallel={'true' if sp else 'false'}"]
-            plan = memplan(exe, config, np, sets)
-            lines, report, _, _ = train_with_report(exe, config, tmp, np, sets,
-                                                    f"{compute}_tp{tp}_sp{sp}_s{stage}")
-            steady, peak = plan["steady_bytes"], plan["rank_bytes"]
-            label = f"np={np} tp={tp}{' sp' if sp else ''} {compute} stage {stage}"
-            # 1. Model states, exact: rank 0's metrics after the last step, and every rank's
-            #    live bytes at the end of the run (the engine still holds them).
-            live0 = lines[-1]["mem_live_bytes"]
-            for cat in MODEL_STATES:
-                if live0[cat] != steady[cat]:
-                    failures.append(f"{label} {cat}: metrics live {live0[cat]} != memplan "
-                                    f"{steady[cat]}")
-                for r in report["ranks"]:
-                    if r["live"][cat] != steady[cat]:
-                        failures.append(f"{label} rank {r['rank']} {cat}: live {r['live'][cat]} "
-                                        f"!= memplan {steady[cat]}")
-            # 2. Peaks, exact, on every rank: each category's own peak and the peak total.
+    for n, (compute, tp, sp, stage, extra) in enumerate(layouts(recompute)):
+        sets = [f"parallel.zero_stage={stage}", f"precision.compute={compute}",
+                f"parallel.tp={tp}", f"parallel.sequence_parallel={'true' if sp else 'false'}"]
+        sets += extra
+        plan = memplan(exe, config, np, sets)
+        lines, report, _, _ = train_with_report(exe, config, tmp, np, sets, f"run{n}")
+        steady, peak = plan["steady_bytes"], plan["rank_bytes"]
+        label = (f"np={np} tp={tp}{' sp' if sp else ''} {compute} stage {stage}"
+                 f"{' ' + ' '.join(extra) if extra else ''}")
+        # 1. Model states, exact: rank 0's metrics after the last step, and every rank's
+        #    live bytes at the end of the run (the engine still holds them).
+        live0 = lines[-1]["mem_live_bytes"]
+        for cat in MODEL_STATES:
+            if live0[cat] != steady[cat]:
+                failures.append(f"{label} {cat}: metrics live {live0[cat]} != memplan "
+                                f"{steady[cat]}")
             for r in report["ranks"]:
-                for cat in CATEGORIES:
-                    if r["peak"][cat] != peak[cat]:
-                        failures.append(f"{label} rank {r['rank']} {cat}: peak {r['peak'][cat]} "
-                                        f"!= memplan {peak[cat]}")
-                if r["peak_total"] != peak["total"]:
-                    failures.append(f"{label} rank {r['rank']} peak total {r['peak_total']} "
-                                    f"!= memplan {peak['total']}")
-            states = "; ".join(f"{c} {live0[c]} (plan {steady[c]})" for c in MODEL_STATES)
-            diffs = ", ".join(f"{c} {report['comparison'][c]['difference']:+d}"
-                              for c in CATEGORIES + ("total",))
-            print(f"{label}: model states {states}; activations peak "
-                  f"{report['comparison']['activations']['measured']} (plan "
-                  f"{peak['activations']}); peak total {report['comparison']['total']['measured']} "
-                  f"(plan {peak['total']}); measured - predicted peaks: {diffs}")
+                if r["live"][cat] != steady[cat]:
+                    failures.append(f"{label} rank {r['rank']} {cat}: live {r['live'][cat]} "
+                                    f"!= memplan {steady[cat]}")
+        # 2. Peaks, exact, on every rank: each category's own peak and the peak total.
+        for r in report["ranks"]:
+            for cat in CATEGORIES:
+                if r["peak"][cat] != peak[cat]:
+                    failures.append(f"{label} rank {r['rank']} {cat}: peak {r['peak'][cat]} "
+                                    f"!= memplan {peak[cat]}")
+            if r["peak_total"] != peak["total"]:
+                failures.append(f"{label} rank {r['rank']} peak total {r['peak_total']} "
+                                f"!= memplan {peak['total']}")
+        states = "; ".join(f"{c} {live0[c]} (plan {steady[c]})" for c in MODEL_STATES)
+        diffs = ", ".join(f"{c} {report['comparison'][c]['difference']:+d}"
+                          for c in CATEGORIES + ("total",))
+        print(f"{label}: model states {states}; activations peak "
+              f"{report['comparison']['activations']['measured']} (plan "
+              f"{peak['activations']}); peak total {report['comparison']['total']['measured']} "
+              f"(plan {peak['total']}); measured - predicted peaks: {diffs}")
     return failures
 
 
@@ -209,12 +228,14 @@ def main():
     ap.add_argument("--np", type=int, default=2)
     ap.add_argument("--screenshot", default=None)
     ap.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2")
+    ap.add_argument("--recompute", action="store_true")
     a = ap.parse_args()
     os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
     os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     with tempfile.TemporaryDirectory() as tmp:
         if a.check == "match":
-            failures = match(a.shardtrain, tmp, a.np, LLAMA if a.arch == "llama" else "")
+            failures = match(a.shardtrain, tmp, a.np, LLAMA if a.arch == "llama" else "",
+                             a.recompute)
         else:
             failures = html(a.shardtrain, tmp, a.screenshot)
     for f in failures:
