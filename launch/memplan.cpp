@@ -27,6 +27,14 @@ const char* proto_dtype_name(proto::DType d) {
   return d == proto::BF16 ? "BF16" : d == proto::F16 ? "F16" : "F32";
 }
 
+// ", recompute FULL (first 4 blocks)", or nothing for NONE.
+std::string recompute_text(const nlohmann::json& layout) {
+  const std::string mode = layout["recompute"].get<std::string>();
+  if (mode == "NONE") return "";
+  const int64_t n = layout["recompute_layers"].get<int64_t>();
+  return str_cat(", recompute ", mode, n > 0 ? str_cat(" (first ", n, " blocks)") : "");
+}
+
 void print_text(const nlohmann::json& j, const Config& c) {
   const auto& L = j["layout"];
   std::printf("model: %d layers, %d heads, width %d, vocab %d, context %d: %lld parameters\n",
@@ -34,11 +42,11 @@ void print_text(const nlohmann::json& j, const Config& c) {
               c.model().seq_len(), (long long)j["num_params"].get<int64_t>());
   std::printf(
       "layout: %d ranks = dp %d x tp %d, ZeRO stage %d, %s compute, %s gradients, "
-      "micro-batch %d x %d tokens%s\n\n",
+      "micro-batch %d x %d tokens%s%s\n\n",
       L["world"].get<int>(), L["dp"].get<int>(), L["tp"].get<int>(), L["zero_stage"].get<int>(),
       L["compute"].get<std::string>().c_str(), L["grad_dtype"].get<std::string>().c_str(),
       L["micro_batch"].get<int>(), L["seq_len"].get<int>(),
-      L["sequence_parallel"].get<bool>() ? ", sequence parallel" : "");
+      L["sequence_parallel"].get<bool>() ? ", sequence parallel" : "", recompute_text(L).c_str());
   std::printf("bytes per rank      %14s %14s %14s\n", "peak", "steady", "at total peak");
   for (int cat = 0; cat < kNumMemCategories; ++cat) {
     const char* name = mem_category_name(MemCategory(cat));
@@ -56,13 +64,16 @@ void print_text(const nlohmann::json& j, const Config& c) {
   const int64_t device = j["device_memory"].get<int64_t>();
   std::printf("layouts on %d ranks, micro-batch %d, device memory %s:\n", L["world"].get<int>(),
               L["micro_batch"].get<int>(), format_bytes(device).c_str());
-  std::printf("  %5s %4s %14s %5s %16s\n", "stage", "tp", "peak/rank", "fits", "max micro-batch");
+  std::printf("  %5s %4s %10s %14s %5s %16s\n", "stage", "tp", "recompute", "peak/rank", "fits",
+              "max micro-batch");
   for (const auto& row : j["candidates"]) {
-    std::printf("  %5d %4d %14s %5s %16lld%s\n", row["zero_stage"].get<int>(), row["tp"].get<int>(),
+    const bool config = row["zero_stage"] == L["zero_stage"] && row["tp"] == L["tp"] &&
+                        row["recompute"] == L["recompute"];
+    std::printf("  %5d %4d %10s %14s %5s %16lld%s\n", row["zero_stage"].get<int>(),
+                row["tp"].get<int>(), row["recompute"].get<std::string>().c_str(),
                 format_bytes(row["total"].get<int64_t>()).c_str(),
                 row["fits"].get<bool>() ? "yes" : "no",
-                (long long)row["max_micro_batch"].get<int64_t>(),
-                row["zero_stage"] == L["zero_stage"] && row["tp"] == L["tp"] ? "   <- config" : "");
+                (long long)row["max_micro_batch"].get<int64_t>(), config ? "   <- config" : "");
   }
 }
 
@@ -90,12 +101,15 @@ nlohmann::json memplan_json(const Config& config, int world, int64_t device_byte
                  {"micro_batch", in.B},
                  {"seq_len", in.T},
                  {"sequence_parallel", in.sequence_parallel},
+                 {"recompute", proto::Recompute_Name(in.recompute)},
+                 {"recompute_layers", in.recompute_layers},
                  {"compute", proto_dtype_name(config.precision().compute())},
                  {"grad_dtype", proto_dtype_name(config.precision().grad_accum_dtype())}};
   nlohmann::json rows = nlohmann::json::array();
   for (const auto& c : parallel::plan_candidates(in, device_bytes)) {
     rows.push_back({{"zero_stage", c.zero_stage},
                     {"tp", c.tp},
+                    {"recompute", proto::Recompute_Name(c.recompute)},
                     {"total", c.total},
                     {"fits", c.fits},
                     {"max_micro_batch", c.max_micro_batch}});

@@ -258,17 +258,17 @@ void plan_activations(const MemPlanInput& in, CategoryBytes& b) {
   const int64_t R = sp ? N / t : N;  // rows of the norm / residual regions
   const int64_t f32 = 4, i32 = 4, D = d.D();
   const int64_t kvl = d.KV % t == 0 ? d.KV / t : 1, qkv = (d.H / t + 2 * kvl) * D;
-  const int64_t Fl = d.F / t, fc = llama ? 2 * Fl : Fl;  // MLP width; its input GEMM's output
-  const int64_t stats = llama ? 1 : 2;                     // rstd (and the LayerNorm mean)
-  const int64_t norms = 2 * N * C * e                      // ln1, ln2 (N,C)
-                        + 2 * stats * R * f32              // their statistics (R) fp32
-                        + N * Fl * e;                      // GELU / SwiGLU output
-  const int64_t gemms = N * qkv * e + N * (C / t) * e      // qkv, atty
-                        + in.B * (in.H / t) * in.T * f32   // lse (B,H,T) fp32
-                        + R * C * e                        // res2 (R,C)
-                        + N * fc * e;                      // fch: c_fc / gate|up output
-  int64_t acts = 2 * N * i32;      // inputs, targets (B,T)
-  acts += (in.L + 1) * R * C * e;  // residual stream, L+1 of (R,C)
+  const int64_t Fl = d.F / t, fc = llama ? 2 * Fl : Fl;   // MLP width; its input GEMM's output
+  const int64_t stats = llama ? 1 : 2;                    // rstd (and the LayerNorm mean)
+  const int64_t norms = 2 * N * C * e                     // ln1, ln2 (N,C)
+                        + 2 * stats * R * f32             // their statistics (R) fp32
+                        + N * Fl * e;                     // GELU / SwiGLU output
+  const int64_t gemms = N * qkv * e + N * (C / t) * e     // qkv, atty
+                        + in.B * (in.H / t) * in.T * f32  // lse (B,H,T) fp32
+                        + R * C * e                       // res2 (R,C)
+                        + N * fc * e;                     // fch: c_fc / gate|up output
+  int64_t acts = 2 * N * i32;                             // inputs, targets (B,T)
+  acts += (in.L + 1) * R * C * e;                         // residual stream, L+1 of (R,C)
   bool any_full = false;
   for (int64_t l = 0; l < in.L; ++l) {
     const models::Recompute r = d.block_recompute(l);
@@ -409,39 +409,45 @@ std::vector<MemCandidate> plan_candidates(const MemPlanInput& in, int64_t device
   for (int tp = 1; tp <= in.world; ++tp) {
     if (in.world % tp != 0 || in.H % tp != 0) continue;
     for (int stage = 0; stage <= 3; ++stage) {
-      MemPlanInput c = in;
-      c.tp = tp;
-      c.zero_stage = stage;
-      c.sequence_parallel = in.sequence_parallel && tp > 1;
-      MemCandidate row;
-      row.zero_stage = stage;
-      row.tp = tp;
-      row.total = plan_memory(c).peak_total;
-      row.fits = row.total <= device_bytes;
-      // The peak grows with B (activations, workspace); bisect for the largest that fits.
-      auto fits = [&](int64_t b) {
-        c.B = b;
-        return plan_memory(c).peak_total <= device_bytes;
-      };
-      if (fits(1)) {
-        // The peak is affine in B (a + b B): bound the search near (device - a) / b so that no
-        // trial sizes a micro-batch whose bytes overflow int64, then bisect on the real plan.
-        c.B = 1;
-        const int64_t p1 = plan_memory(c).peak_total;
-        c.B = 2;
-        const int64_t slope = std::max<int64_t>(1, plan_memory(c).peak_total - p1);
-        int64_t lo = 1, hi = std::min(kMaxMicroBatch, (device_bytes - p1) / slope + 2);
-        if (fits(hi)) {
-          lo = hi;
-        } else {
-          while (hi - lo > 1) {
-            const int64_t mid = lo + (hi - lo) / 2;
-            (fits(mid) ? lo : hi) = mid;
+      for (proto::Recompute mode : {proto::NONE, proto::SELECTIVE, proto::FULL}) {
+        MemPlanInput c = in;
+        c.tp = tp;
+        c.zero_stage = stage;
+        c.sequence_parallel = in.sequence_parallel && tp > 1;
+        c.recompute = mode;
+        c.recompute_layers =
+            mode == proto::FULL && in.recompute == proto::FULL ? in.recompute_layers : 0;
+        MemCandidate row;
+        row.zero_stage = stage;
+        row.tp = tp;
+        row.recompute = mode;
+        row.total = plan_memory(c).peak_total;
+        row.fits = row.total <= device_bytes;
+        // The peak grows with B (activations, workspace); bisect for the largest that fits.
+        auto fits = [&](int64_t b) {
+          c.B = b;
+          return plan_memory(c).peak_total <= device_bytes;
+        };
+        if (fits(1)) {
+          // The peak is affine in B (a + b B): bound the search near (device - a) / b so that no
+          // trial sizes a micro-batch whose bytes overflow int64, then bisect on the real plan.
+          c.B = 1;
+          const int64_t p1 = plan_memory(c).peak_total;
+          c.B = 2;
+          const int64_t slope = std::max<int64_t>(1, plan_memory(c).peak_total - p1);
+          int64_t lo = 1, hi = std::min(kMaxMicroBatch, (device_bytes - p1) / slope + 2);
+          if (fits(hi)) {
+            lo = hi;
+          } else {
+            while (hi - lo > 1) {
+              const int64_t mid = lo + (hi - lo) / 2;
+              (fits(mid) ? lo : hi) = mid;
+            }
           }
+          row.max_micro_batch = lo;
         }
-        row.max_micro_batch = lo;
+        out.push_back(row);
       }
-      out.push_back(row);
     }
   }
   return out;

@@ -45,7 +45,7 @@ struct MemPlanInput {
   bool overlap = true;  // parallel.overlap: reductions issued during the backward
   proto::Recompute recompute = proto::NONE;  // parallel.recompute
   int64_t recompute_layers = 0;              // FULL: the first N blocks (0: all)
-  bool eval = true;     // validation forwards between steps (train.eval_every > 0)
+  bool eval = true;  // validation forwards between steps (train.eval_every > 0)
   DType compute = DType::kF32;
   DType grad = DType::kF32;  // gradient buffers: fp32, or 16-bit (precision.grad_accum_dtype)
   static MemPlanInput from_config(const proto::Config& c, int world);
@@ -72,12 +72,14 @@ MemPlan plan_memory(const MemPlanInput& in);
 // One row of the comparison table: a layout with the configured micro-batch.
 struct MemCandidate {
   int zero_stage = 0, tp = 1;
+  proto::Recompute recompute = proto::NONE;  // FULL: the configured recompute_layers, or all
   int64_t total = 0;            // predicted peak bytes per rank at the configured micro-batch
   bool fits = false;            // total <= device memory
   int64_t max_micro_batch = 0;  // largest B whose peak fits (0: not even B = 1)
 };
 
-// Every ZeRO stage (0-3) x every tp dividing both n_head and the world.
+// Every tp dividing both n_head and the world x every ZeRO stage (0-3) x every recomputation
+// mode (NONE, SELECTIVE, FULL), in that nesting order.
 std::vector<MemCandidate> plan_candidates(const MemPlanInput& in, int64_t device_bytes);
 
 // The ZeRO paper's model-state formula (Rajbhandari et al., REFERENCE.md) for psi parameters

@@ -130,6 +130,44 @@ TEST(MemPlan, ActivationsPerLayerMatchTheKorthikantiCount) {
   }
 }
 
+TEST(MemPlan, RecomputationKeepsWhatEachModeSays) {
+  // Per layer, by hand from what models::Gpt keeps (models/gpt.h, Recompute), 16-bit (e = 2)
+  // and fp32: NONE adds s b h (16 e) + s b (16 + 4 a) per layer (above); SELECTIVE adds the
+  // input, qkv, atty, res2, fch (1 + 3 + 1 + 1 + 4 = 10 of s b h) and the logsumexp (4 a s b),
+  // ln1, ln2, fch_gelu and the 16 s b of statistics being one shared set; FULL adds the input
+  // only (Korthikanti's 2 s b h). The shared set: SELECTIVE s b h (6 e) + 16 s b; FULL all of
+  // a layer but its input, s b h (15 e) + s b (16 + 4 a).
+  for (DType dt : {DType::kBF16, DType::kF32}) {
+    MemPlanInput in = aligned_model(1, 0, dt);
+    in.B = 3;
+    const int64_t s = in.T, b = in.B, h = in.C, a = in.H, e = dtype_bytes(dt);
+    auto acts = [&](proto::Recompute mode, int64_t L, int64_t layers = 0) {
+      MemPlanInput c = in;
+      c.recompute = mode;
+      c.L = L;
+      c.recompute_layers = layers;
+      return plan_memory(c).steady[kActs];
+    };
+    const int64_t none2 = acts(proto::NONE, 2);
+    EXPECT_EQ(acts(proto::SELECTIVE, 3) - acts(proto::SELECTIVE, 2),
+              s * b * h * 10 * e + 4 * a * s * b);
+    EXPECT_EQ(acts(proto::FULL, 3) - acts(proto::FULL, 2), s * b * h * e);
+    // Against NONE at the same depth: each layer's recomputed part, less one shared copy.
+    EXPECT_EQ(none2 - acts(proto::SELECTIVE, 2), (2 - 1) * (s * b * h * 6 * e + 16 * s * b));
+    EXPECT_EQ(none2 - acts(proto::FULL, 2), (2 - 1) * (s * b * h * 15 * e + s * b * (16 + 4 * a)));
+    // FULL on the first block of 4: three blocks keep everything, one recomputes into the
+    // shared set, which costs what it saves.
+    EXPECT_EQ(acts(proto::FULL, 4, 1), acts(proto::NONE, 4));
+    EXPECT_EQ(acts(proto::FULL, 4, 3),
+              acts(proto::NONE, 4) - 2 * (s * b * h * 15 * e + s * b * (16 + 4 * a)));
+    if (dt == DType::kBF16) {  // 16-bit: SELECTIVE 20 s b h per layer, FULL 2 s b h
+      EXPECT_EQ(acts(proto::SELECTIVE, 3) - acts(proto::SELECTIVE, 2),
+                s * b * h * 20 + 4 * a * s * b);
+      EXPECT_EQ(acts(proto::FULL, 3) - acts(proto::FULL, 2), 2 * s * b * h);
+    }
+  }
+}
+
 TEST(MemPlan, TensorParallelSplitsAsMegatron) {
   MemPlanInput in = aligned_model(4, 0, DType::kBF16);
   const MemPlan t1 = plan_memory(in);
@@ -179,11 +217,13 @@ TEST(MemPlan, CandidatesAndLargestMicroBatch) {
   MemPlanInput in = aligned_model(4, 1, DType::kBF16);
   const int64_t device = int64_t(64) << 20;
   const auto rows = plan_candidates(in, device);
-  ASSERT_EQ(rows.size(), 12u);  // tp in {1, 2, 4} (divides 4 heads and 4 ranks) x 4 stages
+  // tp in {1, 2, 4} (divides 4 heads and 4 ranks) x 4 stages x 3 recomputation modes.
+  ASSERT_EQ(rows.size(), 36u);
   for (const auto& r : rows) {
     MemPlanInput c = in;
     c.tp = r.tp;
     c.zero_stage = r.zero_stage;
+    c.recompute = r.recompute;
     EXPECT_EQ(r.total, plan_memory(c).peak_total);
     EXPECT_EQ(r.fits, r.total <= device);
     ASSERT_GE(r.max_micro_batch, 1);
@@ -191,6 +231,35 @@ TEST(MemPlan, CandidatesAndLargestMicroBatch) {
     EXPECT_LE(plan_memory(c).peak_total, device);
     c.B = r.max_micro_batch + 1;
     EXPECT_GT(plan_memory(c).peak_total, device);
+  }
+}
+
+TEST(MemPlan, RecomputationGrowsTheLargestMicroBatch) {
+  // GPT-2 1.5B (configs/gpt2_xl.pbtxt) on 8 ranks of 80 GiB, bf16, micro-batch 4 x 1024: at
+  // every stage and tp, SELECTIVE fits a larger micro-batch than NONE and FULL a larger one
+  // still, because each keeps fewer activation bytes per sample (RecomputationKeepsWhatEach-
+  // ModeSays) while the model states do not change.
+  MemPlanInput in;
+  in.L = 48;
+  in.H = 25;
+  in.C = 1600;
+  in.V = 50257;
+  in.Tmax = in.T = 1024;
+  in.B = 4;
+  in.world = 8;
+  in.compute = DType::kBF16;
+  const auto rows = plan_candidates(in, int64_t(80) << 30);
+  ASSERT_EQ(rows.size(), 1u * 4u * 3u);  // tp 1 only: 25 heads
+  for (size_t i = 0; i < rows.size(); i += 3) {
+    ASSERT_EQ(rows[i].recompute, proto::NONE);
+    ASSERT_EQ(rows[i + 1].recompute, proto::SELECTIVE);
+    ASSERT_EQ(rows[i + 2].recompute, proto::FULL);
+    EXPECT_GT(rows[i].total, rows[i + 1].total);
+    EXPECT_GT(rows[i + 1].total, rows[i + 2].total);
+    EXPECT_GE(rows[i].max_micro_batch, 1);
+    EXPECT_GT(rows[i + 1].max_micro_batch, rows[i].max_micro_batch)
+        << "stage " << rows[i].zero_stage;
+    EXPECT_GT(rows[i + 2].max_micro_batch, rows[i + 1].max_micro_batch);
   }
 }
 
@@ -209,10 +278,12 @@ TEST(MemPlan, SevenBillionOnSixtyFourRanksIsFast) {
   const auto rows = plan_candidates(in, int64_t(80) << 30);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_LT(secs, 5.0);  // thousands of replays of 34 units: well under a second normally
-  EXPECT_EQ(rows.size(), 4u * 6u);  // tp 1, 2, 4, ..., 32
-  EXPECT_FALSE(rows[0].fits);       // plain DP: 16 bytes x 6.66e9 > 80 GiB
+  EXPECT_EQ(rows.size(), 6u * 4u * 3u);  // tp 1, 2, 4, ..., 32 x stages x recompute modes
+  EXPECT_FALSE(rows[0].fits);            // plain DP: 16 bytes x 6.66e9 > 80 GiB
   EXPECT_EQ(rows[0].max_micro_batch, 0);
-  EXPECT_TRUE(rows[3].fits);  // ZeRO-3
+  EXPECT_EQ(rows[9].zero_stage, 3);
+  EXPECT_EQ(rows[9].recompute, proto::NONE);
+  EXPECT_TRUE(rows[9].fits);  // ZeRO-3
   const MemPlan p = plan_memory(in);
   EXPECT_EQ(p.num_params,
             50304LL * 4096 + 2048LL * 4096 + 32 * (12LL * 4096 * 4096 + 13 * 4096) + 2 * 4096);
