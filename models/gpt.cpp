@@ -482,8 +482,7 @@ void Gpt<S>::recompute_block(int64_t l, const void* w) {
   const S* x = residual_[size_t(l)].data<S>();
   if (llama) {
     layer_norm(b.ln1, b.ln1_mean, b.ln1_rstd, x, param<S>(w, u, kInNorm), nullptr);
-    layer_norm(b.ln2, b.ln2_mean, b.ln2_rstd, b.res2.data<S>(), param<S>(w, u, kPostNorm),
-               nullptr);
+    layer_norm(b.ln2, b.ln2_mean, b.ln2_rstd, b.res2.data<S>(), param<S>(w, u, kPostNorm), nullptr);
     be_.swiglu_forward(dt_, b.fch_gelu.data<S>(), b.fch.data<S>(), N, Fl);
   } else {
     layer_norm(b.ln1, b.ln1_mean, b.ln1_rstd, x, param<S>(w, u, kLn1W), param<S>(w, u, kLn1B));

@@ -88,7 +88,8 @@ struct GptDims {
   int64_t D() const { return C / H; }
   // What block l recomputes: `recompute`, except NONE for blocks past recompute_layers.
   Recompute block_recompute(int64_t l) const {
-    const bool past = recompute == Recompute::kFull && recompute_layers > 0 && l >= recompute_layers;
+    const bool past =
+        recompute == Recompute::kFull && recompute_layers > 0 && l >= recompute_layers;
     return past ? Recompute::kNone : recompute;
   }
 };

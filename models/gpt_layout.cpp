@@ -30,7 +30,7 @@ uint64_t fnv1a(const std::string& s) {
 }  // namespace
 
 Recompute recompute_of(proto::Recompute r) {
-  return r == proto::FULL ? Recompute::kFull
+  return r == proto::FULL        ? Recompute::kFull
          : r == proto::SELECTIVE ? Recompute::kSelective
                                  : Recompute::kNone;
 }

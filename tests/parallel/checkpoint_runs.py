@@ -2,7 +2,9 @@
 
   resume_exact   10 steps straight vs 5 + save + resume for 5, same layout (np=2, ZeRO-2; fp32
                  and fp16 with its loss scaler): bitwise-identical losses for steps 6-10; a
-                 checkpoint that does not fit the config's shapes is refused.
+                 checkpoint that does not fit the config's shapes is refused; the fp32 one
+                 resumes under parallel.recompute FULL / SELECTIVE, and one saved under FULL
+                 without recomputation, bitwise alike (recomputation is not state).
   --arch llama   runs a check on the Llama form of the test model.
   cross_layout   save at np=4 (tp=2, ZeRO-3) at step 5; resume at np=2 ZeRO-1 and at np=1
                  ZeRO-0, directly and after `reshard`: steps 6-10 equal the np=4 run's to 1e-5
@@ -73,6 +75,22 @@ def resume_exact(env, tmp):
             # Hand count: 65536 doubled once after steps 1-3; steps 4-5 clean.
             failures.append(f"F16: step 5 saved scaler {saved}, expected 131072 with 2 clean "
                             "steps, and the scale must grow during steps 6-10")
+    # Recomputation is not state: the fp32 checkpoint resumes under FULL and SELECTIVE, and one
+    # saved under FULL resumes without recomputation, bitwise like the straight run.
+    root = os.path.join(tmp, "ck_none")
+    sets = ["parallel.zero_stage=2", "precision.compute=F32", "checkpoint.every=5"]
+    straight, _, _ = env.run(2, sets + [f"checkpoint.dir={root}"])
+    full_root = os.path.join(tmp, "ck_full")
+    env.run(2, sets + [f"checkpoint.dir={full_root}", "parallel.recompute=FULL"])
+    for name, ckpt, mode in (("NONE -> FULL", root, "FULL"), ("NONE -> SELECTIVE", root, "SELECTIVE"),
+                             ("FULL -> NONE", full_root, "NONE")):
+        resumed, _, _ = env.run(2, sets + [f"checkpoint.dir={tmp}/ck_{mode}_resumed",
+                                           f"parallel.recompute={mode}"],
+                                ["--resume", os.path.join(ckpt, "step_00000005")])
+        same = losses(straight, 6) == losses(resumed, 6) and len(resumed) == 5
+        print(f"recompute {name}: steps 6-10 bitwise equal to the straight run: {same}")
+        if not same:
+            failures.append(f"recompute {name}: the resumed run differs from the straight run")
     # A checkpoint whose tensors disagree with the config is refused, naming file and tensor.
     _, _, p = env.run(2, ["model.d_model=32", f"checkpoint.dir={root}_3"],
                       ["--resume", os.path.join(root, "step_00000005")], check=False)
