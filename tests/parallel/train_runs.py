@@ -556,8 +556,8 @@ def cuda_gpu(env):
     """ctest -L gpu and gpu-bundle/gpu_check.sh: train.device cuda on real GPUs (one per rank)
     matches cuda-emu, the same host code and kernel source run on the CPU, with cuda_emu's
     probe settings and bounds (per step loss 5e-4, grad_norm 2e-3; each tensor's weight change
-    3e-2), in bf16 and fp16; with two GPUs also ZeRO 3 and its bitwise equality to ZeRO 0.
-    Skips (exit 77) with shardtrain's reason where no GPU can be used, or fails under
+    3e-2), in bf16 and fp16; recompute SELECTIVE and FULL bitwise equal to NONE (bf16); with
+    two GPUs also ZeRO 3 and its bitwise equality to ZeRO 0. Skips (exit 77) with shardtrain's reason where no GPU can be used, or fails under
     SHARDTRAIN_REQUIRE_GPU=1."""
     failures = []
     base = ["optimizer.eps=1", "optimizer.lr=0.3", "optimizer.min_lr=0.03", "train.steps=5",
@@ -599,6 +599,18 @@ def cuda_gpu(env):
             print(f"cuda np=2 ZeRO 0 vs ZeRO 3 bitwise equal: {same}")
             if not same:
                 failures.append("cuda ZeRO 0 and ZeRO 3 differ")
+        if np_ == 1 and sets == ["precision.compute=BF16"]:
+            # Recomputation on the GPU: SELECTIVE and FULL bitwise equal to NONE (the FFN's
+            # GELU is the same kernel in the forward and in the recomputation).
+            for mode in ("SELECTIVE", "FULL"):
+                rc, rc_w, _ = env.run(1, base + sets + [f"parallel.recompute={mode}"],
+                                      extra=["--device", "cuda"])
+                same = ([a["loss"] for a in rc] == [b["loss"] for b in got] and
+                        [a["grad_norm"] for a in rc] == [b["grad_norm"] for b in got] and
+                        rc_w == w)
+                print(f"cuda recompute {mode} vs NONE bitwise equal: {same}")
+                if not same:
+                    failures.append(f"cuda recompute {mode} differs from NONE")
     return failures
 
 
