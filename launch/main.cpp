@@ -55,6 +55,7 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--inject-save-fault", train.save_fault_step)->group("");
   train_cmd->add_option("--fault-point", train.save_fault_point)->group("");
   train_cmd->add_option("--fault-rank", train.fault_rank)->group("");
+  train_cmd->add_flag("--fault-stall", train.save_fault_stall)->group("");
   train_cmd->add_flag("--no-memory-timeline", train.no_memory_timeline)->group("");
 
   launch::MemplanArgs plan;

@@ -161,6 +161,7 @@ std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
   c = load_config_file(args.config);
   apply_overrides(c, args.sets);
   validate_config(c, mpi.world_size(), ValidateFor::kTrain);
+  set_comm_timeout_s(c.parallel().comm_timeout_s());
   log_info("effective config:\n", config_to_text(c));
   log_info("cpu: ", kernels::cpu::cpu_description());
   if (args.dry_run) return run;  // the config alone: no data, no weights
@@ -287,6 +288,7 @@ void train_loop(Run& run, const TrainArgs& args) {
     parallel::SaveFault fault;
     if (step == args.save_fault_step) {
       fault.rank = args.fault_rank;
+      fault.stall = args.save_fault_stall;
       ST_CHECK(parallel::SaveFault::parse(args.save_fault_point, &fault.point), "--fault-point ",
                args.save_fault_point);
     }

@@ -25,6 +25,7 @@ struct TrainArgs {
   int64_t save_fault_step = -1;  // fault_rank dies during this step's checkpoint save,
   std::string save_fault_point = "mid_piece";  // at this point (parallel::SaveFault)
   int fault_rank = 0;
+  bool save_fault_stall = false;  // the save fault stops the rank instead of killing it
 };
 
 int run_train(const TrainArgs& args, LogLevel level, bool log_all_ranks);

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <thread>
 #include <utility>
 
 #include "runtime/atomic_file.h"
@@ -161,9 +162,10 @@ void fault_point(const SaveFault& fault, int rank, SaveFault::Point point) {
   if (fault.rank != rank || fault.point != point) return;
   const char* name = "";
   for (const auto& [n, p] : kSaveFaultPoints) name = p == point ? n : name;
-  std::fprintf(stderr, "shardtrain: [rank %d] injected death during checkpoint save (%s)\n", rank,
-               name);
+  std::fprintf(stderr, "shardtrain: [rank %d] injected %s during checkpoint save (%s)\n", rank,
+               fault.stall ? "stall" : "death", name);
   std::fflush(stderr);
+  while (fault.stall) std::this_thread::sleep_for(std::chrono::seconds(1));
   std::_Exit(9);
 }
 

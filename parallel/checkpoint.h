@@ -36,8 +36,9 @@ struct TrainState {
   proto::LossScalerState scaler;
 };
 
-// Test hook: `rank` (or -1: none) dies (_Exit) at `point` of the save, in commit order.
-// kMidPiece and kAfterFsync apply to any rank; the others are rank 0's commit steps.
+// Test hook: `rank` (or -1: none) dies (_Exit) at `point` of the save, in commit order, or with
+// `stall` stops there for good (a host cut off mid-save, tests/multihost). kMidPiece and
+// kAfterFsync apply to any rank; the others are rank 0's commit steps.
 struct SaveFault {
   enum class Point {
     kMidPiece,        // half-way through this rank's pieces
@@ -51,6 +52,7 @@ struct SaveFault {
   };
   int rank = -1;
   Point point = Point::kMidPiece;
+  bool stall = false;
   // "mid_piece", "after_fsync", ... ("after_latest"); false for any other name.
   static bool parse(const std::string& name, Point* out);
 };

@@ -20,6 +20,16 @@
 
 namespace shardtrain {
 
+// The collective watchdog (parallel.comm_timeout_s, default 600 s): an operation of any
+// communicator that makes no progress for this long ends the job. The waiting rank prints one
+// line, `shardtrain: error: [rank R] comm_timeout_s ...`, naming the operation, its group (world
+// ranks) and the peers it was waiting on, then aborts the job (exit code kCommTimeoutExit; the
+// process ends itself if the abort cannot reach the launcher). Process-wide; set once the
+// config is read.
+void set_comm_timeout_s(double seconds);
+double comm_timeout_s();
+constexpr int kCommTimeoutExit = 3;
+
 class Work {
  public:
   virtual ~Work() = default;

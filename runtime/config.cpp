@@ -303,6 +303,8 @@ void validate_config(const Config& c, int world_size, ValidateFor purpose) {
           str_cat("needs data.micro_batch x model.seq_len (",
                   int64_t(c.data().micro_batch()) * m.seq_len(),
                   " rows) divisible by parallel.tp (", p.tp(), ")"));
+  require(p.comm_timeout_s() > 0, "parallel.comm_timeout_s",
+          str_cat("must be > 0 seconds, got ", p.comm_timeout_s()));
   require(p.recompute_layers() >= 0 && p.recompute_layers() <= m.n_layer(),
           "parallel.recompute_layers",
           str_cat("must be between 0 (all) and model.n_layer (", m.n_layer(), "), got ",

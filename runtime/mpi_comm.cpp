@@ -2,10 +2,12 @@
 
 #include <mpi.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <climits>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -17,6 +19,23 @@
 
 namespace shardtrain {
 namespace {
+
+std::atomic<double> g_comm_timeout_s{600};
+
+// How long an abort may take to end the job before the process ends itself: MPI_Abort asks the
+// launcher, which a rank cut off from the network cannot reach.
+constexpr auto kAbortGrace = std::chrono::seconds(5);
+
+// Ends the job: the launcher kills every rank it can reach; a thread ends this process if the
+// request does not get through.
+[[noreturn]] void abort_job(int code) {
+  std::thread([code] {
+    std::this_thread::sleep_for(kAbortGrace);
+    std::_Exit(code);
+  }).detach();
+  MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);
+}
 
 struct MpiTraits {
   static constexpr const char* kName = "MPI";
@@ -117,21 +136,6 @@ class CommEngine {
   std::thread thread_;  // last: starts after the members it uses exist
 };
 
-// Waits for requests by polling: spinning in MPI_Waitall would take a core from compute.
-// Yield for the first polls (latency), then sleep briefly.
-void wait_requests(MPI_Request* reqs, int n) {
-  for (int polls = 0;; ++polls) {
-    int flag = 0;
-    MPI_CHECK(MPI_Testall(n, reqs, &flag, MPI_STATUSES_IGNORE));
-    if (flag) return;
-    if (polls < 64) {
-      std::this_thread::yield();
-    } else {
-      std::this_thread::sleep_for(std::chrono::microseconds(20));
-    }
-  }
-}
-
 MPI_Datatype wire_type(DType t) {
   switch (t) {
     case DType::kF32:
@@ -186,6 +190,17 @@ class MpiCommunicator final : public Communicator {
       : comm_(comm), engine_(std::move(engine)) {
     MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
     MPI_CHECK(MPI_Comm_size(comm_, &size_));
+    // The group's members as world ranks, for the watchdog's message.
+    MPI_Group group, world;
+    MPI_CHECK(MPI_Comm_group(comm_, &group));
+    MPI_CHECK(MPI_Comm_group(MPI_COMM_WORLD, &world));
+    std::vector<int> mine(size_t(size_), 0);
+    for (int i = 0; i < size_; ++i) mine[size_t(i)] = i;
+    world_ranks_.resize(size_t(size_));
+    MPI_CHECK(MPI_Group_translate_ranks(group, size_, mine.data(), world, world_ranks_.data()));
+    MPI_CHECK(MPI_Group_free(&group));
+    MPI_CHECK(MPI_Group_free(&world));
+    MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_));
   }
   ~MpiCommunicator() override {
     if (comm_ != MPI_COMM_WORLD) {
@@ -239,19 +254,25 @@ class MpiCommunicator final : public Communicator {
       if (pos > 0) {
         MPI_Request r;
         MPI_CHECK(MPI_Irecv(buf, n, wire_type(dtype), left, kTag, comm_, &r));
-        wait_requests(&r, 1);
+        wait("broadcast", &r, 1, {left, kNoPeer});
       }
       if (pos < size_ - 1) {
         MPI_Request r;
         MPI_CHECK(MPI_Isend(buf, n, wire_type(dtype), right, kTag, comm_, &r));
-        wait_requests(&r, 1);
+        wait("broadcast", &r, 1, {kNoPeer, right});
         bytes_sent_ += count * dtype_bytes(dtype);
       }
     });
   }
 
   void barrier() override {
-    engine_->submit([this] { MPI_CHECK(MPI_Barrier(comm_)); })->wait();
+    engine_
+        ->submit([this] {
+          MPI_Request r;
+          MPI_CHECK(MPI_Ibarrier(comm_, &r));
+          wait("barrier", &r, 1, {kAnyPeer, kAnyPeer});
+        })
+        ->wait();
   }
 
   void all_reduce_f64(double* values, int64_t count, bool max) override {
@@ -262,8 +283,10 @@ class MpiCommunicator final : public Communicator {
     return engine_->submit([=, this] {
       // Gather everything, then reduce locally in rank order: the same order on every rank.
       std::vector<double> all(size_t(count * size_));
-      MPI_CHECK(
-          MPI_Allgather(values, int(count), MPI_DOUBLE, all.data(), int(count), MPI_DOUBLE, comm_));
+      MPI_Request req;
+      MPI_CHECK(MPI_Iallgather(values, int(count), MPI_DOUBLE, all.data(), int(count), MPI_DOUBLE,
+                               comm_, &req));
+      wait("all_reduce_f64", &req, 1, {kAnyPeer, kAnyPeer});
       bytes_sent_ += count * 8 * (size_ - 1);
       for (int64_t i = 0; i < count; ++i) {
         double acc = all[size_t(i)];
@@ -291,6 +314,63 @@ class MpiCommunicator final : public Communicator {
 
  private:
   static constexpr int kTag = 7;
+  // wait()'s peers: request i receives from peers[0] (i = 0) or sends to peers[1] (i = 1);
+  // kNoPeer skips a direction, kAnyPeer is a collective of the whole group.
+  static constexpr int kNoPeer = -1, kAnyPeer = -2;
+
+  // Waits for requests by polling: spinning in MPI_Waitall would take a core from compute.
+  // Yield for the first polls (latency), then sleep briefly. The watchdog: no completion for
+  // comm_timeout_s ends the job with one line naming op, the group and the peers still owed.
+  void wait(const char* op, MPI_Request* reqs, int n, std::array<int, 2> peers) {
+    const double limit = g_comm_timeout_s.load();
+    const auto start = std::chrono::steady_clock::now();
+    for (int polls = 0;; ++polls) {
+      int flag = 0;
+      MPI_CHECK(MPI_Testall(n, reqs, &flag, MPI_STATUSES_IGNORE));
+      if (flag) return;
+      if (polls < 64) {
+        std::this_thread::yield();
+        continue;
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+      if (polls % 1024 == 0 &&
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > limit) {
+        timed_out(op, reqs, n, peers, limit);
+      }
+    }
+  }
+
+  [[noreturn]] void timed_out(const char* op, MPI_Request* reqs, int n, std::array<int, 2> peers,
+                              double limit) {
+    std::string members, waiting;
+    for (int r : world_ranks_) members += str_cat(members.empty() ? "" : ",", r);
+    if (peers[0] == kAnyPeer) {
+      // A library collective does not say which member it waits for: name the others.
+      for (int r : world_ranks_) {
+        if (r != world_rank_) waiting += str_cat(waiting.empty() ? "waiting on rank(s) " : ",", r);
+      }
+    } else {
+      std::vector<int> role;  // request index -> direction
+      for (int d = 0; d < 2; ++d) {
+        if (peers[size_t(d)] != kNoPeer) role.push_back(d);
+      }
+      for (int i = 0; i < n; ++i) {
+        int done = 0;
+        MPI_Test(&reqs[i], &done, MPI_STATUS_IGNORE);
+        if (done) continue;
+        const int d = role[size_t(i)];
+        waiting +=
+            str_cat(waiting.empty() ? "waiting " : ", ", d == 0 ? "to receive from" : "to send to",
+                    " rank ", world_ranks_[size_t(peers[size_t(d)])]);
+      }
+    }
+    std::fprintf(stderr,
+                 "shardtrain: error: [rank %d] comm_timeout_s: %s in the group of world ranks "
+                 "{%s} made no progress for %g s, %s; ending the job\n",
+                 world_rank_, op, members.c_str(), limit, waiting.c_str());
+    std::fflush(stderr);
+    abort_job(kCommTimeoutExit);
+  }
 
   static int checked_count(int64_t count, DType dtype) {
     ST_CHECK(count >= 0 && count <= INT_MAX, "message of ", count, " ", dtype_name(dtype),
@@ -323,7 +403,7 @@ class MpiCommunicator final : public Communicator {
       MPI_Request reqs[2];
       MPI_CHECK(MPI_Irecv(in.data(), c, wire_type(dtype), left, kTag, comm_, &reqs[0]));
       MPI_CHECK(MPI_Isend(to_send, c, wire_type(dtype), right, kTag, comm_, &reqs[1]));
-      wait_requests(reqs, 2);
+      wait("reduce_scatter", reqs, 2, {left, right});
       bytes_sent_ += count * esz;
       void* dst = (s == n - 2) ? recv : out.data();
       add_into(dst, in.data(), chunk(r - s - 2), count, dtype);
@@ -346,14 +426,15 @@ class MpiCommunicator final : public Communicator {
       MPI_Request reqs[2];
       MPI_CHECK(MPI_Irecv(chunk(r - s - 1), c, wire_type(dtype), left, kTag, comm_, &reqs[0]));
       MPI_CHECK(MPI_Isend(chunk(r - s), c, wire_type(dtype), right, kTag, comm_, &reqs[1]));
-      wait_requests(reqs, 2);
+      wait("all_gather", reqs, 2, {left, right});
       bytes_sent_ += count * esz;
     }
   }
 
   MPI_Comm comm_;
   std::shared_ptr<CommEngine> engine_;
-  int rank_ = 0, size_ = 1;
+  int rank_ = 0, size_ = 1, world_rank_ = 0;
+  std::vector<int> world_ranks_;        // member i's world rank
   std::atomic<int64_t> bytes_sent_{0};  // written on the communication thread only
   std::vector<char> scratch_a_, scratch_b_, scratch_padded_, scratch_shard_;
 };
@@ -388,9 +469,9 @@ Communicator& MpiRuntime::world() {
   return *world_;
 }
 
-void MpiRuntime::abort(int code) {
-  MPI_Abort(MPI_COMM_WORLD, code);
-  std::_Exit(code);
-}
+void MpiRuntime::abort(int code) { abort_job(code); }
+
+void set_comm_timeout_s(double seconds) { g_comm_timeout_s.store(seconds); }
+double comm_timeout_s() { return g_comm_timeout_s.load(); }
 
 }  // namespace shardtrain

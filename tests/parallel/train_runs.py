@@ -94,15 +94,17 @@ class Env:
         with open(self.config, "w") as f:
             f.write(CONFIG.format(vocab=vocab, train=train, arch=arch))
 
-    def run(self, np, sets, extra=(), check=True, timeout=600):
+    def run(self, np, sets, extra=(), check=True, timeout=600, launch=None):
+        """launch(np, command): the command under another launcher (tests/multihost)."""
         self.n += 1
         metrics = os.path.join(self.tmp, f"m{self.n}.jsonl")
         weights = os.path.join(self.tmp, f"w{self.n}.safetensors")
-        cmd = MPIRUN + ["-np", str(np), self.shardtrain, "train", "--config", self.config,
-                        "--metrics", metrics, "--export-final", weights]
+        cmd = [self.shardtrain, "train", "--config", self.config, "--metrics", metrics,
+               "--export-final", weights]
         for s in sets:
             cmd += ["--set", s]
         cmd += list(extra)
+        cmd = launch(np, cmd) if launch else MPIRUN + ["-np", str(np)] + cmd
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if check and p.returncode != 0:
             sys.exit(f"run failed ({p.returncode}): {' '.join(cmd)}\n{p.stdout}\n{p.stderr}")

@@ -121,6 +121,8 @@ const BadCase kBad[] = {
      "config: parallel.recompute_layers must be between 0 (all) and model.n_layer (4), got 5"},
     {"set_bad_recompute", "", "parallel.recompute=ALL", 1,
      "--set parallel.recompute: 'ALL' is not one of NONE, SELECTIVE, FULL"},
+    {"comm_timeout", "parallel { comm_timeout_s: 0 }", nullptr, 1,
+     "config: parallel.comm_timeout_s must be > 0 seconds, got 0"},
     {"eval_without_val", "train { eval_every: 10 }", nullptr, 1,
      "config: data.val is empty but train.eval_every asks for validation"},
 };
