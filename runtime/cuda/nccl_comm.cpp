@@ -2,6 +2,8 @@
 // the MPI rings).
 #include "runtime/cuda/nccl_comm.h"
 
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <vector>
 
@@ -66,7 +68,7 @@ std::unique_ptr<NcclCommunicator> NcclCommunicator::create(Communicator& bootstr
   CUDA_CHECK(cudaSetDevice(device));
   ncclComm_t comm = nullptr;
   NCCL_CHECK(ncclCommInitRank(&comm, bootstrap.size(), id, bootstrap.rank()));
-  return std::unique_ptr<NcclCommunicator>(new NcclCommunicator(comm, device));
+  return std::unique_ptr<NcclCommunicator>(new NcclCommunicator(comm, device, bootstrap.rank()));
 }
 
 std::unique_ptr<NcclCommunicator> NcclCommunicator::create_for_node(MpiRuntime& mpi) {
@@ -78,15 +80,75 @@ std::unique_ptr<NcclCommunicator> NcclCommunicator::create_for_node(MpiRuntime& 
   return create(mpi.world(), mpi.local_rank());
 }
 
-NcclCommunicator::NcclCommunicator(ncclComm_t comm, int device)
-    : comm_(comm), device_(device), stream_(/*priority=*/-1) {
+NcclCommunicator::NcclCommunicator(ncclComm_t comm, int device, int world_rank)
+    : comm_(comm), device_(device), world_rank_(world_rank), stream_(/*priority=*/-1) {
   // Communication gets the higher stream priority, so its kernels are scheduled ahead of
   // compute kernels and overlap stays effective.
   NCCL_CHECK(ncclCommUserRank(comm_, &rank_));
   NCCL_CHECK(ncclCommCount(comm_, &size_));
+  watchdog_ = std::thread([this] { watchdog_loop(); });
+}
+
+void NcclCommunicator::watch(const char* op) {
+  Event e;
+  e.record(stream_.get());
+  std::lock_guard<std::mutex> lock(watch_mu_);
+  watched_.push_back({std::move(e), op, std::chrono::steady_clock::now()});
+}
+
+// PyTorch's NCCL watchdog, in short: the oldest operation not yet complete on the
+// communication stream, and NCCL's asynchronous error, checked every 100 ms. An operation that
+// stays the oldest for comm_timeout_s (counted from its issue or from the completion of the one
+// before it, whichever is later), or an error NCCL reports, ends the job: one line, then
+// ncclCommAbort (which frees the GPU's kernels stuck in this communicator) and the job abort.
+void NcclCommunicator::watchdog_loop() {
+  (void)cudaSetDevice(device_);
+  auto progress = std::chrono::steady_clock::now();
+  while (true) {
+    std::string failure;
+    {
+      std::unique_lock<std::mutex> lock(watch_mu_);
+      if (watch_cv_.wait_for(lock, std::chrono::milliseconds(100), [&] { return stop_; })) return;
+      while (!watched_.empty() && watched_.front().done.query()) {
+        watched_.pop_front();
+        progress = std::chrono::steady_clock::now();
+      }
+      if (!watched_.empty()) {
+        const Watched& w = watched_.front();
+        const auto since = std::max(progress, w.issued);
+        const double waited =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+        if (waited > comm_timeout_s()) {
+          failure = str_cat(w.op, " made no progress for ", comm_timeout_s(), " s");
+        }
+      } else {
+        progress = std::chrono::steady_clock::now();
+      }
+    }
+    ncclResult_t async_error = ncclSuccess;
+    if (ncclCommGetAsyncError(comm_, &async_error) == ncclSuccess && async_error != ncclSuccess &&
+        async_error != ncclInProgress) {
+      failure = str_cat("NCCL reports ", NcclTraits::describe(async_error));
+    }
+    if (failure.empty()) continue;
+    std::fprintf(stderr,
+                 "shardtrain: error: [rank %d] comm_timeout_s: %s in an NCCL group of %d ranks "
+                 "(this rank is %d of it), waiting on one or more of the other %d; ending the "
+                 "job\n",
+                 world_rank_, failure.c_str(), size_, rank_, size_ - 1);
+    std::fflush(stderr);
+    (void)ncclCommAbort(comm_);
+    MpiRuntime::abort(kCommTimeoutExit);
+  }
 }
 
 NcclCommunicator::~NcclCommunicator() {
+  {
+    std::lock_guard<std::mutex> lock(watch_mu_);
+    stop_ = true;
+  }
+  watch_cv_.notify_all();
+  watchdog_.join();
   // Outstanding work first; then the communicator (local, not collective) and the scratch.
   if (cudaStreamSynchronize(stream_.get()) != cudaSuccess) (void)cudaGetLastError();
   if (comm_ != nullptr) (void)ncclCommDestroy(comm_);
@@ -98,7 +160,8 @@ void NcclCommunicator::order_after_compute() {
   stream_.wait(compute_done_);
 }
 
-std::unique_ptr<Work> NcclCommunicator::finish() {
+std::unique_ptr<Work> NcclCommunicator::finish(const char* op) {
+  watch(op);
   Event done;
   done.record(stream_.get());
   return std::make_unique<NcclWork>(std::move(done), comm_, compute_stream_);
@@ -139,7 +202,7 @@ std::unique_ptr<Work> NcclCommunicator::reduce_scatter_async(const void* send, v
   NCCL_CHECK(ncclReduceScatter(input, recv, size_t(count), nccl_dtype(dtype), ncclSum, comm_,
                                stream_.get()));
   bytes_sent_ += int64_t(size_ - 1) * count * esz;
-  return finish();
+  return finish("reduce_scatter");
 }
 
 std::unique_ptr<Work> NcclCommunicator::all_gather_async(const void* send, void* recv,
@@ -167,7 +230,7 @@ std::unique_ptr<Work> NcclCommunicator::all_gather_async(const void* send, void*
                                  stream_.get()));
   }
   bytes_sent_ += int64_t(size_ - 1) * count * esz;
-  return finish();
+  return finish("all_gather");
 }
 
 std::unique_ptr<Work> NcclCommunicator::all_reduce_async(void* buf, int64_t count, DType dtype) {
@@ -195,7 +258,7 @@ std::unique_ptr<Work> NcclCommunicator::all_reduce_async(void* buf, int64_t coun
     CUDA_CHECK(
         cudaMemcpyAsync(buf, full, size_t(count * esz), cudaMemcpyDeviceToDevice, stream_.get()));
   }
-  return finish();
+  return finish("all_reduce");
 }
 
 std::unique_ptr<Work> NcclCommunicator::broadcast_async(void* buf, int64_t count, DType dtype,
@@ -207,7 +270,7 @@ std::unique_ptr<Work> NcclCommunicator::broadcast_async(void* buf, int64_t count
   // Ring volume: every rank but the last after the root forwards the whole buffer.
   const int pos = (rank_ - root + size_) % size_;
   if (pos < size_ - 1) bytes_sent_ += count * dtype_bytes(dtype);
-  return finish();
+  return finish("broadcast");
 }
 
 void NcclCommunicator::barrier() {
@@ -215,10 +278,11 @@ void NcclCommunicator::barrier() {
   void* one = scratch(4);
   CUDA_CHECK(cudaMemsetAsync(one, 0, 4, stream_.get()));
   NCCL_CHECK(ncclAllReduce(one, one, 1, ncclInt32, ncclSum, comm_, stream_.get()));
-  host_wait();
+  host_wait("barrier");
 }
 
-void NcclCommunicator::host_wait() {
+void NcclCommunicator::host_wait(const char* op) {
+  watch(op);
   count_host_sync();
   stream_.synchronize();
   ncclResult_t async_error = ncclSuccess;
@@ -236,7 +300,7 @@ void NcclCommunicator::all_reduce_f64(double* values, int64_t count, bool max) {
                            stream_.get()));
   CUDA_CHECK(
       cudaMemcpyAsync(values, dev, size_t(count * 8), cudaMemcpyDeviceToHost, stream_.get()));
-  host_wait();
+  host_wait("all_reduce_f64");
   const int64_t shard = (count + size_ - 1) / size_;
   bytes_sent_ += 2 * int64_t(size_ - 1) * shard * 8;
 }
@@ -250,7 +314,7 @@ std::unique_ptr<Work> NcclCommunicator::all_reduce_f64_async(double* buf, int64_
     const int64_t shard = (count + size_ - 1) / size_;
     bytes_sent_ += 2 * int64_t(size_ - 1) * shard * 8;
   }
-  return finish();
+  return finish("all_reduce_f64");
 }
 
 std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
@@ -259,7 +323,7 @@ std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
   ncclComm_t sub = nullptr;
   NCCL_CHECK(ncclCommSplit(comm_, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &sub, nullptr));
   if (sub == nullptr) return nullptr;
-  return std::unique_ptr<Communicator>(new NcclCommunicator(sub, device_));
+  return std::unique_ptr<Communicator>(new NcclCommunicator(sub, device_, world_rank_));
 }
 
 }  // namespace shardtrain

@@ -40,6 +40,10 @@
 //  - barrier() is a one-element all-reduce waited on by the host.
 //  - all_reduce_f64_async is one ncclAllReduce of ncclDouble (sum or max): for two ranks the
 //    same bits as the MPI communicator's rank-order sum; for more, NCCL's order.
+//  - The watchdog (parallel.comm_timeout_s) is a thread per communicator that polls the oldest
+//    unfinished operation's event and ncclCommGetAsyncError; it names the operation and the
+//    group's size (NCCL does not say which peer is missing), calls ncclCommAbort, then ends
+//    the job.
 // Not promised: progress of a Work before wait() (it usually runs), use from several host
 // threads at once (one thread per communicator, as with MPI), Works outliving their
 // communicator (wait for them first: wait() asks the NCCL communicator for async errors).
@@ -49,8 +53,13 @@
 #include <nccl.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 
 #include "runtime/comm.h"
 #include "runtime/cuda/device.h"
@@ -104,22 +113,36 @@ class NcclCommunicator final : public Communicator {
   std::unique_ptr<Communicator> split(int color, int key) override;
 
  private:
-  NcclCommunicator(ncclComm_t comm, int device);
+  NcclCommunicator(ncclComm_t comm, int device, int world_rank);
   // Makes the communication stream wait for the compute stream's work so far.
   void order_after_compute();
-  std::unique_ptr<Work> finish();  // records the Work's event on the communication stream
-  void host_wait();                // the host waits for the communication stream, then errors
+  // Records the Work's event on the communication stream (and the watchdog's for `op`).
+  std::unique_ptr<Work> finish(const char* op);
+  void host_wait(const char* op);  // the host waits for the communication stream, then errors
+  // The watchdog (comm.h, parallel.comm_timeout_s): `op`, just issued, is watched until done.
+  void watch(const char* op);
+  void watchdog_loop();
   // Device scratch of at least `bytes`, used only by work on the communication stream.
   void* scratch(int64_t bytes);
 
   ncclComm_t comm_ = nullptr;
-  int device_ = 0, rank_ = 0, size_ = 1;
+  int device_ = 0, rank_ = 0, size_ = 1, world_rank_ = 0;
   Stream stream_;
   Event compute_done_;
   cudaStream_t compute_stream_ = nullptr;
   void* scratch_ = nullptr;
   int64_t scratch_bytes_ = 0;
   std::atomic<int64_t> bytes_sent_{0};
+  struct Watched {
+    Event done;
+    const char* op;
+    std::chrono::steady_clock::time_point issued;
+  };
+  std::mutex watch_mu_;
+  std::condition_variable watch_cv_;
+  std::deque<Watched> watched_;  // issued, not yet seen complete, oldest first
+  bool stop_ = false;
+  std::thread watchdog_;  // last: starts after the members it uses exist
 };
 
 }  // namespace shardtrain
