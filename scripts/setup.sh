@@ -28,6 +28,8 @@ packages=(
   libopenblas0-openmp                   # Debian's torch links the generic BLAS; this gives the
                                         # PyTorch baseline in bench/ an optimised one (shardtrain
                                         # itself uses no BLAS: oneDNN)
+  iproute2                              # ip netns / veth / bridge: the test hosts of
+                                        # tests/multihost (unshare is in util-linux, essential)
   # the bundled demo corpus: `bible Gen1:1-Rev22:21` prints the King James Bible
   bible-kjv
 )

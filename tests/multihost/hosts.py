@@ -23,6 +23,7 @@ Everything is removed on every exit path (the context manager, atexit, SIGTERM f
 """
 import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,6 +54,9 @@ class Hosts:
         """Why test hosts cannot be made here, or None."""
         if os.geteuid() != 0:
             return "network namespaces need root"
+        for tool in ("ip", "unshare", "mpirun"):
+            if shutil.which(tool) is None:
+                return f"{tool} is not installed (scripts/setup.sh installs iproute2)"
         name = f"stprobe{os.getpid() % 100000}"
         r = sh("ip", "netns", "add", name, check=False)
         if r.returncode != 0:

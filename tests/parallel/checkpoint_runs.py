@@ -22,7 +22,6 @@
                  directory swap: that step stays complete at every instant.
 """
 import argparse
-import json
 import os
 import re
 import subprocess
