@@ -109,30 +109,35 @@ void NcclCommunicator::watchdog_loop() {
     {
       std::unique_lock<std::mutex> lock(watch_mu_);
       if (watch_cv_.wait_for(lock, std::chrono::milliseconds(100), [&] { return stop_; })) return;
-      while (!watched_.empty() && watched_.front().done.query()) {
-        watched_.pop_front();
-        progress = std::chrono::steady_clock::now();
+      try {
+        while (!watched_.empty() && watched_.front().done.query()) {
+          watched_.pop_front();
+          progress = std::chrono::steady_clock::now();
+        }
+      } catch (const std::exception& e) {  // the device failed (a sticky CUDA error)
+        failure = str_cat("NCCL watchdog: ", watched_.front().op, ": ", e.what());
       }
-      if (!watched_.empty()) {
+      if (watched_.empty()) {
+        progress = std::chrono::steady_clock::now();
+      } else if (failure.empty()) {
         const Watched& w = watched_.front();
         const auto since = std::max(progress, w.issued);
         const double waited =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
         if (waited > comm_timeout_s()) {
-          failure = str_cat(w.op, " made no progress for ", comm_timeout_s(), " s");
+          failure =
+              str_cat("comm_timeout_s: ", w.op, " made no progress for ", comm_timeout_s(), " s");
         }
-      } else {
-        progress = std::chrono::steady_clock::now();
       }
     }
     ncclResult_t async_error = ncclSuccess;
     if (ncclCommGetAsyncError(comm_, &async_error) == ncclSuccess && async_error != ncclSuccess &&
         async_error != ncclInProgress) {
-      failure = str_cat("NCCL reports ", NcclTraits::describe(async_error));
+      failure = str_cat("NCCL watchdog: NCCL reports ", NcclTraits::describe(async_error));
     }
     if (failure.empty()) continue;
     std::fprintf(stderr,
-                 "shardtrain: error: [rank %d] comm_timeout_s: %s in an NCCL group of %d ranks "
+                 "shardtrain: error: [rank %d] %s in an NCCL group of %d ranks "
                  "(this rank is %d of it), waiting on one or more of the other %d; ending the "
                  "job\n",
                  world_rank_, failure.c_str(), size_, rank_, size_ - 1);
