@@ -35,6 +35,10 @@ mounts=()
 cleanup() {
   local i
   for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount -l "${mounts[i]}" 2>/dev/null || true; done
+  # Mounts the tests made inside the root (iproute2 bind-mounts run/netns), deepest first.
+  local m
+  while read -r m; do umount -l "$m" 2>/dev/null || true; done < <(
+    awk -v r="$root/" 'index($2, r) == 1 {print $2}' /proc/mounts | sort -r)
   [[ -n "${KEEP_ROOT:-}" ]] || rm -rf --one-file-system "$root"
 }
 trap cleanup EXIT

@@ -54,16 +54,22 @@ class Hosts:
         """Why test hosts cannot be made here, or None."""
         if os.geteuid() != 0:
             return "network namespaces need root"
-        for tool in ("ip", "unshare", "mpirun"):
+        for tool in ("ip", "unshare"):
             if shutil.which(tool) is None:
                 return f"{tool} is not installed (scripts/setup.sh installs iproute2)"
         name = f"stprobe{os.getpid() % 100000}"
         r = sh("ip", "netns", "add", name, check=False)
         if r.returncode != 0:
             return f"ip netns add failed: {r.stderr.strip()}"
+        # `ip netns exec` remounts / and /sys in a new mount namespace, which a chroot refuses.
+        r = sh("ip", "netns", "exec", name, "true", check=False)
         sh("ip", "netns", "del", name, check=False)
+        if r.returncode != 0:
+            return f"ip netns exec failed: {r.stderr.strip() or f'exit {r.returncode}'}"
         if sh("unshare", "--uts", "true", check=False).returncode != 0:
             return "unshare --uts failed"
+        if shutil.which("mpirun") is None:
+            return "mpirun is not installed (scripts/setup.sh installs Open MPI)"
         return None
 
     def address(self, i):
