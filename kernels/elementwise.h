@@ -44,8 +44,11 @@ void add_bias(T* x, const T* bias, int64_t rows, int64_t cols);
 // acc[i] += x[i] (fp32).
 void add_f32(float* acc, const float* x, int64_t n);
 
-// sum over i of double(x[i])^2, summed sequentially in index order (each square is exact in
-// double, so only the additions round). Single-threaded: the order is the definition.
+// sum over i of double(x[i])^2 (each square is exact in double, so only the additions round),
+// added in one fixed order, which is the definition: x is cut into chunks of 2^16 elements;
+// within a chunk, lane j (0..15) sums the elements i = j mod 16 in index order, then the 16
+// lanes add in lane order; the chunk sums add in chunk order, from 0.0. The order depends on n
+// alone (not on threads, ISA level or x's address), so it is bitwise the same wherever it runs.
 double sum_squares(const float* x, int64_t n);
 // sum over i of double(x[i]), sequentially in index order.
 double sum_f32(const float* x, int64_t n);

@@ -37,6 +37,9 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--resume", train.resume, "auto | checkpoint directory");
   train_cmd->add_option("--metrics", train.metrics, "write one JSON line per step here");
   train_cmd->add_option("--memory-report", train.memory_report, "write the memory report here");
+  train_cmd->add_option("--profile", train.profile,
+                        "time every op of the steps after the first, write the profile here "
+                        "(JSON) and log it as a table (cpu only)");
   train_cmd->add_option("--export-final", train.export_final,
                         "write the final weights: FILE.safetensors, or a Hugging Face model "
                         "directory");

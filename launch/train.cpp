@@ -35,9 +35,11 @@
 #include <thread>
 
 #include "kernels/cpu/cpu_isa.h"
+#include "kernels/profiler.h"
 #include "launch/device.h"
 #include "launch/hf_export.h"
 #include "launch/memory_report.h"
+#include "launch/profile_report.h"
 #include "models/data.h"
 #include "models/flops.h"
 #include "models/gpt.h"
@@ -138,6 +140,9 @@ struct Run {
   Config config;
   int64_t B = 0, T = 0, accum = 0, steps = 0;
   RunDevice dev;  // backend, memory, dp/tp groups (tp: null when parallel.tp == 1)
+  // --profile: dev.backend is then `profiling`, timing each call into `profile`.
+  kernels::OpProfile profile;
+  std::unique_ptr<kernels::Backend> profiling;
   models::GptDims dims{};
   std::unique_ptr<models::DataLoader> train, val;
   std::unique_ptr<parallel::ZeroEngine> engine;
@@ -198,6 +203,20 @@ std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
   // run: it is recorded only for the memory report that draws it.
   run->dev = make_run_device(c.train().device(), mpi, tp,
                              !args.memory_report.empty() && !args.no_memory_timeline);
+  if (!args.profile.empty()) {
+    if (std::string(run->dev.backend->name()) != "cpu") {
+      throw UserError(str_cat("--profile times ops on the host, which is their time only on the "
+                              "cpu backend; train.device ",
+                              run->dev.backend->name(),
+                              " runs them asynchronously (use Nsight Systems there)"));
+    }
+    // Written at the end; a file rank 0 cannot write fails now instead.
+    if (mpi.world_rank() == 0 && !std::ofstream(args.profile, std::ios::trunc)) {
+      throw UserError(str_cat("--profile ", args.profile, ": cannot write"));
+    }
+    run->profiling = kernels::make_profiling_backend(*run->dev.backend, run->profile);
+    run->dev.backend = run->profiling.get();
+  }
   kernels::Backend& backend = *run->dev.backend;
   if (!backend.supports_attention(compute_dtype(c), run->dims.C / run->dims.H)) {
     throw UserError(str_cat("train.device ", backend.name(),
@@ -316,7 +335,11 @@ void train_loop(Run& run, const TrainArgs& args) {
   const int world_rank =
       run.dev.dp->rank() * int(run.dims.tp) + (run.dev.tp ? run.dev.tp->rank() : 0);
   const int64_t first_step = run.has_resumed ? run.resumed.step + 1 : 1;
+  // --profile: the steps after the first (which also builds oneDNN's kernels), if any.
+  const int64_t first_profiled = first_step < run.steps ? first_step + 1 : first_step;
   for (int64_t step = first_step; step <= run.steps; ++step) {
+    const bool profiled = run.profiling && step >= first_profiled;
+    run.profile.set_enabled(profiled);
     const auto t0 = Clock::now();
     if (step == args.fault_step && world_rank == args.fault_rank) {
       throw InternalError(str_cat("injected fault at step ", step, " (--inject-fault)"));
@@ -353,7 +376,12 @@ void train_loop(Run& run, const TrainArgs& args) {
                loss_scale, " -> ", scaler.scale());
     }
     const int64_t host_syncs = host_sync_count() - syncs_before;
-    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    const auto t1 = Clock::now();
+    const double secs = std::chrono::duration<double>(t1 - t0).count();
+    if (profiled) {
+      run.profile.set_enabled(false);
+      run.profile.add_step(std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count());
+    }
     const double eta_s = double(run.steps - step) * recent.add(secs);
     const double tflops = step_flops / secs / double(world_size) / 1e12;
     const int64_t comm_bytes = run.dev.dp->bytes_sent() - comm_before;
@@ -403,6 +431,9 @@ void train_loop(Run& run, const TrainArgs& args) {
     if (!ck.dir().empty() && ((ck.every() > 0 && step % ck.every() == 0) || step == run.steps)) {
       save(step);
     }
+  }
+  if (run.profiling && world_rank == 0) {
+    write_profile_report(args.profile, run.profile, kernels::cpu::cpu_description());
   }
   if (!run.export_final.path.empty()) {
     write_hf_export(run.export_final, engine, c.model(), model_text(c), world_rank == 0);

@@ -5,13 +5,15 @@
 // in place. The inner loops are `omp simd` so that the vectoriser keeps them vector even when
 // the output aliases an input (out == a is legal: there is no dependence across elements).
 // add_bias, add_f32 and residual_add are one fp32 add and one rounding per element (bitwise what a
-// scalar loop over dtype.h's conversions gives); sum_squares is a plain sequential double sum.
+// scalar loop over dtype.h's conversions gives); sum_squares adds in a fixed blocked order (the
+// same bits at every thread count and ISA level).
 // GELU uses the identity 0.5 (1 + tanh u) = 1 / (1 + e^{-2u}) so that it needs only the
 // vectorisable exp_f32 (glibc's tanhf is an opaque call), and the form is accurate in both
 // tails. bias_backward sums a fixed partition of the rows (vec_util.h) so the result does not
 // depend on the thread count.
 #include "kernels/elementwise.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -32,6 +34,9 @@ namespace {
 
 constexpr float kGeluK = 0.7978845608028654f;  // sqrt(2 / pi)
 constexpr float kGeluA = 0.044715f;
+// sum_squares' fixed order (kernels/elementwise.h): chunks of 64 Ki elements, 16 lanes each.
+constexpr int64_t kSqChunk = int64_t(1) << 16;
+constexpr int64_t kSqLanes = 16;
 
 }  // namespace
 
@@ -136,9 +141,35 @@ void add_f32(float* acc, const float* x, int64_t n) {
 }
 
 double sum_squares(const float* x, int64_t n) {
-  double s = 0.0;
-  for (int64_t i = 0; i < n; ++i) s += double(x[i]) * double(x[i]);
-  return s;
+  // 1. Each chunk of kSqChunk elements sums into kSqLanes doubles, lane j taking the elements
+  //    i = j (mod kSqLanes) in index order: vector code at any ISA, the same additions at all.
+  // 2. A chunk's lanes add in lane order; the chunks' sums add in chunk order, from 0.0.
+  const int64_t chunks = (n + kSqChunk - 1) / kSqChunk;
+  double partial_stack[64];
+  std::vector<double> partial_heap;
+  double* partial = partial_stack;
+  if (chunks > 64) {
+    partial_heap.resize(size_t(chunks));
+    partial = partial_heap.data();
+  }
+#pragma omp parallel for schedule(static) if (chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const float* xc = x + c * kSqChunk;
+    const int64_t len = std::min(kSqChunk, n - c * kSqChunk);
+    double lane[kSqLanes] = {};
+    int64_t i = 0;
+    for (; i + kSqLanes <= len; i += kSqLanes) {
+#pragma omp simd
+      for (int64_t j = 0; j < kSqLanes; ++j) lane[j] += double(xc[i + j]) * double(xc[i + j]);
+    }
+    for (int64_t j = 0; i + j < len; ++j) lane[j] += double(xc[i + j]) * double(xc[i + j]);
+    double sum = 0.0;
+    for (int64_t j = 0; j < kSqLanes; ++j) sum += lane[j];
+    partial[c] = sum;
+  }
+  double total = 0.0;
+  for (int64_t c = 0; c < chunks; ++c) total += partial[c];
+  return total;
 }
 
 double sum_f32(const float* x, int64_t n) {

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -304,6 +305,41 @@ TEST(SumSquares, MatchesDoubleReference) {
   double want = 0;
   for (float v : ints) want += double(v) * double(v);
   EXPECT_EQ(sum_squares(ints.data(), int64_t(ints.size())), want);
+}
+
+// The order elementwise.h defines, written out as plain loops: 2^16-element chunks, 16 lanes
+// each (lane j takes i = j mod 16 in index order), lanes then chunks added in order.
+double sum_squares_by_definition(const float* x, int64_t n) {
+  const int64_t chunk = int64_t(1) << 16;
+  double total = 0.0;
+  for (int64_t c0 = 0; c0 < n; c0 += chunk) {
+    double lane[16] = {};
+    for (int64_t i = c0; i < std::min(n, c0 + chunk); ++i) {
+      lane[(i - c0) % 16] += double(x[i]) * double(x[i]);
+    }
+    double sum = 0.0;
+    for (double l : lane) sum += l;
+    total += sum;
+  }
+  return total;
+}
+
+TEST(SumSquares, BitwiseTheDefinedOrderAtAnyThreadCountAndAddress) {
+  // Three chunks and a ragged tail; magnitudes over ~10 binades so that the order shows in the
+  // last bits (a sequential sum of these differs).
+  const int64_t n = 3 * (int64_t(1) << 16) + 1234 + 7;
+  auto x = random_vector(n + 1, 97), spread = random_vector(n + 1, 98, 2.0f);
+  for (size_t i = 0; i < x.size(); ++i) x[i] *= std::exp2(spread[i]);
+  const int saved = omp_get_max_threads();
+  for (int64_t offset : {0, 1}) {  // x + 1: not 64-byte aligned, the same order
+    const double want = sum_squares_by_definition(x.data() + offset, n);
+    for (int threads : {1, 2, 3}) {
+      omp_set_num_threads(threads);
+      EXPECT_EQ(sum_squares(x.data() + offset, n), want)
+          << "offset " << offset << ", " << threads << " threads";
+    }
+  }
+  omp_set_num_threads(saved);
 }
 
 // ---- cast ------------------------------------------------------------------------------------

@@ -693,6 +693,49 @@ def metrics(env):
     return failures
 
 
+def profile(env):
+    """train --profile (kernels/profiler.h, launch/profile_report.h): every step but the first
+    is profiled; the profile's step time is the metrics' own (both from the step's one clock
+    pair: 1e-9, JSON round-trip and the mean's summation); ops + "other" add up to it; each op
+    is called as often as the model calls it (per block per micro-step, the head once per
+    micro-step; GEMM GFLOP/s = 2 m n k calls / time). Runs: np 1 with grad_accum 2, and np 2
+    at tp 2 (rank 0's profile: the head's GEMM has this rank's half of the vocabulary)."""
+    failures = []
+    L, C, T, B, Vp, steps = 2, 64, 32, 4, 128, 10
+    for name, np_, sets, accum, tp in [("np 1, grad_accum 2", 1, ["data.grad_accum=2"], 2, 1),
+                                       ("np 2, tp 2", 2, ["parallel.tp=2"], 1, 2)]:
+        path = os.path.join(env.tmp, f"profile{env.n}.json")
+        lines, _, p = env.run(np_, sets, ["--profile", path])
+        r = json.load(open(path))
+        ops = {o["op"]: o for o in r["ops"]}
+        mean_ms = sum(m["step_ms"] for m in lines[1:]) / len(lines[1:])
+        total = sum(o["ms_per_step"] for o in r["ops"]) + r["other_ms_per_step"]
+        head = f"gemm {B * T}x{Vp // tp}x{C} NT f32->f32"  # logits = lnf @ wte^T
+        print(f"{name}: {r['steps']} steps profiled, {r['step_ms']:.3f} ms per step (metrics "
+              f"{mean_ms:.3f}), other {r['other_ms_per_step']:.3f} ms; top ops "
+              f"{[(o['op'], round(o['share'], 3)) for o in r['ops'][:5]]}")
+        if r["steps"] != steps - 1:
+            failures.append(f"{name}: {r['steps']} steps profiled, want {steps - 1}")
+        if abs(r["step_ms"] - mean_ms) > 1e-9 * mean_ms:
+            failures.append(f"{name}: profile step_ms {r['step_ms']} vs metrics {mean_ms}")
+        if abs(total - r["step_ms"]) > 1e-9 * r["step_ms"] or r["other_ms_per_step"] < 0:
+            failures.append(f"{name}: ops + other = {total} ms vs step {r['step_ms']} ms")
+        want_calls = {"attention_forward": L * accum, "attention_backward": L * accum,
+                      "layernorm_backward": (2 * L + 1) * accum, head: accum}
+        for op, n in want_calls.items():
+            got = ops.get(op, {}).get("calls_per_step")
+            if got != n:
+                failures.append(f"{name}: {op} called {got} times per step, want {n}")
+        if head in ops:
+            o = ops[head]
+            want = 2 * B * T * (Vp // tp) * C * o["calls_per_step"] / (o["ms_per_step"] * 1e6)
+            if abs(o["gflops"] - want) > 1e-6 * want:
+                failures.append(f"{name}: {head} at {o['gflops']} GFLOP/s, its time says {want}")
+        if "profile of 9 step(s)" not in p.stdout + p.stderr:
+            failures.append(f"{name}: no profile table in the log")
+    return failures
+
+
 # The Llama variant of the test model (--arch llama): 2 K/V heads for 4 query heads, FFN 160,
 # untied head.
 LLAMA = "arch: LLAMA n_kv_head: 2 ffn_hidden: 160"
@@ -740,6 +783,7 @@ def main():
             "recompute": lambda: recompute(env),
             "cuda_gpu": lambda: cuda_gpu(env),
             "metrics": lambda: metrics(env),
+            "profile": lambda: profile(env),
         }
         failures = checks[a.check]()
     for f in failures:
