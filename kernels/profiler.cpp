@@ -101,8 +101,7 @@ class ProfilingBackend final : public Backend {
     Timer timer(profile_, "download_async");
     inner_.download_async(host, src, bytes);
   }
-  void gemm(const GemmDesc& d, const void* a, const void* b, void* c,
-            const void* bias) override {
+  void gemm(const GemmDesc& d, const void* a, const void* b, void* c, const void* bias) override {
     Timer timer(profile_, gemm_profile_key(d), gemm_flops(d));
     inner_.gemm(d, a, b, c, bias);
   }
@@ -127,27 +126,36 @@ class ProfilingBackend final : public Backend {
     Timer timer(profile_, "zero");
     inner_.zero(dst, bytes);
   }
-  void layernorm_forward(DType t, void* out, float* mean, float* rstd, const void* x, const void* weight, const void* bias, RowsShape s, float eps) override {
+  void layernorm_forward(DType t, void* out, float* mean, float* rstd, const void* x,
+                         const void* weight, const void* bias, RowsShape s, float eps) override {
     Timer timer(profile_, "layernorm_forward");
     inner_.layernorm_forward(t, out, mean, rstd, x, weight, bias, s, eps);
   }
-  void residual_layernorm_forward(DType t, void* res, void* out, float* mean, float* rstd, const void* a, const void* b, const void* weight, const void* bias, RowsShape s, float eps) override {
+  void residual_layernorm_forward(DType t, void* res, void* out, float* mean, float* rstd,
+                                  const void* a, const void* b, const void* weight,
+                                  const void* bias, RowsShape s, float eps) override {
     Timer timer(profile_, "residual_layernorm_forward");
     inner_.residual_layernorm_forward(t, res, out, mean, rstd, a, b, weight, bias, s, eps);
   }
-  void layernorm_backward(DType t, void* dx, float* dweight, float* dbias, const void* dout, const void* x, const void* weight, const float* mean, const float* rstd, RowsShape s) override {
+  void layernorm_backward(DType t, void* dx, float* dweight, float* dbias, const void* dout,
+                          const void* x, const void* weight, const float* mean, const float* rstd,
+                          RowsShape s) override {
     Timer timer(profile_, "layernorm_backward");
     inner_.layernorm_backward(t, dx, dweight, dbias, dout, x, weight, mean, rstd, s);
   }
-  void attention_forward(DType t, void* out, float* lse, const void* qkv, AttentionShape s) override {
+  void attention_forward(DType t, void* out, float* lse, const void* qkv,
+                         AttentionShape s) override {
     Timer timer(profile_, "attention_forward");
     inner_.attention_forward(t, out, lse, qkv, s);
   }
-  void attention_backward(DType t, void* dqkv, const void* dout, const void* qkv, const void* out, const float* lse, AttentionShape s) override {
+  void attention_backward(DType t, void* dqkv, const void* dout, const void* qkv, const void* out,
+                          const float* lse, AttentionShape s) override {
     Timer timer(profile_, "attention_backward");
     inner_.attention_backward(t, dqkv, dout, qkv, out, lse, s);
   }
-  void attention_decode(DType t, void* out, const void* q, int64_t q_stride, const void* k, const void* v, int64_t k_stride, AttentionShape s, int64_t pos, int64_t n) override {
+  void attention_decode(DType t, void* out, const void* q, int64_t q_stride, const void* k,
+                        const void* v, int64_t k_stride, AttentionShape s, int64_t pos,
+                        int64_t n) override {
     Timer timer(profile_, "attention_decode");
     inner_.attention_decode(t, out, q, q_stride, k, v, k_stride, s, pos, n);
   }
@@ -171,31 +179,40 @@ class ProfilingBackend final : public Backend {
     Timer timer(profile_, "add_bias");
     inner_.add_bias(t, x, bias, rows, cols);
   }
-  void embedding_forward(DType t, void* out, const int32_t* tokens, const void* wte, const void* wpe, EmbeddingShape s) override {
+  void embedding_forward(DType t, void* out, const int32_t* tokens, const void* wte,
+                         const void* wpe, EmbeddingShape s) override {
     Timer timer(profile_, "embedding_forward");
     inner_.embedding_forward(t, out, tokens, wte, wpe, s);
   }
-  void embedding_backward(DType t, float* dwte, float* dwpe, const void* dout, const int32_t* tokens, EmbeddingShape s) override {
+  void embedding_backward(DType t, float* dwte, float* dwpe, const void* dout,
+                          const int32_t* tokens, EmbeddingShape s) override {
     Timer timer(profile_, "embedding_backward");
     inner_.embedding_backward(t, dwte, dwpe, dout, tokens, s);
   }
-  void cross_entropy_forward(DType t, float* losses, float* lse, const void* logits, const int32_t* targets, LogitsShape s, int64_t valid_vocab) override {
+  void cross_entropy_forward(DType t, float* losses, float* lse, const void* logits,
+                             const int32_t* targets, LogitsShape s, int64_t valid_vocab) override {
     Timer timer(profile_, "cross_entropy_forward");
     inner_.cross_entropy_forward(t, losses, lse, logits, targets, s, valid_vocab);
   }
-  void cross_entropy_backward(DType t, void* dlogits, const void* logits, const float* lse, const int32_t* targets, float grad_weight, LogitsShape s, int64_t valid_vocab) override {
+  void cross_entropy_backward(DType t, void* dlogits, const void* logits, const float* lse,
+                              const int32_t* targets, float grad_weight, LogitsShape s,
+                              int64_t valid_vocab) override {
     Timer timer(profile_, "cross_entropy_backward");
     inner_.cross_entropy_backward(t, dlogits, logits, lse, targets, grad_weight, s, valid_vocab);
   }
-  void rmsnorm_forward(DType t, void* out, float* rstd, const void* x, const void* weight, RowsShape s, float eps) override {
+  void rmsnorm_forward(DType t, void* out, float* rstd, const void* x, const void* weight,
+                       RowsShape s, float eps) override {
     Timer timer(profile_, "rmsnorm_forward");
     inner_.rmsnorm_forward(t, out, rstd, x, weight, s, eps);
   }
-  void residual_rmsnorm_forward(DType t, void* res, void* out, float* rstd, const void* a, const void* b, const void* weight, RowsShape s, float eps) override {
+  void residual_rmsnorm_forward(DType t, void* res, void* out, float* rstd, const void* a,
+                                const void* b, const void* weight, RowsShape s,
+                                float eps) override {
     Timer timer(profile_, "residual_rmsnorm_forward");
     inner_.residual_rmsnorm_forward(t, res, out, rstd, a, b, weight, s, eps);
   }
-  void rmsnorm_backward(DType t, void* dx, float* dweight, const void* dout, const void* x, const void* weight, const float* rstd, RowsShape s) override {
+  void rmsnorm_backward(DType t, void* dx, float* dweight, const void* dout, const void* x,
+                        const void* weight, const float* rstd, RowsShape s) override {
     Timer timer(profile_, "rmsnorm_backward");
     inner_.rmsnorm_backward(t, dx, dweight, dout, x, weight, rstd, s);
   }
@@ -211,45 +228,65 @@ class ProfilingBackend final : public Backend {
     Timer timer(profile_, "swiglu_forward");
     inner_.swiglu_forward(t, out, gu, rows, ffn);
   }
-  void swiglu_backward(DType t, void* dgu, const void* gu, const void* dout, int64_t rows, int64_t ffn) override {
+  void swiglu_backward(DType t, void* dgu, const void* gu, const void* dout, int64_t rows,
+                       int64_t ffn) override {
     Timer timer(profile_, "swiglu_backward");
     inner_.swiglu_backward(t, dgu, gu, dout, rows, ffn);
   }
-  void embedding_lookup_slice(DType t, void* out, const int32_t* tokens, const void* wte, int64_t vocab_begin, int64_t vocab_rows, int64_t n, int64_t C) override {
+  void embedding_lookup_slice(DType t, void* out, const int32_t* tokens, const void* wte,
+                              int64_t vocab_begin, int64_t vocab_rows, int64_t n,
+                              int64_t C) override {
     Timer timer(profile_, "embedding_lookup_slice");
     inner_.embedding_lookup_slice(t, out, tokens, wte, vocab_begin, vocab_rows, n, C);
   }
-  void add_positions(DType t, void* x, const void* wpe, int64_t rows, int64_t row0, int64_t T, int64_t C) override {
+  void add_positions(DType t, void* x, const void* wpe, int64_t rows, int64_t row0, int64_t T,
+                     int64_t C) override {
     Timer timer(profile_, "add_positions");
     inner_.add_positions(t, x, wpe, rows, row0, T, C);
   }
-  void embedding_backward_slice(DType t, float* dwte, const void* dout, const int32_t* tokens, int64_t vocab_begin, int64_t vocab_rows, int64_t n, int64_t C) override {
+  void embedding_backward_slice(DType t, float* dwte, const void* dout, const int32_t* tokens,
+                                int64_t vocab_begin, int64_t vocab_rows, int64_t n,
+                                int64_t C) override {
     Timer timer(profile_, "embedding_backward_slice");
     inner_.embedding_backward_slice(t, dwte, dout, tokens, vocab_begin, vocab_rows, n, C);
   }
-  void positions_backward(DType t, float* dwpe, const void* dout, int64_t rows, int64_t row0, int64_t T, int64_t C) override {
+  void positions_backward(DType t, float* dwpe, const void* dout, int64_t rows, int64_t row0,
+                          int64_t T, int64_t C) override {
     Timer timer(profile_, "positions_backward");
     inner_.positions_backward(t, dwpe, dout, rows, row0, T, C);
   }
-  void cross_entropy_partial_max(DType t, double* row_max, double* target_logit, const void* logits, const int32_t* targets, int64_t vocab_begin, LogitsShape s, int64_t valid) override {
+  void cross_entropy_partial_max(DType t, double* row_max, double* target_logit, const void* logits,
+                                 const int32_t* targets, int64_t vocab_begin, LogitsShape s,
+                                 int64_t valid) override {
     Timer timer(profile_, "cross_entropy_partial_max");
-    inner_.cross_entropy_partial_max(t, row_max, target_logit, logits, targets, vocab_begin, s, valid);
+    inner_.cross_entropy_partial_max(t, row_max, target_logit, logits, targets, vocab_begin, s,
+                                     valid);
   }
-  void cross_entropy_partial_sumexp(DType t, double* sum, const void* logits, const double* row_max, LogitsShape s, int64_t valid) override {
+  void cross_entropy_partial_sumexp(DType t, double* sum, const void* logits, const double* row_max,
+                                    LogitsShape s, int64_t valid) override {
     Timer timer(profile_, "cross_entropy_partial_sumexp");
     inner_.cross_entropy_partial_sumexp(t, sum, logits, row_max, s, valid);
   }
-  void cross_entropy_backward_slice(DType t, void* dlogits, const void* logits, const float* lse, const int32_t* targets, int64_t vocab_begin, float grad_weight, LogitsShape s, int64_t valid) override {
+  void cross_entropy_backward_slice(DType t, void* dlogits, const void* logits, const float* lse,
+                                    const int32_t* targets, int64_t vocab_begin, float grad_weight,
+                                    LogitsShape s, int64_t valid) override {
     Timer timer(profile_, "cross_entropy_backward_slice");
-    inner_.cross_entropy_backward_slice(t, dlogits, logits, lse, targets, vocab_begin, grad_weight, s, valid);
+    inner_.cross_entropy_backward_slice(t, dlogits, logits, lse, targets, vocab_begin, grad_weight,
+                                        s, valid);
   }
-  void cross_entropy_from_partials(float* losses, float* lse, const double* row_max, const double* sum, const double* target_logit, const int32_t* targets, int64_t n) override {
+  void cross_entropy_from_partials(float* losses, float* lse, const double* row_max,
+                                   const double* sum, const double* target_logit,
+                                   const int32_t* targets, int64_t n) override {
     Timer timer(profile_, "cross_entropy_from_partials");
     inner_.cross_entropy_from_partials(losses, lse, row_max, sum, target_logit, targets, n);
   }
-  void adamw_update_segments(float* param, const float* grad, float* m, float* v, DType t, void* compute_param, const AdamWSegment* segments, int64_t num_segments, const AdamWParams& p, float grad_scale) override {
+  void adamw_update_segments(float* param, const float* grad, float* m, float* v, DType t,
+                             void* compute_param, const AdamWSegment* segments,
+                             int64_t num_segments, const AdamWParams& p,
+                             float grad_scale) override {
     Timer timer(profile_, "adamw_update_segments");
-    inner_.adamw_update_segments(param, grad, m, v, t, compute_param, segments, num_segments, p, grad_scale);
+    inner_.adamw_update_segments(param, grad, m, v, t, compute_param, segments, num_segments, p,
+                                 grad_scale);
   }
   void cast_from_f32(DType t, void* out, const float* in, int64_t n) override {
     Timer timer(profile_, "cast_from_f32");

@@ -39,7 +39,7 @@ class OpProfile {
   void add_step(int64_t ns);
 
   int64_t steps() const;
-  int64_t step_ns() const;            // summed over the profiled steps
+  int64_t step_ns() const;             // summed over the profiled steps
   std::vector<Entry> entries() const;  // by time, longest first
 
  private:

@@ -15,8 +15,8 @@ void write_profile_report(const std::string& path, const kernels::OpProfile& pro
   if (steps == 0) return;  // no step ran (e.g. a resume at the last step)
   const double step_ms = double(profile.step_ns()) / 1e6 / double(steps);
   nlohmann::json ops = nlohmann::json::array();
-  std::string table = str_cat("profile of ", steps, " step(s), ", step_ms, " ms per step (", cpu,
-                              "):\n");
+  std::string table =
+      str_cat("profile of ", steps, " step(s), ", step_ms, " ms per step (", cpu, "):\n");
   char line[256];
   std::snprintf(line, sizeof line, "  %-44s %10s %10s %7s %9s\n", "op", "calls/step", "ms/step",
                 "share", "GFLOP/s");

@@ -205,10 +205,10 @@ std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
                              !args.memory_report.empty() && !args.no_memory_timeline);
   if (!args.profile.empty()) {
     if (std::string(run->dev.backend->name()) != "cpu") {
-      throw UserError(str_cat("--profile times ops on the host, which is their time only on the "
-                              "cpu backend; train.device ",
-                              run->dev.backend->name(),
-                              " runs them asynchronously (use Nsight Systems there)"));
+      throw UserError(str_cat(
+          "--profile times ops on the host, which is their time only on the "
+          "cpu backend; train.device ",
+          run->dev.backend->name(), " runs them asynchronously (use Nsight Systems there)"));
     }
     // Written at the end; a file rank 0 cannot write fails now instead.
     if (mpi.world_rank() == 0 && !std::ofstream(args.profile, std::ios::trunc)) {

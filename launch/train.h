@@ -14,7 +14,7 @@ struct TrainArgs {
   std::string resume;
   std::string metrics;
   std::string memory_report;
-  std::string profile;  // --profile FILE: time per op (launch/profile_report.h); cpu only
+  std::string profile;       // --profile FILE: time per op (launch/profile_report.h); cpu only
   std::string export_final;  // a .safetensors file or a model directory (launch/hf_export.h)
   bool dry_run = false;
   // Hidden: no allocator timeline (peaks and counters are still kept), to measure its cost.
