@@ -14,7 +14,9 @@ On the CPU it also prints, from the same run: the step's achieved GFLOP/s (model
 token 6 N + 12 L C T, PaLM's count, N = the matmul parameters incl. the tied head: 34.6 M here),
 and the machine's GEMM peak — the better of two runs of bench/gemm_peak (kernels::gemm, i.e.
 oneDNN), before and after the steps, at the step's largest GEMM shape and at 2048^3 on the same
-threads — with the CPU (model, oneDNN ISA, kernel level) of each figure. Where PyTorch's CPU
+threads — with the CPU (model, oneDNN ISA, kernel level) of each figure, and shardtrain's step by
+op from the same run (`train --profile`): the share of GEMMs, attention, cross-entropy, norms,
+GELU and the optimizer, what the other ops and the host code between ops take, and the top ops. Where PyTorch's CPU
 autocast cannot run (torch 1.13's bf16 matmul needs AVX-512; on an AVX2 CPU it raises "could not
 create a primitive descriptor iterator") the bf16 run is compared with PyTorch's fp32 step,
 which is what such a user runs instead, and says so.
@@ -64,14 +66,45 @@ def bench_shardtrain(exe, tmp, shard, dtype, steps, threads, warmup, device):
                 .replace("{threads}", str(threads)))
     metrics = os.path.join(tmp, "m.jsonl")
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    subprocess.run([exe, "train", "--config", cfg, "--metrics", metrics, "--device", device],
-                   check=True, env=env, stdout=subprocess.DEVNULL)
+    # On the cpu the same run is profiled (train --profile: a clock pair per op call, a few
+    # hundred per step, i.e. microseconds of a step of hundreds of milliseconds).
+    profile = os.path.join(tmp, "profile.json")
+    extra = ["--profile", profile] if device == "cpu" else []
+    subprocess.run([exe, "train", "--config", cfg, "--metrics", metrics, "--device", device]
+                   + extra, check=True, env=env, stdout=subprocess.DEVNULL)
     lines = [json.loads(l) for l in open(metrics)][warmup:]
     LAST_METRICS[:] = lines
+    LAST_PROFILE.clear()
+    if extra:
+        LAST_PROFILE.update(json.load(open(profile)))
     return statistics.median(l["tokens_per_s"] for l in lines)
 
 
 LAST_METRICS = []  # shardtrain's metrics lines after the warm-up, of the last bench_shardtrain
+LAST_PROFILE = {}  # its --profile report (cpu)
+
+# How the profile's ops group in the summary line (launch/profile_report.h names the ops).
+OP_GROUPS = [("GEMMs", ("gemm",)), ("attention", ("attention",)),
+             ("cross-entropy", ("cross_entropy",)),
+             ("norms", ("layernorm", "residual_layernorm", "rmsnorm", "residual_rmsnorm")),
+             ("GELU", ("gelu_",)), ("optimizer (AdamW, grad norm)", ("adamw", "sum_squares"))]
+
+
+def profile_summary(report):
+    """Shares of the step per op group, the rest of the ops, and what no op accounts for."""
+    shares = {name: 0.0 for name, _ in OP_GROUPS}
+    rest = 0.0
+    for op in report["ops"]:
+        group = next((name for name, prefixes in OP_GROUPS
+                      if op["op"].split(" ")[0].startswith(prefixes)), None)
+        if group:
+            shares[group] += op["share"]
+        else:
+            rest += op["share"]
+    parts = [f"{name} {share:.1%}" for name, share in shares.items()]
+    parts.append(f"other ops {rest:.1%}")
+    parts.append(f"outside ops {report['other_ms_per_step'] / report['step_ms']:.1%}")
+    return ", ".join(parts)
 
 
 def bench_torch(tokens, dtype, steps, threads, warmup, device):
@@ -206,6 +239,11 @@ def main():
         for p in peaks:
             print(f"  {p['dtype']} GEMM peak {p['m']}x{p['n']}x{p['k']}: {p['gflops']:.1f} GFLOP/s"
                   f" -> the step reaches {achieved / p['gflops'] * 100:.0f} % of it")
+        print(f"  shardtrain's step by op (train --profile, same run, "
+              f"{LAST_PROFILE['step_ms']:.1f} ms): {profile_summary(LAST_PROFILE)}")
+        for op in LAST_PROFILE["ops"][:6]:
+            rate = f", {op['gflops']:.0f} GFLOP/s" if "gflops" in op else ""
+            print(f"    {op['op']}: {op['ms_per_step']:.2f} ms ({op['share']:.1%}{rate})")
         print(f"  CPU (shardtrain): {peaks[0]['cpu']}")
         print(f"  CPU (pytorch):    {torch_cpu_name()}")
 
