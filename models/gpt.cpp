@@ -353,6 +353,7 @@ void Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* targ
   ps.release(0);
 
   // 2. Blocks.
+  recomputed_holds_ = -1;
   for (int64_t l = 0; l < L; ++l) {
     const int u = int(l) + 1;
     ps.acquire(u);
@@ -362,6 +363,7 @@ void Gpt<S>::forward(ParamSource& ps, const int32_t* inputs, const int32_t* targ
       gpt2_block_forward(l, ps.params(u));
     }
     ps.release(u);
+    if (dims_.block_recompute(l) != Recompute::kNone) recomputed_holds_ = l;
   }
 
   // 3. Final norm (gathered under sequence parallelism), then the head: logits (N, Vp/tp) =
@@ -551,7 +553,10 @@ void Gpt<S>::backward(ParamSource& ps, float grad_weight) {
     const int u = int(l) + 1;
     ps.acquire(u);  // once for the recomputation and the backward (ZeRO-3: one gather)
     const void* w = ps.params(u);
-    recompute_block(l, w);
+    // The last recomputing block's values are still in the shared buffers from the forward
+    // (nothing between writes them): no refill. Every other such block refills them first.
+    if (l != recomputed_holds_) recompute_block(l, w);
+    recomputed_holds_ = -1;
     if (dims_.arch == Arch::kLlama) {
       llama_block_backward(l, w, ps.grads(u));
     } else {

@@ -265,6 +265,9 @@ class Gpt {
   std::vector<Tensor> residual_;  // L+1 of (B,T,C): the stream entering each block, and out
   std::vector<BlockActivations> blocks_;
   BlockActivations recomputed_;  // the shared recompute buffers (parallel.recompute)
+  // The block whose forward values the shared buffers still hold (-1: none): the last block
+  // that recomputes, right after the forward. Its backward comes first and needs no refill.
+  int64_t recomputed_holds_ = -1;
   Tensor lnf_, lnf_mean_, lnf_rstd_, logits_, losses_, loss_lse_, loss_sum_;
   Tensor inputs_, targets_;
   // Workspace reused by every block: backward scratch, and the sequence-parallel row buffers
