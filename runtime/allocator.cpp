@@ -23,7 +23,7 @@ class HostRawAllocator final : public RawAllocator {
     size_t rounded = size_t((bytes + 63) / 64 * 64);
     if (rounded == 0) rounded = 64;
     void* p = std::aligned_alloc(64, rounded);
-    if (p == nullptr) throw InternalError(str_cat("host allocation of ", bytes, " bytes failed"));
+    if (p == nullptr) throw OutOfMemoryError(str_cat("host memory for ", bytes, " bytes"));
     return p;
   }
   void release(void* ptr, int64_t) override { std::free(ptr); }
@@ -123,7 +123,18 @@ std::shared_ptr<Storage> TrackingAllocator::allocate(int64_t bytes, MemCategory 
                                                      std::string_view tag) {
   ST_CHECK(bytes >= 0, "negative allocation size ", bytes);
   ST_CHECK(category != MemCategory::kCount, "allocation without a category");
-  void* data = raw_.allocate(bytes);
+  void* data = nullptr;
+  try {
+    data = raw_.allocate(bytes);
+  } catch (const OutOfMemoryError& e) {
+    const MemStats now = stats();
+    throw OutOfMemoryError(
+        str_cat("out of memory: no ", e.what(), " (", mem_category_name(category), " '", tag,
+                "') with ", now.live_total,
+                " bytes held by this rank; `shardtrain memplan` predicts a "
+                "layout's bytes per rank: lower data.micro_batch, raise parallel.zero_stage or "
+                "parallel.tp, or set parallel.recompute"));
+  }
   uint16_t tag_id;
   {
     std::lock_guard<std::mutex> lock(mu_);

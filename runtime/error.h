@@ -22,6 +22,13 @@ class UserError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A buffer that does not fit on the device or host: a user error (the layout is too big for
+// this hardware), reported with what was asked for and what is held (TrackingAllocator).
+class OutOfMemoryError : public UserError {
+ public:
+  using UserError::UserError;
+};
+
 class InternalError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;

@@ -28,7 +28,14 @@ constexpr auto kAbortGrace = std::chrono::seconds(5);
 
 // Ends the job: the launcher kills every rank it can reach; a thread ends this process if the
 // request does not get through.
+// A job of one process has no one to tell: it just ends (MPI_Abort would add Open MPI's
+// multi-line notice to the one-line error).
 [[noreturn]] void abort_job(int code) {
+  int size = 0;
+  if (MPI_Comm_size(MPI_COMM_WORLD, &size) == MPI_SUCCESS && size == 1) {
+    std::fflush(nullptr);
+    std::_Exit(code);
+  }
   std::thread([code] {
     std::this_thread::sleep_for(kAbortGrace);
     std::_Exit(code);

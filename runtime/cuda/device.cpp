@@ -108,6 +108,15 @@ void* CudaCachingAllocator::allocate(int64_t bytes) {
     empty_cache_locked();
     e = cudaMalloc(&p, size_t(size));
   }
+  if (e == cudaErrorMemoryAllocation) {
+    (void)cudaGetLastError();
+    size_t free_bytes = 0, total_bytes = 0;
+    (void)cudaMemGetInfo(&free_bytes, &total_bytes);
+    (void)cudaGetLastError();
+    throw OutOfMemoryError(str_cat("device ", device_, " memory for ", bytes, " bytes (",
+                                   free_bytes, " of ", total_bytes, " free; shardtrain reserves ",
+                                   reserved_, ")"));
+  }
   if (e != cudaSuccess) {
     const std::string detail = CudaTraits::describe(e);
     throw InternalError(str_cat("device allocation of ", bytes, " bytes (size class ", size,

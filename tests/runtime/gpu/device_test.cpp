@@ -158,6 +158,24 @@ TEST(CudaCachingAllocator, ReleaseOfAForeignPointerIsAnInvariantFailure) {
   EXPECT_THROW(raw.release(&x, 4), InternalError);
 }
 
+// More than any GPU has: a user error naming the device and the bytes asked for (exit 2 in
+// train), and the allocator stays usable (the sticky error is cleared).
+TEST(CudaCachingAllocator, OutOfMemoryIsAUserErrorAndRecoverable) {
+  SKIP_WITHOUT_DEVICE;
+  CudaCachingAllocator raw;
+  const int64_t huge = int64_t(1) << 50;  // 1 PiB
+  try {
+    raw.allocate(huge);
+    FAIL() << "a 1 PiB allocation succeeded";
+  } catch (const OutOfMemoryError& e) {
+    EXPECT_NE(std::string(e.what()).find(std::to_string(huge) + " bytes"), std::string::npos)
+        << e.what();
+  }
+  void* p = raw.allocate(1 << 20);
+  EXPECT_NE(p, nullptr);
+  raw.release(p, 1 << 20);
+}
+
 TEST(CudaStreamEvent, OrderAndTiming) {
   SKIP_WITHOUT_DEVICE;
   Stream producer, consumer(-1);
