@@ -1,8 +1,8 @@
 // main.cpp — the `shardtrain` executable: parses the command line, dispatches to a
 // subcommand, and turns every failure into one line and an exit code:
 //   0 success, 2 `shardtrain: error: <message>` for anything the user can fix (flags, config,
-//   files, a layout too big for the memory), 1 for internal failures, 3 when the collective watchdog (parallel.comm_timeout_s)
-//   ends the job.
+//   files, a layout too big for the memory), 1 for internal failures, 3 when the collective
+//   watchdog (parallel.comm_timeout_s) ends the job.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
