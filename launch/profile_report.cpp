@@ -12,7 +12,14 @@ namespace shardtrain::launch {
 void write_profile_report(const std::string& path, const kernels::OpProfile& profile,
                           const std::string& cpu) {
   const int64_t steps = profile.steps();
-  if (steps == 0) return;  // no step ran (e.g. a resume at the last step)
+  if (steps == 0) {  // no step ran (a resume at the last step): say so, in the file too
+    log_info("profile: no step ran, nothing profiled");
+    std::ofstream out(path, std::ios::trunc);
+    out << nlohmann::json({{"cpu", cpu}, {"steps", 0}, {"ops", nlohmann::json::array()}}).dump(1)
+        << "\n";
+    if (!out) throw UserError(str_cat("--profile ", path, ": cannot write"));
+    return;
+  }
   const double step_ms = double(profile.step_ns()) / 1e6 / double(steps);
   nlohmann::json ops = nlohmann::json::array();
   std::string table =
