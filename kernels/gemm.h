@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "runtime/allocator.h"
 #include "runtime/dtype.h"
 
 namespace shardtrain::kernels {
@@ -35,5 +36,10 @@ struct GemmDesc {
 };
 
 void gemm(const GemmDesc& desc, const void* a, const void* b, void* c, const void* bias = nullptr);
+
+// Where host buffers of `category` should start relative to a 64-byte boundary for gemm() to
+// run at speed on this machine (TrackingAllocator::set_start_offset; 0 = on the boundary). A
+// placement choice only: results are the same at any offset.
+int64_t gemm_host_start_offset(MemCategory category);
 
 }  // namespace shardtrain::kernels

@@ -1,5 +1,6 @@
 #include "launch/device.h"
 
+#include "kernels/gemm.h"
 #include "runtime/cpu_features.h"
 #include "runtime/error.h"
 
@@ -20,6 +21,8 @@ RunDevice make_run_device(const std::string& device, MpiRuntime& mpi, int tp,
     d.backend = d.owned.get();
   } else {
     d.backend = &kernels::cpu_backend();
+    for (MemCategory c : {MemCategory::kActivations, MemCategory::kWorkspace})
+      d.alloc->set_start_offset(c, kernels::gemm_host_start_offset(c));
   }
   d.dp = mpi.world().split(w % tp, w / tp);
   if (tp > 1) d.tp = mpi.world().split(w / tp, w % tp);

@@ -76,7 +76,7 @@ RawAllocator& poisoning_host_allocator() {
   return a;
 }
 
-Storage::~Storage() { owner_->release(data_, bytes_, category_, tag_); }
+Storage::~Storage() { owner_->release(data_, bytes_, offset_, category_, tag_); }
 
 TrackingAllocator::TrackingAllocator(RawAllocator& raw, bool record_timeline)
     : raw_(raw), record_timeline_(record_timeline), t0_ns_(now_ns()) {
@@ -124,8 +124,13 @@ std::shared_ptr<Storage> TrackingAllocator::allocate(int64_t bytes, MemCategory 
   ST_CHECK(bytes >= 0, "negative allocation size ", bytes);
   ST_CHECK(category != MemCategory::kCount, "allocation without a category");
   void* data = nullptr;
+  int64_t offset;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    offset = start_offset_[size_t(category)];
+  }
   try {
-    data = raw_.allocate(bytes);
+    data = static_cast<char*>(raw_.allocate(bytes + offset)) + offset;
   } catch (const OutOfMemoryError& e) {
     const MemStats now = stats();
     throw OutOfMemoryError(
@@ -143,11 +148,19 @@ std::shared_ptr<Storage> TrackingAllocator::allocate(int64_t bytes, MemCategory 
     ++stats_.num_allocations;
     ++live_storages_;
   }
-  return std::make_shared<Storage>(this, data, bytes, category, tag_id);
+  return std::make_shared<Storage>(this, data, bytes, category, tag_id, offset);
 }
 
-void TrackingAllocator::release(void* data, int64_t bytes, MemCategory category, uint16_t tag) {
-  raw_.release(data, bytes);
+void TrackingAllocator::set_start_offset(MemCategory category, int64_t bytes) {
+  ST_CHECK(category != MemCategory::kCount && bytes >= 0 && bytes < 64 && bytes % 16 == 0,
+           "start offset must be 0, 16, 32 or 48 bytes, got ", bytes);
+  std::lock_guard<std::mutex> lock(mu_);
+  start_offset_[size_t(category)] = bytes;
+}
+
+void TrackingAllocator::release(void* data, int64_t bytes, int64_t offset, MemCategory category,
+                                uint16_t tag) {
+  raw_.release(static_cast<char*>(data) - offset, bytes + offset);
   std::lock_guard<std::mutex> lock(mu_);
   record(MemEventKind::kFree, -bytes, category, tag);
   --live_storages_;

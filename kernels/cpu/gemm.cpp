@@ -332,6 +332,22 @@ void run_f32(const GemmDesc& d, const Plan& plan, const void* a, const void* b, 
 
 }  // namespace
 
+// oneDNN 2.6's AVX2 sgemm (no AVX-512) runs the weight gradients — k = the tokens of a
+// micro-batch, the primitive's B operand an activation or its gradient — at about half speed
+// when that B starts on a 32-byte boundary, and at full speed 16 bytes past one (bench/
+// gemm_peak at 256x8192x2048 and 256x1024x2048, AMD EPYC capped at AVX2, 2 threads: ~96-100
+// GFLOP/s at offsets 0, 32, 2048; ~175-185 at 4, 8, 16, 48; the untransposed forward and
+// input-gradient shapes do not care). So where oneDNN has no AVX-512, activations and the
+// backward's workspace start 16 bytes past a cache line; their other users (the loop kernels)
+// load unaligned anyway. Measured on the step of bench/step_bench.py there: the weight-gradient
+// GEMMs 208-313 -> 145-152 ms, the step 507-842 -> 472-481 ms, losses and norms bitwise the
+// same; moving every category gained less, 553-668 ms). Parameters, gradients and optimizer state
+// stay on the boundary, and nothing moves with AVX-512, where no offset made a difference.
+int64_t gemm_host_start_offset(MemCategory category) {
+  if (cpu::onednn_has_avx512()) return 0;
+  return category == MemCategory::kActivations || category == MemCategory::kWorkspace ? 16 : 0;
+}
+
 void gemm(const GemmDesc& desc, const void* a, const void* b, void* c, const void* bias) {
   const auto& s = desc.shape;
   ST_CHECK(s.m >= 0 && s.n >= 0 && s.k >= 0 && s.batch >= 1, "bad gemm shape");

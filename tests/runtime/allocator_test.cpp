@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include "runtime/tensor.h"
 
 namespace shardtrain {
@@ -121,6 +123,49 @@ TEST(TrackingAllocator, AlignedAndZeroSized) {
   EXPECT_EQ(reinterpret_cast<uintptr_t>(a->data()) % 64, 0u);
   EXPECT_NE(z->data(), nullptr);
   EXPECT_EQ(alloc.stats().live_total, 3);
+}
+
+// Hands out host memory and checks that every release is exactly an earlier allocate.
+class CheckingRaw final : public RawAllocator {
+ public:
+  void* allocate(int64_t bytes) override {
+    void* p = host_raw_allocator().allocate(bytes);
+    blocks[p] = bytes;
+    return p;
+  }
+  void release(void* ptr, int64_t bytes) override {
+    auto it = blocks.find(ptr);
+    ASSERT_NE(it, blocks.end()) << "released a pointer never handed out";
+    EXPECT_EQ(it->second, bytes);
+    blocks.erase(it);
+    host_raw_allocator().release(ptr, bytes);
+  }
+  std::map<void*, int64_t> blocks;
+};
+
+TEST(TrackingAllocator, StartOffsetPlacesButDoesNotCount) {
+  CheckingRaw raw;
+  {
+    TrackingAllocator alloc(raw);
+    alloc.set_start_offset(MemCategory::kActivations, 16);
+    auto act = alloc.allocate(100, MemCategory::kActivations, "act");
+    auto par = alloc.allocate(100, MemCategory::kParams, "par");
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(act->data()) % 64, 16u);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(par->data()) % 64, 0u);
+    // Only what was asked for is counted; the raw block holds the offset too.
+    EXPECT_EQ(alloc.stats().live[kActs], 100);
+    EXPECT_EQ(alloc.stats().live_total, 200);
+    EXPECT_EQ(raw.blocks.at(static_cast<char*>(act->data()) - 16), 116);
+    // A later change applies to later allocations; the earlier block is released as it was made.
+    alloc.set_start_offset(MemCategory::kActivations, 48);
+    auto act2 = alloc.allocate(8, MemCategory::kActivations, "act2");
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(act2->data()) % 64, 48u);
+    act.reset();
+    EXPECT_EQ(alloc.stats().live[kActs], 8);
+    EXPECT_ANY_THROW(alloc.set_start_offset(MemCategory::kActivations, 8));
+    EXPECT_ANY_THROW(alloc.set_start_offset(MemCategory::kActivations, 64));
+  }
+  EXPECT_TRUE(raw.blocks.empty());
 }
 
 }  // namespace
