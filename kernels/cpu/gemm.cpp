@@ -341,7 +341,7 @@ void run_f32(const GemmDesc& d, const Plan& plan, const void* a, const void* b, 
 // backward's workspace start 16 bytes past a cache line; their other users (the loop kernels)
 // load unaligned anyway. Measured on the step of bench/step_bench.py there: the weight-gradient
 // GEMMs 208-313 -> 145-152 ms, the step 507-842 -> 472-481 ms, losses and norms bitwise the
-// same; moving every category gained less, 553-668 ms). Parameters, gradients and optimizer state
+// same (moving every category gained less: 553-668 ms). Parameters, gradients and optimizer state
 // stay on the boundary, and nothing moves with AVX-512, where no offset made a difference.
 int64_t gemm_host_start_offset(MemCategory category) {
   if (cpu::onednn_has_avx512()) return 0;
