@@ -210,11 +210,21 @@ int64_t span(int64_t batch, int64_t stride, int64_t item) {
   return (batch - 1) * (stride ? stride : item) + item;
 }
 
+// n floats of a workspace vector, placed as the tracked workspace is (gemm_host_start_offset:
+// where oneDNN runs its AVX2 sgemm, a widened or copied-out operand on a 32-byte boundary
+// would slow the weight gradients as an activation there does).
+float* placed(std::vector<float>& buf, int64_t n) {
+  const int64_t offset = gemm_host_start_offset(MemCategory::kWorkspace) / int64_t(sizeof(float));
+  buf.resize(size_t(n + 16 + offset));
+  const auto p = reinterpret_cast<uintptr_t>(buf.data());
+  return reinterpret_cast<float*>((p + 63) / 64 * 64) + offset;
+}
+
 template <class T>
 const float* widen_span(std::vector<float>& buf, const void* src, int64_t n) {
-  buf.resize(size_t(n));
-  cast(buf.data(), static_cast<const T*>(src), n);
-  return buf.data();
+  float* out = placed(buf, n);
+  cast(out, static_cast<const T*>(src), n);
+  return out;
 }
 
 // dst (cols, rows) = the transpose of src (rows, cols), plus beta * dst when kAccumulate (one
@@ -280,9 +290,9 @@ const float* as_f32(std::vector<float>& buf, const void* src, int64_t n) {
 template <class T>
 const float* transposed_f32(std::vector<float>& buf, const void* src, int64_t rows, int64_t cols) {
   thread_local std::vector<float> wide;
-  buf.resize(size_t(rows * cols));
-  transpose_into<false>(buf.data(), as_f32<T>(wide, src, rows * cols), rows, cols, 0.0f);
-  return buf.data();
+  float* out = placed(buf, rows * cols);
+  transpose_into<false>(out, as_f32<T>(wide, src, rows * cols), rows, cols, 0.0f);
+  return out;
 }
 
 // Everything but a native primitive on the operands as stored: the plan's fp32 primitive on
