@@ -76,9 +76,9 @@ int main(int argc, char** argv) {
   // DTYPE[:LAYOUT]: LAYOUT names op(A) and op(B) as stored (T = transposed), a trailing +
   // accumulates into C (beta 1), as the weight gradients do; default NN, beta 0.
   const std::string arg = argv[1];
-  const std::string dtype = arg.substr(0, arg.find(':'));
-  const std::string layout =
-      arg.find(':') == std::string::npos ? "NN" : arg.substr(arg.find(':') + 1);
+  const size_t colon = arg.find(':');
+  const std::string dtype = arg.substr(0, colon);
+  const std::string layout = colon == std::string::npos ? "NN" : arg.substr(colon + 1);
   const bool layout_ok = (layout.size() == 2 || (layout.size() == 3 && layout[2] == '+')) &&
                          (layout[0] == 'N' || layout[0] == 'T') &&
                          (layout[1] == 'N' || layout[1] == 'T');

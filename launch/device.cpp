@@ -21,8 +21,10 @@ RunDevice make_run_device(const std::string& device, MpiRuntime& mpi, int tp,
     d.backend = d.owned.get();
   } else {
     d.backend = &kernels::cpu_backend();
-    for (MemCategory c : {MemCategory::kActivations, MemCategory::kWorkspace})
+    for (int i = 0; i < kNumMemCategories; ++i) {
+      const auto c = static_cast<MemCategory>(i);
       d.alloc->set_start_offset(c, kernels::gemm_host_start_offset(c));
+    }
   }
   d.dp = mpi.world().split(w % tp, w / tp);
   if (tp > 1) d.tp = mpi.world().split(w / tp, w % tp);

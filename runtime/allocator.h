@@ -79,7 +79,7 @@ class TrackingAllocator;
 class Storage {
  public:
   Storage(TrackingAllocator* owner, void* data, int64_t bytes, MemCategory category, uint16_t tag,
-          int64_t offset = 0)
+          int64_t offset)
       : owner_(owner),
         data_(data),
         bytes_(bytes),
@@ -115,8 +115,8 @@ class TrackingAllocator {
 
   // Later allocations of `category` start `bytes` (0..48, a multiple of 16) past the raw
   // allocator's 64-byte-aligned block; accounting still counts only what was asked for. A
-  // placement choice for a library that is slow at some alignments: the cpu backend asks for
-  // it where oneDNN runs its AVX2 sgemm (kernels::cpu::host_start_offset).
+  // placement choice for a library that is slow at some alignments: the cpu device
+  // (launch/device.cpp) sets what kernels::gemm_host_start_offset asks for.
   void set_start_offset(MemCategory category, int64_t bytes);
 
   // Turns the timeline on or off (counters and peaks are always kept). Call before allocating:
