@@ -16,12 +16,15 @@ and the machine's GEMM peak — the better of two runs of bench/gemm_peak (kerne
 oneDNN), before and after the steps, at the step's largest GEMM shape and at 2048^3 on the same
 threads — with the CPU (model, oneDNN ISA, kernel level) of each figure, and shardtrain's step by
 op from the same run (`train --profile`): the share of GEMMs, attention, cross-entropy, norms,
-GELU and the optimizer, what the other ops and the host code between ops take, and the top ops. Where PyTorch's CPU
-autocast cannot run (torch 1.13's bf16 matmul needs AVX-512; on an AVX2 CPU it raises "could not
-create a primitive descriptor iterator") the bf16 run is compared with PyTorch's fp32 step,
-which is what such a user runs instead, and says so.
-ONEDNN_MAX_CPU_ISA=AVX2 (with ATEN_CPU_CAPABILITY=avx2 for torch) measures an AVX-512 machine
-as an AVX2 one.
+GELU and the optimizer, what the other ops and the host code between ops take, and the top ops.
+On a CPU without AVX-512 (or capped below it) a bf16 run is compared twice: with PyTorch's CPU
+autocast as it runs there — torch 1.13 then multiplies bf16 in ATen's own loops, which round
+every partial sum to bf16 and run at a few GFLOP/s, so only a few of its steps are timed —
+and with PyTorch's fp32 step, which is what a user of such a CPU runs instead.
+ONEDNN_MAX_CPU_ISA=AVX2 (with ATEN_CPU_CAPABILITY=avx2 and OPENBLAS_CORETYPE=Haswell for
+torch) measures an AVX-512 machine as an AVX2 one; torch_like_this_cpu() below says how torch
+is made to take an AVX2 CPU's path there, and tests/build/other_cpus.py --check torch_avx2
+shows it bitwise equal to torch on an emulated Haswell.
 
   /usr/bin/python3 bench/step_bench.py --shardtrain build/bin/shardtrain [--dtype f32|bf16]
                                        [--device cpu|cuda] [--model small|gpt2_124m]
@@ -107,9 +110,33 @@ def profile_summary(report):
     return ", ".join(parts)
 
 
-def bench_torch(tokens, dtype, steps, threads, warmup, device):
-    torch.manual_seed(0)
-    torch.set_num_threads(threads)
+def onednn_capped_below_avx512():
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ("SSE41", "AVX", "AVX2")
+
+
+def cpu_has_avx512_bf16_path():
+    """torch 1.13's condition for oneDNN's bf16 matmul (mkldnn_bf16_device_check): AVX-512 BW,
+    VL and DQ in the CPU's flags, whatever ONEDNN_MAX_CPU_ISA says."""
+    flags = next((ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo")
+                  if ln.startswith("flags")), [])
+    return all(f in flags for f in ("avx512bw", "avx512vl", "avx512dq"))
+
+
+def torch_like_this_cpu():
+    """Makes torch take the path it takes on the CPU the environment stands for. torch 1.13
+    sends bf16 matmuls to oneDNN when the CPU itself has AVX-512 BW/VL/DQ, without asking
+    oneDNN's effective ISA; under ONEDNN_MAX_CPU_ISA=AVX2 on such a CPU the capped oneDNN then
+    refuses them ("could not create a primitive descriptor iterator"), which no AVX2 CPU does:
+    there torch computes them in ATen's own GEMM loops. Switching torch's oneDNN off takes that
+    path (torch uses oneDNN for nothing else in this model). Returns what it did, for the log."""
+    if onednn_capped_below_avx512() and cpu_has_avx512_bf16_path():
+        torch.backends.mkldnn.enabled = False
+        return "oneDNN off in torch, as on a CPU without AVX-512"
+    return "as it is"
+
+
+def torch_model(device):
+    """The reference GPT of the benchmark's shape (C, L, H, T, V), weights from a fixed seed."""
     g = torch.Generator().manual_seed(0)
     w = {"wte.weight": torch.randn(V, C, generator=g) * 0.02,
          "wpe.weight": torch.randn(T, C, generator=g) * 0.02,
@@ -126,7 +153,19 @@ def bench_torch(tokens, dtype, steps, threads, warmup, device):
                   p + "mlp.c_fc.bias": torch.zeros(4 * C),
                   p + "mlp.c_proj.weight": torch.randn(4 * C, C, generator=g) * 0.02,
                   p + "mlp.c_proj.bias": torch.zeros(C)})
-    model = ref.Gpt(w, L, H, sdpa=device == "cuda").to(device)
+    return ref.Gpt(w, L, H, sdpa=device == "cuda").to(device)
+
+
+def torch_loss(model, x, y, dtype, device):
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=(dtype == "bf16")):
+        logits = model(x)
+        return torch.nn.functional.cross_entropy(logits.float().reshape(-1, V), y.reshape(-1))
+
+
+def bench_torch(tokens, dtype, steps, threads, warmup, device):
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    model = torch_model(device)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rates = []
@@ -134,9 +173,7 @@ def bench_torch(tokens, dtype, steps, threads, warmup, device):
         x, y = (t.to(device) for t in ref.windows(tokens, T, step * B, B))
         sync()
         t0 = time.perf_counter()
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=(dtype == "bf16")):
-            logits = model(x)
-            loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, V), y.reshape(-1))
+        loss = torch_loss(model, x, y, dtype, device)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -169,7 +206,11 @@ def torch_cpu_name():
     caps = [ln.split(":", 1)[1].strip() for ln in torch.__config__.show().splitlines()
             if "CPU capability usage" in ln]
     onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "not capped")
-    return f"{model}; ATen {caps[0] if caps else '?'}, oneDNN (mkldnn) ISA {onednn}"
+    if not torch.backends.mkldnn.enabled:
+        onednn += ", switched off in torch"
+    blas = os.environ.get("OPENBLAS_CORETYPE", "detected")
+    return (f"{model}; ATen {caps[0] if caps else '?'}, oneDNN (mkldnn) ISA {onednn}, "
+            f"OpenBLAS core {blas}")
 
 
 def main():
@@ -196,20 +237,25 @@ def main():
         ref.write_shard(shard, tokens, V)
         ours = bench_shardtrain(a.shardtrain, tmp, shard, a.dtype, a.steps, a.threads, a.warmup,
                                 a.device)
-    baseline = a.dtype
-    try:
-        theirs = bench_torch(tokens, a.dtype, a.steps, a.threads, a.warmup, a.device)
-    except RuntimeError as e:
-        if a.dtype != "bf16" or a.device != "cpu":
-            raise
-        print(f"pytorch bf16 autocast cannot run on this CPU ({str(e).splitlines()[0]}); "
-              "comparing with its fp32 step")
-        baseline = "f32"
-        theirs = bench_torch(tokens, "f32", a.steps, a.threads, a.warmup, a.device)
+    torch_path = torch_like_this_cpu() if a.device == "cpu" else "as it is"
+    # Without AVX-512, torch's autocast runs at a few GFLOP/s (see the top of this file): a few
+    # of its steps are timed, and its fp32 step, what such a user runs instead, beside them.
+    slow_bf16 = (a.dtype == "bf16" and a.device == "cpu"
+                 and (onednn_capped_below_avx512() or not cpu_has_avx512_bf16_path()))
+    if slow_bf16:
+        slow_steps = min(a.steps, 3)
+        autocast = bench_torch(tokens, "bf16", slow_steps, a.threads, 1, a.device)
+    theirs = bench_torch(tokens, "f32" if slow_bf16 else a.dtype, a.steps, a.threads, a.warmup,
+                         a.device)
     where = "1 GPU" if a.device == "cuda" else f"{a.threads} threads"
     print(f"GPT d={C} L={L} H={H} T={T} V={V} B={B}, {a.dtype}, {where}, "
           f"median of {a.steps - a.warmup} steps")
     print(f"  shardtrain: {ours:10.0f} tokens/s")
+    if slow_bf16:
+        print(f"  pytorch {torch.__version__} (bf16 autocast, no AVX-512 bf16 matmul: {torch_path}; "
+              f"median of {slow_steps - 1} steps): {autocast:10.0f} tokens/s")
+        print(f"  ratio shardtrain / pytorch bf16 autocast: {ours / autocast:.2f}x")
+    baseline = "f32" if slow_bf16 else a.dtype
     print(f"  pytorch {torch.__version__} ({baseline}): {theirs:10.0f} tokens/s")
     print(f"  ratio shardtrain / pytorch: {ours / theirs:.2f}x")
     if a.device == "cuda":
