@@ -32,7 +32,6 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <thread>
 
 #include "kernels/cpu/cpu_isa.h"
 #include "kernels/profiler.h"
@@ -182,11 +181,13 @@ std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
     throw UserError("precision.grad_accum_dtype: only F32 gradient accumulation is built so far");
   }
 
-  const int threads =
-      c.train().threads() > 0
-          ? c.train().threads()
-          : std::max(1, int(std::thread::hardware_concurrency()) / mpi.local_size());
+  // train.threads, else this rank's share of the CPUs it is bound to (runtime/cpu_affinity.h).
+  const CpuShare& cpus = mpi.cpu_share();
+  const int threads = c.train().threads() > 0 ? c.train().threads() : cpus.threads;
   omp_set_num_threads(threads);
+  log_debug("threads: ", threads, c.train().threads() > 0 ? " (train.threads)" : "",
+            "; this rank may run on ", cpus.cpus, " CPUs, bound like ", cpus.sharers,
+            " rank(s) of this node");
 
   const auto& d = c.data();
   run->B = d.micro_batch();

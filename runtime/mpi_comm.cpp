@@ -462,7 +462,20 @@ MpiRuntime::MpiRuntime(int* argc, char*** argv) {
       MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local));
   MPI_CHECK(MPI_Comm_rank(local, &local_rank_));
   MPI_CHECK(MPI_Comm_size(local, &local_size_));
+  // Default CPU threads: this rank's affinity mask among its node's (cpu_affinity.h). A rank
+  // whose OS would not tell sends an empty set.
+  CpuMask own = cpu_affinity_mask();
+  own.resize(kCpuMaskWords, 0);
+  std::vector<CpuMask> masks(static_cast<size_t>(local_size_));
+  std::vector<uint64_t> gathered(size_t(local_size_) * kCpuMaskWords);
+  MPI_CHECK(MPI_Allgather(own.data(), kCpuMaskWords, MPI_UINT64_T, gathered.data(), kCpuMaskWords,
+                          MPI_UINT64_T, local));
+  for (int r = 0; r < local_size_; ++r) {
+    masks[size_t(r)].assign(gathered.begin() + r * kCpuMaskWords,
+                            gathered.begin() + (r + 1) * kCpuMaskWords);
+  }
   MPI_CHECK(MPI_Comm_free(&local));
+  cpu_share_ = shardtrain::cpu_share(masks, local_rank_);
 }
 
 MpiRuntime::~MpiRuntime() {

@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "runtime/comm.h"
+#include "runtime/cpu_affinity.h"
 
 namespace shardtrain {
 
@@ -27,6 +28,9 @@ class MpiRuntime {
   // Ranks on this node and this rank's index among them (MPI shared-memory split).
   int local_rank() const { return local_rank_; }
   int local_size() const { return local_size_; }
+  // The CPUs this rank may run on and its default thread count: that set divided among the
+  // local ranks bound to the same one (runtime/cpu_affinity.h).
+  const CpuShare& cpu_share() const { return cpu_share_; }
   // The world communicator (its communication thread starts on first use).
   Communicator& world();
   // Ends every rank of the job at once: for failures that are not collective.
@@ -34,6 +38,7 @@ class MpiRuntime {
 
  private:
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
+  CpuShare cpu_share_;
   std::unique_ptr<Communicator> world_;
 };
 

@@ -14,7 +14,9 @@ mkdir -p data runs/demo
 [[ -s data/kjv.txt ]] || bible Gen1:1-Rev22:21 > data/kjv.txt
 [[ -s data/kjv/train_000.bin ]] || "$st" tokenize --input data/kjv.txt --vocab-size 4096 --out data/kjv
 
-mpirun --allow-run-as-root --oversubscribe -np 2 "$st" train --config configs/demo.pbtxt \
+# Unbound, the two ranks split the machine's CPUs between them (Open MPI would bind each of
+# two ranks to a single core, and train runs as many threads as its rank's CPUs).
+mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 "$st" train --config configs/demo.pbtxt \
   --metrics runs/demo/metrics.jsonl --export-final runs/demo/model.safetensors
 
 echo
