@@ -187,7 +187,8 @@ std::unique_ptr<Run> set_up(const TrainArgs& args, MpiRuntime& mpi) {
   omp_set_num_threads(threads);
   log_debug("threads: ", threads, c.train().threads() > 0 ? " (train.threads)" : "",
             "; this rank may run on ", cpus.cpus, " CPUs, bound like ", cpus.sharers,
-            " rank(s) of this node");
+            " rank(s) of this node; CPU quota ", cpus.quota_cpus, " shared by ", cpus.quota_sharers,
+            " rank(s)");
 
   const auto& d = c.data();
   run->B = d.micro_batch();

@@ -1,5 +1,5 @@
-// cpu_affinity.cpp — the affinity mask from sched_getaffinity, and the share of it a rank takes
-// (cpu_affinity.h says why).
+// cpu_affinity.cpp — the affinity mask from sched_getaffinity, and the share of it (and of the
+// cgroup's quota) a rank takes (cpu_affinity.h says why).
 #include "runtime/cpu_affinity.h"
 
 #include <sched.h>
@@ -27,14 +27,25 @@ int cpu_count(const CpuMask& mask) {
   return n;
 }
 
-CpuShare cpu_share(const std::vector<CpuMask>& local_masks, int self) {
-  const CpuMask& own = local_masks.at(size_t(self));
+RankCpus this_rank_cpus() { return {cpu_affinity_mask(), cpu_quota()}; }
+
+CpuShare cpu_share(const std::vector<RankCpus>& local, int self) {
+  const RankCpus& own = local.at(size_t(self));
   CpuShare share;
-  share.cpus = cpu_count(own);
-  share.sharers = int(std::count(local_masks.begin(), local_masks.end(), own));
-  const int local = int(local_masks.size());
-  share.threads = share.cpus > 0 ? std::max(1, share.cpus / share.sharers)
-                                 : std::max(1, int(std::thread::hardware_concurrency()) / local);
+  share.cpus = cpu_count(own.mask);
+  share.sharers = int(std::count_if(local.begin(), local.end(),
+                                    [&](const RankCpus& r) { return r.mask == own.mask; }));
+  share.threads = share.cpus > 0
+                      ? std::max(1, share.cpus / share.sharers)
+                      : std::max(1, int(std::thread::hardware_concurrency()) / int(local.size()));
+  if (own.quota.cpus > 0) {
+    share.quota_cpus = own.quota.cpus;
+    share.quota_sharers = int(std::count_if(local.begin(), local.end(), [&](const RankCpus& r) {
+      return r.quota.dev == own.quota.dev && r.quota.ino == own.quota.ino && r.quota.cpus > 0;
+    }));
+    share.threads =
+        std::min(share.threads, std::max(1, int(share.quota_cpus / share.quota_sharers)));
+  }
   return share;
 }
 

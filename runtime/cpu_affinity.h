@@ -10,11 +10,15 @@
 // (MpiRuntime), and a rank's threads are its CPUs divided by the number of local ranks whose
 // mask equals its own: an unbound or cpuset-confined job shares its set, ranks bound to their
 // own cores or sockets keep theirs. Masks that overlap without being equal (a hand-made
-// binding) count as separate sets; train.threads overrides the default.
+// binding) count as separate sets. A container's CPU quota caps the count the same way,
+// divided among the local ranks under the same quota (cpu_quota.h). train.threads overrides
+// the default.
 #pragma once
 
 #include <cstdint>
 #include <vector>
+
+#include "runtime/cpu_quota.h"
 
 namespace shardtrain {
 
@@ -28,14 +32,24 @@ CpuMask cpu_affinity_mask();
 // The CPUs in a mask.
 int cpu_count(const CpuMask& mask);
 
-// The share of the CPUs that the rank at index `self` of its node's ranks takes by default,
-// given every local rank's mask.
-struct CpuShare {
-  int cpus = 0;     // CPUs in its mask (0: the OS would not say)
-  int sharers = 1;  // local ranks, itself included, whose mask is exactly the same
-  int threads = 1;  // cpus / sharers rounded down, at least 1; with no mask, the node's CPU
-                    // count (hardware_concurrency) divided by the local ranks
+// What one rank may use: its affinity mask and its cgroup's CPU quota (runtime/cpu_quota.h).
+struct RankCpus {
+  CpuMask mask;
+  CpuQuota quota;
 };
-CpuShare cpu_share(const std::vector<CpuMask>& local_masks, int self);
+RankCpus this_rank_cpus();
+
+// The share of the CPUs that the rank at index `self` of its node's ranks takes by default,
+// given every local rank's RankCpus.
+struct CpuShare {
+  int cpus = 0;           // CPUs in its mask (0: the OS would not say)
+  int sharers = 1;        // local ranks, itself included, whose mask is exactly the same
+  double quota_cpus = 0;  // its cgroup's CPU quota (0: none)
+  int quota_sharers = 1;  // local ranks, itself included, under that same quota
+  // cpus / sharers rounded down (with no mask, the node's CPU count, hardware_concurrency,
+  // divided by the local ranks), and at most quota_cpus / quota_sharers rounded down; at least 1.
+  int threads = 1;
+};
+CpuShare cpu_share(const std::vector<RankCpus>& local, int self);
 
 }  // namespace shardtrain

@@ -462,20 +462,28 @@ MpiRuntime::MpiRuntime(int* argc, char*** argv) {
       MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local));
   MPI_CHECK(MPI_Comm_rank(local, &local_rank_));
   MPI_CHECK(MPI_Comm_size(local, &local_size_));
-  // Default CPU threads: this rank's affinity mask among its node's (cpu_affinity.h). A rank
-  // whose OS would not tell sends an empty set.
-  CpuMask own = cpu_affinity_mask();
-  own.resize(kCpuMaskWords, 0);
-  std::vector<CpuMask> masks(static_cast<size_t>(local_size_));
-  std::vector<uint64_t> gathered(size_t(local_size_) * kCpuMaskWords);
-  MPI_CHECK(MPI_Allgather(own.data(), kCpuMaskWords, MPI_UINT64_T, gathered.data(), kCpuMaskWords,
-                          MPI_UINT64_T, local));
+  // Default CPU threads: this rank's affinity mask and cgroup quota among its node's
+  // (cpu_affinity.h), exchanged as the mask's words, the quota in millionths of a CPU and the
+  // quota's cgroup (device, inode). A rank whose OS would not tell sends an empty mask.
+  RankCpus own = this_rank_cpus();
+  own.mask.resize(kCpuMaskWords, 0);
+  constexpr int kWords = kCpuMaskWords + 3;
+  std::vector<uint64_t> mine(own.mask);
+  mine.push_back(uint64_t(own.quota.cpus * 1e6));
+  mine.push_back(own.quota.dev);
+  mine.push_back(own.quota.ino);
+  std::vector<uint64_t> gathered(static_cast<size_t>(local_size_) * kWords);
+  MPI_CHECK(MPI_Allgather(mine.data(), kWords, MPI_UINT64_T, gathered.data(), kWords, MPI_UINT64_T,
+                          local));
+  std::vector<RankCpus> ranks(static_cast<size_t>(local_size_));
   for (int r = 0; r < local_size_; ++r) {
-    masks[size_t(r)].assign(gathered.begin() + r * kCpuMaskWords,
-                            gathered.begin() + (r + 1) * kCpuMaskWords);
+    const auto block = gathered.begin() + r * kWords;
+    ranks[size_t(r)].mask.assign(block, block + kCpuMaskWords);
+    ranks[size_t(r)].quota = {double(block[kCpuMaskWords]) / 1e6, block[kCpuMaskWords + 1],
+                              block[kCpuMaskWords + 2]};
   }
   MPI_CHECK(MPI_Comm_free(&local));
-  cpu_share_ = shardtrain::cpu_share(masks, local_rank_);
+  cpu_share_ = shardtrain::cpu_share(ranks, local_rank_);
 }
 
 MpiRuntime::~MpiRuntime() {

@@ -18,7 +18,17 @@ CpuMask cpus(int first, int count) {  // CPUs first .. first + count - 1
   return m;
 }
 
-int threads(const std::vector<CpuMask>& masks, int self) { return cpu_share(masks, self).threads; }
+std::vector<RankCpus> ranks(const std::vector<CpuMask>& masks, CpuQuota quota = {}) {
+  std::vector<RankCpus> r;
+  for (const auto& m : masks) r.push_back({m, quota});
+  return r;
+}
+
+CpuShare share(const std::vector<CpuMask>& masks, int self) {
+  return cpu_share(ranks(masks), self);
+}
+
+int threads(const std::vector<CpuMask>& masks, int self) { return share(masks, self).threads; }
 
 TEST(CpuShare, RanksBoundToOwnCoresKeepOneCoreEach) {
   // Open MPI's default for <= 2 ranks per node: each bound to one core. Counting the node
@@ -26,14 +36,14 @@ TEST(CpuShare, RanksBoundToOwnCoresKeepOneCoreEach) {
   const std::vector<CpuMask> m = {cpus(0, 1), cpus(1, 1)};
   EXPECT_EQ(threads(m, 0), 1);
   EXPECT_EQ(threads(m, 1), 1);
-  EXPECT_EQ(cpu_share(m, 1).sharers, 1);
+  EXPECT_EQ(share(m, 1).sharers, 1);
 }
 
 TEST(CpuShare, UnboundRanksDivideTheNode) {  // mpirun --bind-to none
   const std::vector<CpuMask> m = {cpus(0, 64), cpus(0, 64)};
   EXPECT_EQ(threads(m, 0), 32);
-  EXPECT_EQ(cpu_share(m, 1).sharers, 2);
-  EXPECT_EQ(cpu_share(m, 1).cpus, 64);
+  EXPECT_EQ(share(m, 1).sharers, 2);
+  EXPECT_EQ(share(m, 1).cpus, 64);
 }
 
 TEST(CpuShare, SocketBoundRanksDivideTheirSocket) {
@@ -62,8 +72,27 @@ TEST(CpuShare, HighCpuNumbersCount) {  // CPUs past the first 64-bit word
 TEST(CpuShare, NoMaskFallsBackToTheNodeDividedByItsRanks) {
   const std::vector<CpuMask> m = {CpuMask(kCpuMaskWords, 0), CpuMask(kCpuMaskWords, 0)};
   const int node = int(std::thread::hardware_concurrency());
-  EXPECT_EQ(cpu_share(m, 0).cpus, 0);
+  EXPECT_EQ(share(m, 0).cpus, 0);
   EXPECT_EQ(threads(m, 0), std::max(1, node / 2));
+}
+
+TEST(CpuShare, AQuotaCapsTheThreadsOfTheRanksUnderIt) {
+  // A container limited to 4 CPUs on a 64-CPU node, 2 unbound ranks in it: 2 threads each,
+  // not 32 (the mask alone) that the scheduler would throttle to 4 CPUs' worth.
+  const CpuQuota four{4.0, 7, 42};
+  const auto r = ranks({cpus(0, 64), cpus(0, 64)}, four);
+  EXPECT_EQ(cpu_share(r, 0).threads, 2);
+  EXPECT_EQ(cpu_share(r, 1).quota_sharers, 2);
+  // A fractional quota rounds down, never below one thread.
+  EXPECT_EQ(cpu_share(ranks({cpus(0, 64)}, {1.5, 7, 42}), 0).threads, 1);
+  EXPECT_EQ(cpu_share(ranks({cpus(0, 64), cpus(0, 64)}, {0.5, 7, 42}), 1).threads, 1);
+  // Ranks in two containers of 4 CPUs each do not share a quota.
+  auto two = ranks({cpus(0, 64), cpus(0, 64)}, four);
+  two[1].quota.ino = 43;
+  EXPECT_EQ(cpu_share(two, 0).threads, 4);
+  EXPECT_EQ(cpu_share(two, 1).quota_sharers, 1);
+  // A quota above the mask's share leaves the mask's share.
+  EXPECT_EQ(cpu_share(ranks({cpus(0, 1), cpus(1, 1)}, four), 0).threads, 1);
 }
 
 TEST(CpuAffinityMask, ReadsTheCallingThreadsBinding) {
