@@ -3,6 +3,7 @@
 
 #include <sys/stat.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <vector>
@@ -37,8 +38,10 @@ double limit_of(const std::string& dir, bool v2) {
     std::ifstream f(dir + "/cpu.max");
     std::string quota;
     double period = 0;
-    if (!(f >> quota >> period) || quota == "max" || period <= 0) return 0;
-    return std::stod(quota) / period;
+    if (!(f >> quota >> period) || period <= 0) return 0;
+    char* end = nullptr;
+    const double q = std::strtod(quota.c_str(), &end);  // "max": no limit
+    return end != quota.c_str() && *end == '\0' && q > 0 ? q / period : 0;
   }
   std::ifstream q(dir + "/cpu.cfs_quota_us"), p(dir + "/cpu.cfs_period_us");
   double quota = -1, period = 0;

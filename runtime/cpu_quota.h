@@ -1,5 +1,5 @@
-// cpu_quota.h — the CPU time a container or cgroup may use (its CFS quota), read as the JVM and
-// the Go runtime read it, for the default thread count (runtime/cpu_affinity.h).
+// cpu_quota.h — the CPU time a container or cgroup may use (its CFS quota), for the default
+// thread count (runtime/cpu_affinity.h).
 //
 // A container's CPU limit (docker --cpus, a Kubernetes CPU limit, systemd's CPUQuota) is a
 // quota, not an affinity: every CPU of the node stays in the mask, and the scheduler stops the

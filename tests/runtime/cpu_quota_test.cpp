@@ -77,6 +77,8 @@ TEST(CpuQuota, V2CpuMax) {
   EXPECT_DOUBLE_EQ(cpu_quota(r.root()).cpus, 1.5);
   r.write("sys/fs/cgroup/kubepods/pod1/cpu.max", "max 100000\n");
   EXPECT_EQ(cpu_quota(r.root()).cpus, 0.0);
+  r.write("sys/fs/cgroup/kubepods/pod1/cpu.max", "15x 100000\n");  // unreadable: no limit, no throw
+  EXPECT_EQ(cpu_quota(r.root()).cpus, 0.0);
 }
 
 TEST(CpuQuota, AMountedSubtreeIsReadFromItsMountPoint) {
