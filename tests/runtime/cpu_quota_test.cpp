@@ -26,6 +26,11 @@ class FakeRoot {
     fs::create_directories((dir_ / path).parent_path());
     std::ofstream(dir_ / path) << text;
   }
+  // A cgroup v1 directory's limit: cpu.cfs_quota_us (-1: none) over a period of 100 ms.
+  void v1_limit(const std::string& dir, const std::string& quota_us) const {
+    write(dir + "/cpu.cfs_quota_us", quota_us + "\n");
+    write(dir + "/cpu.cfs_period_us", "100000\n");
+  }
   std::string root() const { return dir_.string(); }
   uint64_t ino(const std::string& path) const {
     struct stat st {};
@@ -46,8 +51,7 @@ TEST(CpuQuota, V1QuotaOverPeriodOfTheProcessCgroup) {
   FakeRoot r;
   r.write("proc/self/cgroup", "4:memory:/job\n3:cpu,cpuacct:/job/task\n");
   r.write("proc/self/mountinfo", kV1Mount);
-  r.write("sys/fs/cgroup/cpu/job/task/cpu.cfs_quota_us", "250000\n");
-  r.write("sys/fs/cgroup/cpu/job/task/cpu.cfs_period_us", "100000\n");
+  r.v1_limit("sys/fs/cgroup/cpu/job/task", "250000");
   const CpuQuota q = cpu_quota(r.root());
   EXPECT_DOUBLE_EQ(q.cpus, 2.5);
   EXPECT_EQ(q.ino, r.ino("sys/fs/cgroup/cpu/job/task"));
@@ -57,12 +61,9 @@ TEST(CpuQuota, TheTightestLimitOnThePathToTheRootApplies) {
   FakeRoot r;
   r.write("proc/self/cgroup", "3:cpu,cpuacct:/job/task\n");
   r.write("proc/self/mountinfo", kV1Mount);
-  r.write("sys/fs/cgroup/cpu/job/task/cpu.cfs_quota_us", "-1\n");  // none on the task
-  r.write("sys/fs/cgroup/cpu/job/task/cpu.cfs_period_us", "100000\n");
-  r.write("sys/fs/cgroup/cpu/job/cpu.cfs_quota_us", "200000\n");  // 2 CPUs on the job
-  r.write("sys/fs/cgroup/cpu/job/cpu.cfs_period_us", "100000\n");
-  r.write("sys/fs/cgroup/cpu/cpu.cfs_quota_us", "-1\n");
-  r.write("sys/fs/cgroup/cpu/cpu.cfs_period_us", "100000\n");
+  r.v1_limit("sys/fs/cgroup/cpu/job/task", "-1");  // none on the task
+  r.v1_limit("sys/fs/cgroup/cpu/job", "200000");   // 2 CPUs on the job
+  r.v1_limit("sys/fs/cgroup/cpu", "-1");
   const CpuQuota q = cpu_quota(r.root());
   EXPECT_DOUBLE_EQ(q.cpus, 2.0);
   EXPECT_EQ(q.ino, r.ino("sys/fs/cgroup/cpu/job"));
@@ -88,8 +89,7 @@ TEST(CpuQuota, AMountedSubtreeIsReadFromItsMountPoint) {
   r.write("proc/self/cgroup", "3:cpu:/docker/abc\n");
   r.write("proc/self/mountinfo",
           "40 31 0:29 /docker/abc /sys/fs/cgroup/cpu ro,nosuid - cgroup cgroup rw,cpu\n");
-  r.write("sys/fs/cgroup/cpu/cpu.cfs_quota_us", "300000\n");
-  r.write("sys/fs/cgroup/cpu/cpu.cfs_period_us", "100000\n");
+  r.v1_limit("sys/fs/cgroup/cpu", "300000");
   EXPECT_DOUBLE_EQ(cpu_quota(r.root()).cpus, 3.0);
 }
 
@@ -99,8 +99,7 @@ TEST(CpuQuota, NoLimitNoCgroupsOrAMemoryOnlyHierarchy) {
   r.write("proc/self/cgroup", "4:memory:/job\n");
   r.write("proc/self/mountinfo",
           "33 31 0:30 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n");
-  r.write("sys/fs/cgroup/memory/job/cpu.cfs_quota_us", "100000\n");  // not a cpu hierarchy
-  r.write("sys/fs/cgroup/memory/job/cpu.cfs_period_us", "100000\n");
+  r.v1_limit("sys/fs/cgroup/memory/job", "100000");  // not a cpu hierarchy
   EXPECT_EQ(cpu_quota(r.root()).cpus, 0.0);
 }
 
