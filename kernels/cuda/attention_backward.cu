@@ -17,6 +17,13 @@
 // take their (b, h, j) from an atomic ticket, highest j of a (b, h) first, so the block waited
 // for is always already running (deadlock-free whatever order the hardware starts blocks in).
 //
+// A block holds one key tile for its whole walk over query tiles, so it is the only block an SM
+// runs (8 warps, ~200 registers at D = 128): no other block hides its loads. The Q and dO tiles
+// are therefore double-buffered: step s + 1's are issued by cp.async into the other buffer right
+// after step s's land, and fly during step s's five products; its lse and Drow rows are loaded
+// into registers then and stored to shared memory at the step's end. One barrier per step
+// makes a tile visible and frees the other buffer.
+//
 // Drow_i = dO_i . out_i comes first, from a small kernel that also clears the counters and the
 // ticket (the workspace needs no initialisation).
 //
@@ -52,10 +59,12 @@ constexpr int kLdS = kBr + kPad;  // P^T, dS^T rows: 64 queries, padded
 // 4 on sm_90); D = 128 needs ~200.
 constexpr int kBwdMinBlocks = 1;
 
-// Shared memory: the Q, dO, K and V tiles (rows padded), then P^T and dS^T (64 keys x 64 queries).
+// Shared memory: two buffers of the Q and dO tiles (query tile s of the block's walk in buffer
+// s % 2, the next one filled by cp.async while this one is multiplied), the K and V tiles (rows
+// padded), then P^T and dS^T (64 keys x 64 queries).
 template <class T, int D>
 constexpr size_t smem_bytes() {
-  return (size_t(2 * kBr + 2 * kBc) * (D + kPad) + 2 * size_t(kBc) * kLdS) * sizeof(T);
+  return (size_t(4 * kBr + 2 * kBc) * (D + kPad) + 2 * size_t(kBc) * kLdS) * sizeof(T);
 }
 
 // The workspace's regions (ops.inc): the fp32 dQ accumulator (B,H,T,D) first (8-byte aligned
@@ -124,6 +133,42 @@ ST_DEVICE void mma_cols_b(float (&acc)[N / 8][4], const uint32_t (&a)[4], const 
 
 ST_DEVICE void zero(float (&x)[4]) { x[0] = x[1] = x[2] = x[3] = 0.0f; }
 
+// One tile of 64 rows into shared memory at `base`: cp.async when the source is aligned (the
+// copies join the thread's open group and land at its wait), else plain loads and stores.
+template <class T, int D>
+ST_DEVICE void stage_rows(const SharedSpan<T>& s, size_t base, const T* src, long long stride,
+                          int r0, int Tn, bool aligned) {
+  if (aligned) {
+    stage_tile_async<T, D, kBwdThreads>(s, base, src, stride, r0, Tn);
+  } else {
+    stage_tile<T, D, kBwdThreads>(s, base, src, stride, r0, Tn, false);
+  }
+}
+
+// The query tile at row i0 of head h: Q and dO into buffer q (Q at 2 q kBr rows, dO after it).
+template <class T, int D>
+ST_DEVICE void stage_query(const SharedSpan<T>& s, int q, const T* qkv, const T* dout, int b, int h,
+                           int i0, int Tn, int H, long long stride, long long ostride,
+                           bool aligned) {
+  const size_t sq = size_t(2 * q * kBr) * (D + kPad), sdo = sq + size_t(kBr) * (D + kPad);
+  stage_rows<T, D>(s, sq, qkv + (long long)b * Tn * stride + (long long)h * D, stride, i0, Tn,
+                   aligned);
+  stage_rows<T, D>(s, sdo, dout + (long long)b * Tn * ostride + (long long)h * D, ostride, i0, Tn,
+                   aligned);
+}
+
+// What the kernel needs of one query row besides Q and dO: lse in base 2 (+inf past T, so P = 0
+// there) and Drow (0 past T).
+struct QueryRow {
+  float lse2;
+  float drow;
+};
+
+ST_DEVICE QueryRow query_row(const float* lse, const float* drow, long long bh, int row, int Tn) {
+  if (row >= Tn) return {INFINITY, 0.0f};
+  return {lse[bh * Tn + row] * kLog2e, drow[bh * Tn + row]};
+}
+
 // ---- Drow, and the counters cleared ---------------------------------------------------------
 
 // One warp per (b, t, h) row of dout/out: lane l adds elements 2l, 2l + 1 (and + 64 at
@@ -162,11 +207,13 @@ __global__ void __launch_bounds__(kBwdThreads, kBwdMinBlocks)
                                    int H, int K, int tiles, float scale_log2, float scale,
                                    bool aligned) {
   constexpr int kLd = D + kPad, kHalf = D / 2;
+  static_assert(kBwdThreads >= kBr, "threads < kBr stage the query rows' lse and Drow");
   ST_DYNAMIC_SHARED(T, smem);
-  ST_SHARED(float, s_lse2, kBr);  // lse * log2e of the query tile's rows (+inf past T)
-  ST_SHARED(float, s_drow, kBr);  // Drow of the query tile's rows
+  ST_SHARED(float, s_lse2, 2 * kBr);  // per buffer: lse * log2e of the tile's rows (+inf past T)
+  ST_SHARED(float, s_drow, 2 * kBr);  // per buffer: Drow of the tile's rows
   ST_SHARED(int, s_ticket, 1);
-  const size_t sq = 0, sdo = size_t(kBr) * kLd, sk = 2 * sdo, sv = sk + size_t(kBc) * kLd;
+  // Buffer q holds Q at 2 q kBr kLd and dO after it; then K, V, P^T and dS^T.
+  const size_t sk = size_t(4 * kBr) * kLd, sv = sk + size_t(kBc) * kLd;
   const size_t sp = sv + size_t(kBc) * kLd, sds = sp + size_t(kBc) * kLdS;
 
   // 0. The work item, in ticket order: (b, h) by (b, h), the last key tile first (see the top).
@@ -187,9 +234,24 @@ __global__ void __launch_bounds__(kBwdThreads, kBwdMinBlocks)
   const T* v_src = k_src + kvstride;
   const int key_lo = j0 + 16 * kw + g, key_hi = key_lo + 8;  // this thread's two keys
 
-  // 1. This block's K and V tiles, for the whole query loop.
-  stage_tile<T, D, kBwdThreads>(smem, sk, k_src, stride, j0, Tn, aligned);
-  stage_tile<T, D, kBwdThreads>(smem, sv, v_src, stride, j0, Tn, aligned);
+  // The walk: the group's query heads in order, for each its query tiles from the diagonal to
+  // the end (dK, dV accumulate over all of them). Step st is query head first + st / per_head,
+  // query tile jt + st % per_head; its Q and dO sit in buffer st % 2.
+  const int per_head = tiles - jt, steps = group * per_head, first = kvh * group;
+  const int own = int(threadIdx.x);  // threads < kBr stage row `own` of lse and Drow
+  QueryRow next{0.0f, 0.0f};
+
+  // 1. K and V for the whole walk and step 0's Q and dO, in one group of copies; step 0's lse
+  //    and Drow straight into buffer 0.
+  stage_rows<T, D>(smem, sk, k_src, stride, j0, Tn, aligned);
+  stage_rows<T, D>(smem, sv, v_src, stride, j0, Tn, aligned);
+  stage_query<T, D>(smem, 0, qkv, dout, b, first, j0, Tn, H, stride, ostride, aligned);
+  cp_async_commit();
+  if (own < kBr) {
+    next = query_row(lse, ws.drow, (long long)b * H + first, j0 + own, Tn);
+    s_lse2[size_t(own)] = next.lse2;
+    s_drow[size_t(own)] = next.drow;
+  }
   float dk[kHalf / 8][4], dv[kHalf / 8][4];  // 16 keys x D/2 columns
   ST_UNROLL
   for (int n = 0; n < kHalf / 8; ++n) {
@@ -197,149 +259,154 @@ __global__ void __launch_bounds__(kBwdThreads, kBwdMinBlocks)
     zero(dv[n]);
   }
 
-  // 2. The group's query heads in order; for each, its query tiles from the diagonal to the end
-  //    (dK, dV accumulate over all of them).
-  for (int h = kvh * group; h < (kvh + 1) * group; ++h) {
+  // 2. The walk.
+  for (int st = 0; st < steps; ++st) {
+    const int h = first + st / per_head, i0 = j0 + (st % per_head) * kBr, it = i0 / kBr;
+    const int buf = st & 1;
     const int bh = b * H + h;
-    const T* q_src = qkv + (long long)b * Tn * stride + (long long)h * D;
-    const T* do_src = dout + (long long)b * Tn * ostride + (long long)h * D;
     float* dq_acc = ws.dq_acc + (long long)bh * Tn * D;  // (T, D) of this (b, h)
     int* counters = ws.counters + (long long)bh * tiles;
-    for (int i0 = j0; i0 < Tn; i0 += kBr) {
-      const int it = i0 / kBr;
-      __syncthreads();  // the previous query tile, P^T and dS^T are no longer read
-      stage_tile<T, D, kBwdThreads>(smem, sq, q_src, stride, i0, Tn, aligned);
-      stage_tile<T, D, kBwdThreads>(smem, sdo, do_src, ostride, i0, Tn, aligned);
-      for (int r = int(threadIdx.x); r < kBr; r += kBwdThreads) {
-        const bool in = i0 + r < Tn;
-        s_lse2[size_t(r)] = in ? lse[(long long)bh * Tn + i0 + r] * kLog2e : INFINITY;
-        s_drow[size_t(r)] = in ? ws.drow[(long long)bh * Tn + i0 + r] : 0.0f;
-      }
-      __syncthreads();
+    const size_t sq = size_t(2 * buf * kBr) * kLd, sdo = sq + size_t(kBr) * kLd;
+    const size_t srow = size_t(buf * kBr);  // this step's lse / Drow buffer
+    // 2'. This step's copies land; the barrier shows them to every warp and frees the other
+    // buffer (its readers, step st - 1's products, are past it), so step st + 1's Q and dO go
+    // there now and fly during this step's math; its lse and Drow wait in registers until the
+    // step's end.
+    cp_async_wait<0>();
+    __syncthreads();
+    if (st + 1 < steps) {
+      const int nh = first + (st + 1) / per_head, ni0 = j0 + ((st + 1) % per_head) * kBr;
+      stage_query<T, D>(smem, buf ^ 1, qkv, dout, b, nh, ni0, Tn, H, stride, ostride, aligned);
+      if (own < kBr) next = query_row(lse, ws.drow, (long long)b * H + nh, ni0 + own, Tn);
+    }
+    cp_async_commit();
 
-      // 2a. S^T = K Q^T (16 keys x 32 queries per warp); P^T, 0 for queries before the key: only
-      // in the diagonal tile (i0 == j0; queries past T have lse = inf, so P = 0 for them anyway).
-      const bool diagonal = i0 == j0;
-      float p[4][4];
-      {
-        uint32_t kf[D / 16][4];
-        load_rows_a<T, kLd, D>(kf, smem, sk, 16 * kw, 0, lane);
-        ST_UNROLL
-        for (int n = 0; n < 4; ++n) {
-          zero(p[n]);
-          mma_rows_b<T, D>(p[n], kf, smem, sq, qh + 8 * n, lane);
-          ST_UNROLL
-          for (int r = 0; r < 4; ++r) {
-            const int col = qh + 8 * n + 2 * t + (r & 1);
-            const int key = r < 2 ? key_lo : key_hi;
-            p[n][r] = !diagonal || i0 + col >= key
-                          ? exp2f(p[n][r] * scale_log2 - s_lse2[size_t(col)])
-                          : 0.0f;
-          }
-        }
-      }
-      // 2b. dP^T = V dO^T, dS^T = P^T (dP^T - Drow); both into shared memory, rounded to T (row =
-      // key, column = query: 32-bit stores at word 36 (16 kw + g) + 16 hw + 4 n + t, banks
-      // 4 g + t + 16 hw: conflict-free within the warp).
-      {
-        uint32_t vf[D / 16][4];
-        load_rows_a<T, kLd, D>(vf, smem, sv, 16 * kw, 0, lane);
-        ST_UNROLL
-        for (int n = 0; n < 4; ++n) {
-          float dp[4];
-          zero(dp);
-          mma_rows_b<T, D>(dp, vf, smem, sdo, qh + 8 * n, lane);
-          const size_t lo = size_t(16 * kw + g) * kLdS + qh + 8 * n + 2 * t, hi = lo + 8 * kLdS;
-          store_shared_pair<T>(smem, sp + lo, p[n][0], p[n][1]);
-          store_shared_pair<T>(smem, sp + hi, p[n][2], p[n][3]);
-          const float d0 = s_drow[size_t(qh + 8 * n + 2 * t)],
-                      d1 = s_drow[size_t(qh + 8 * n + 2 * t + 1)];
-          store_shared_pair<T>(smem, sds + lo, p[n][0] * (dp[0] - d0), p[n][1] * (dp[1] - d1));
-          store_shared_pair<T>(smem, sds + hi, p[n][2] * (dp[2] - d0), p[n][3] * (dp[3] - d1));
-        }
-      }
-      __syncthreads();  // P^T and dS^T complete
-
-      // 2c. dV += P^T dO and dK += dS^T Q on this warp's 16 keys x D/2 columns; A from the
-      // shared P^T / dS^T rows, B = dO / Q stored k-major.
+    // 2a. S^T = K Q^T (16 keys x 32 queries per warp); P^T, 0 for queries before the key: only
+    // in the diagonal tile (i0 == j0; queries past T have lse = inf, so P = 0 for them anyway).
+    const bool diagonal = i0 == j0;
+    float p[4][4];
+    {
+      uint32_t kf[D / 16][4];
+      load_rows_a<T, kLd, D>(kf, smem, sk, 16 * kw, 0, lane);
       ST_UNROLL
-      for (int c = 0; c < kBr / 16; ++c) {
-        uint32_t a[1][4];
-        load_rows_a<T, kLdS, 16>(a, smem, sp, 16 * kw, 16 * c, lane);
-        mma_cols_b<T, kLd, kHalf>(dv, a[0], smem, sdo, c, ch, lane);
-        load_rows_a<T, kLdS, 16>(a, smem, sds, 16 * kw, 16 * c, lane);
-        mma_cols_b<T, kLd, kHalf>(dk, a[0], smem, sq, c, ch, lane);
+      for (int n = 0; n < 4; ++n) {
+        zero(p[n]);
+        mma_rows_b<T, D>(p[n], kf, smem, sq, qh + 8 * n, lane);
+        ST_UNROLL
+        for (int r = 0; r < 4; ++r) {
+          const int col = qh + 8 * n + 2 * t + (r & 1);
+          const int key = r < 2 ? key_lo : key_hi;
+          p[n][r] = !diagonal || i0 + col >= key
+                        ? exp2f(p[n][r] * scale_log2 - s_lse2[srow + size_t(col)])
+                        : 0.0f;
+        }
       }
+    }
+    // 2b. dP^T = V dO^T, dS^T = P^T (dP^T - Drow); both into shared memory, rounded to T (row =
+    // key, column = query: 32-bit stores at word 36 (16 kw + g) + 16 hw + 4 n + t, banks
+    // 4 g + t + 16 hw: conflict-free within the warp).
+    {
+      uint32_t vf[D / 16][4];
+      load_rows_a<T, kLd, D>(vf, smem, sv, 16 * kw, 0, lane);
+      ST_UNROLL
+      for (int n = 0; n < 4; ++n) {
+        float dp[4];
+        zero(dp);
+        mma_rows_b<T, D>(dp, vf, smem, sdo, qh + 8 * n, lane);
+        const size_t lo = size_t(16 * kw + g) * kLdS + qh + 8 * n + 2 * t, hi = lo + 8 * kLdS;
+        store_shared_pair<T>(smem, sp + lo, p[n][0], p[n][1]);
+        store_shared_pair<T>(smem, sp + hi, p[n][2], p[n][3]);
+        const float d0 = s_drow[srow + size_t(qh + 8 * n + 2 * t)],
+                    d1 = s_drow[srow + size_t(qh + 8 * n + 2 * t + 1)];
+        store_shared_pair<T>(smem, sds + lo, p[n][0] * (dp[0] - d0), p[n][1] * (dp[1] - d1));
+        store_shared_pair<T>(smem, sds + hi, p[n][2] * (dp[2] - d0), p[n][3] * (dp[3] - d1));
+      }
+    }
+    __syncthreads();  // P^T and dS^T complete
 
-      // 2d. This key tile's turn on dQ_i: tiles it, it-1, ..., jt+1 have added.
-      const int turn = it - jt;
-      if (turn > 0) block_wait(&counters[it], turn);
-      // 2e. dQ_i, the warp's 16 query rows 16 kw .. x D/2 columns, = partial + dS K_j: A[m][k] =
-      // dS[query][key] = dS^T[key][query], stored k-major: ldmatrix.x4.trans, lane l addressing
-      // key row 16 kc + 8 (l / 16) + l % 8 at query column 16 kw + 8 ((l / 8) & 1); B = K stored
-      // k-major. The partial goes through L2 (load_l2 / store_l2).
-      uint32_t dsf[kBc / 16][4];
+    // 2c. dV += P^T dO and dK += dS^T Q on this warp's 16 keys x D/2 columns; A from the
+    // shared P^T / dS^T rows, B = dO / Q stored k-major.
+    ST_UNROLL
+    for (int c = 0; c < kBr / 16; ++c) {
+      uint32_t a[1][4];
+      load_rows_a<T, kLdS, 16>(a, smem, sp, 16 * kw, 16 * c, lane);
+      mma_cols_b<T, kLd, kHalf>(dv, a[0], smem, sdo, c, ch, lane);
+      load_rows_a<T, kLdS, 16>(a, smem, sds, 16 * kw, 16 * c, lane);
+      mma_cols_b<T, kLd, kHalf>(dk, a[0], smem, sq, c, ch, lane);
+    }
+
+    // 2d. This key tile's turn on dQ_i: tiles it, it-1, ..., jt+1 have added.
+    const int turn = it - jt;
+    if (turn > 0) block_wait(&counters[it], turn);
+    // 2e. dQ_i, the warp's 16 query rows 16 kw .. x D/2 columns, = partial + dS K_j: A[m][k] =
+    // dS[query][key] = dS^T[key][query], stored k-major: ldmatrix.x4.trans, lane l addressing
+    // key row 16 kc + 8 (l / 16) + l % 8 at query column 16 kw + 8 ((l / 8) & 1); B = K stored
+    // k-major. The partial goes through L2 (load_l2 / store_l2).
+    uint32_t dsf[kBc / 16][4];
+    ST_UNROLL
+    for (int kc = 0; kc < kBc / 16; ++kc) {
+      ldmatrix<4, true>(dsf[kc], &smem[sds + size_t(16 * kc + 8 * (lane / 16) + lane % 8) * kLdS +
+                                       16 * kw + 8 * ((lane / 8) & 1)]);
+    }
+    const int row_lo = i0 + 16 * kw + g, row_hi = row_lo + 8;
+    ST_NO_UNROLL
+    for (int n = 0; n < kHalf / 8; n += 2) {
+      float acc[2][4];
+      ST_UNROLL
+      for (int m = 0; m < 2; ++m) {
+        zero(acc[m]);
+        const int d = ch + 8 * (n + m) + 2 * t;
+        if (turn > 0 && row_lo < Tn) {
+          const float2 v =
+              load_l2(reinterpret_cast<const float2*>(dq_acc + (long long)row_lo * D + d));
+          acc[m][0] = v.x;
+          acc[m][1] = v.y;
+        }
+        if (turn > 0 && row_hi < Tn) {
+          const float2 v =
+              load_l2(reinterpret_cast<const float2*>(dq_acc + (long long)row_hi * D + d));
+          acc[m][2] = v.x;
+          acc[m][3] = v.y;
+        }
+      }
       ST_UNROLL
       for (int kc = 0; kc < kBc / 16; ++kc) {
-        ldmatrix<4, true>(dsf[kc], &smem[sds + size_t(16 * kc + 8 * (lane / 16) + lane % 8) * kLdS +
-                                         16 * kw + 8 * ((lane / 8) & 1)]);
+        uint32_t f[4];
+        ldmatrix<4, true>(f,
+                          &smem[sk + size_t(16 * kc + lane % 16) * kLd + ch + 8 * (n + lane / 16)]);
+        const uint32_t b0[2] = {f[0], f[1]}, b1[2] = {f[2], f[3]};
+        mma_m16n8k16<T>(acc[0], dsf[kc], b0, acc[0]);
+        mma_m16n8k16<T>(acc[1], dsf[kc], b1, acc[1]);
       }
-      const int row_lo = i0 + 16 * kw + g, row_hi = row_lo + 8;
-      ST_NO_UNROLL
-      for (int n = 0; n < kHalf / 8; n += 2) {
-        float acc[2][4];
-        ST_UNROLL
-        for (int m = 0; m < 2; ++m) {
-          zero(acc[m]);
-          const int d = ch + 8 * (n + m) + 2 * t;
-          if (turn > 0 && row_lo < Tn) {
-            const float2 v =
-                load_l2(reinterpret_cast<const float2*>(dq_acc + (long long)row_lo * D + d));
-            acc[m][0] = v.x;
-            acc[m][1] = v.y;
+      ST_UNROLL
+      for (int m = 0; m < 2; ++m) {
+        const int d = ch + 8 * (n + m) + 2 * t;
+        if (jt > 0) {  // more key tiles to come: the fp32 partial
+          if (row_lo < Tn) {
+            store_l2(reinterpret_cast<float2*>(dq_acc + (long long)row_lo * D + d),
+                     make_float2(acc[m][0], acc[m][1]));
           }
-          if (turn > 0 && row_hi < Tn) {
-            const float2 v =
-                load_l2(reinterpret_cast<const float2*>(dq_acc + (long long)row_hi * D + d));
-            acc[m][2] = v.x;
-            acc[m][3] = v.y;
+          if (row_hi < Tn) {
+            store_l2(reinterpret_cast<float2*>(dq_acc + (long long)row_hi * D + d),
+                     make_float2(acc[m][2], acc[m][3]));
           }
-        }
-        ST_UNROLL
-        for (int kc = 0; kc < kBc / 16; ++kc) {
-          uint32_t f[4];
-          ldmatrix<4, true>(
-              f, &smem[sk + size_t(16 * kc + lane % 16) * kLd + ch + 8 * (n + lane / 16)]);
-          const uint32_t b0[2] = {f[0], f[1]}, b1[2] = {f[2], f[3]};
-          mma_m16n8k16<T>(acc[0], dsf[kc], b0, acc[0]);
-          mma_m16n8k16<T>(acc[1], dsf[kc], b1, acc[1]);
-        }
-        ST_UNROLL
-        for (int m = 0; m < 2; ++m) {
-          const int d = ch + 8 * (n + m) + 2 * t;
-          if (jt > 0) {  // more key tiles to come: the fp32 partial
-            if (row_lo < Tn) {
-              store_l2(reinterpret_cast<float2*>(dq_acc + (long long)row_lo * D + d),
-                       make_float2(acc[m][0], acc[m][1]));
-            }
-            if (row_hi < Tn) {
-              store_l2(reinterpret_cast<float2*>(dq_acc + (long long)row_hi * D + d),
-                       make_float2(acc[m][2], acc[m][3]));
-            }
-          } else {  // key tile 0 adds last: dQ = scale * sum, into part 0 of dqkv
-            T* lo = dqkv + ((long long)b * Tn + row_lo) * stride + (long long)h * D + d;
-            if (row_lo < Tn) {
-              lo[0] = from_float<T>(acc[m][0] * scale);
-              lo[1] = from_float<T>(acc[m][1] * scale);
-            }
-            if (row_hi < Tn) {
-              lo[8 * stride] = from_float<T>(acc[m][2] * scale);
-              lo[8 * stride + 1] = from_float<T>(acc[m][3] * scale);
-            }
+        } else {  // key tile 0 adds last: dQ = scale * sum, into part 0 of dqkv
+          T* lo = dqkv + ((long long)b * Tn + row_lo) * stride + (long long)h * D + d;
+          if (row_lo < Tn) {
+            lo[0] = from_float<T>(acc[m][0] * scale);
+            lo[1] = from_float<T>(acc[m][1] * scale);
+          }
+          if (row_hi < Tn) {
+            lo[8 * stride] = from_float<T>(acc[m][2] * scale);
+            lo[8 * stride + 1] = from_float<T>(acc[m][3] * scale);
           }
         }
       }
-      if (jt > 0) block_publish(&counters[it], turn + 1);
+    }
+    if (jt > 0) block_publish(&counters[it], turn + 1);
+    if (st + 1 < steps && own < kBr) {  // step st + 1's rows: that buffer's readers are done
+      s_lse2[size_t((buf ^ 1) * kBr + own)] = next.lse2;
+      s_drow[size_t((buf ^ 1) * kBr + own)] = next.drow;
     }
   }
 
