@@ -8,7 +8,8 @@
 // scaled_dot_product_attention at the same shapes, counted the same way.
 //
 //   attention_gpu_bench [B T H D]
-// Prints one JSON object per (dtype, pass); exit 77 with the reason where no GPU is usable.
+// Prints one JSON object per (dtype, pass), and at D = 64 one more for the forward with 16 query
+// rows per warp (impl "shardtrain m_tiles=1"); exit 77 with the reason where no GPU is usable.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -86,14 +87,22 @@ void run(const char* dtype, kernels::AttentionShape s, const char* gpu) {
   const double bwd = median_ms([&] {
     BENCH_CHECK(kernels::cuda::attention_backward<T>(dqkv, dout, qkv, out, lse, ws, s, nullptr));
   });
+  // At D = 64 also the other forward tile shape (16 query rows per warp, m_tiles 1; the default
+  // is 32): which one the GPU prefers is what this row is for.
+  const double fwd16 = s.head_dim != 64 ? 0.0 : median_ms([&] {
+    BENCH_CHECK(kernels::cuda::attention_forward<T>(out, lse, qkv, s, nullptr, 1));
+  });
   const double pairs = double(s.batch * s.heads) * double(s.seq) * double(s.seq + 1) / 2;
   const double product = 2.0 * double(s.head_dim) * pairs;
-  for (auto [pass, ms, products] :
-       {std::tuple{"forward", fwd, 2.0}, std::tuple{"backward", bwd, 5.0}}) {
+  for (auto [impl, pass, ms, products] :
+       {std::tuple{"shardtrain", "forward", fwd, 2.0},
+        std::tuple{"shardtrain", "backward", bwd, 5.0},
+        std::tuple{"shardtrain m_tiles=1", "forward", fwd16, 2.0}}) {
+    if (ms == 0.0) continue;
     std::printf(
-        "{\"impl\": \"shardtrain\", \"dtype\": \"%s\", \"pass\": \"%s\", \"B\": %lld, \"T\": %lld, "
+        "{\"impl\": \"%s\", \"dtype\": \"%s\", \"pass\": \"%s\", \"B\": %lld, \"T\": %lld, "
         "\"H\": %lld, \"D\": %lld, \"ms\": %.4f, \"tflops\": %.2f, \"gpu\": \"%s\"}\n",
-        dtype, pass, (long long)s.batch, (long long)s.seq, (long long)s.heads,
+        impl, dtype, pass, (long long)s.batch, (long long)s.seq, (long long)s.heads,
         (long long)s.head_dim, ms, products * product / (ms * 1e-3) / 1e12, gpu);
   }
   for (void* p : {static_cast<void*>(qkv), static_cast<void*>(dout), static_cast<void*>(out),

@@ -8,7 +8,8 @@ forward 2 and backward 5 products of 2 * D FLOPs per visible (query, key) pair. 
 backward is timed alone: out.backward(dout) on a graph built once (retain_graph).
 
   python3 bench/attention_gpu_bench.py --bench gpu-bundle/bin/attention_gpu_bench
-Prints one JSON line per (impl, head_dim, dtype, pass), then the ratios; exit 77 without a GPU.
+Prints one JSON line per (impl, head_dim, dtype, pass), then the ratios (and, at head_dim 64,
+the forward's 32 query rows per warp against 16); exit 77 without a GPU.
 """
 import argparse
 import json
@@ -80,12 +81,18 @@ def main():
         print(json.dumps({("pass" if k == "pass_" else k): v for k, v in r.items()}))
     ours = {(r["D"], r["dtype"], r["pass_"]): r for r in rows if r["impl"] == "shardtrain"}
     for r in rows:
-        if r["impl"] == "shardtrain":
+        if r["impl"].startswith("shardtrain"):
             continue
         o = ours[(r["D"], r["dtype"], r["pass_"])]
         print(f"D={r['D']} {r['dtype']} {r['pass_']:8s}: shardtrain {o['tflops']:7.1f} TFLOP/s "
               f"({o['ms']:.3f} ms), {r['impl']} {r['tflops']:7.1f} ({r['ms']:.3f} ms): "
               f"{o['tflops'] / r['tflops']:.2f}x  [{r['gpu']}]")
+    for r in rows:  # the forward's two tile shapes at D = 64
+        if r["impl"] == "shardtrain m_tiles=1":
+            o = ours[(r["D"], r["dtype"], r["pass_"])]
+            print(f"D={r['D']} {r['dtype']} forward tiles: 32 rows/warp {o['tflops']:7.1f} "
+                  f"TFLOP/s, 16 rows/warp {r['tflops']:7.1f}: {o['tflops'] / r['tflops']:.2f}x  "
+                  f"[{r['gpu']}]")
 
 
 if __name__ == "__main__":

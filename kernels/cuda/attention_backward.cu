@@ -148,8 +148,7 @@ ST_DEVICE void stage_rows(const SharedSpan<T>& s, size_t base, const T* src, lon
 // The query tile at row i0 of head h: Q and dO into buffer q (Q at 2 q kBr rows, dO after it).
 template <class T, int D>
 ST_DEVICE void stage_query(const SharedSpan<T>& s, int q, const T* qkv, const T* dout, int b, int h,
-                           int i0, int Tn, int H, long long stride, long long ostride,
-                           bool aligned) {
+                           int i0, int Tn, long long stride, long long ostride, bool aligned) {
   const size_t sq = size_t(2 * q * kBr) * (D + kPad), sdo = sq + size_t(kBr) * (D + kPad);
   stage_rows<T, D>(s, sq, qkv + (long long)b * Tn * stride + (long long)h * D, stride, i0, Tn,
                    aligned);
@@ -245,7 +244,7 @@ __global__ void __launch_bounds__(kBwdThreads, kBwdMinBlocks)
   //    and Drow straight into buffer 0.
   stage_rows<T, D>(smem, sk, k_src, stride, j0, Tn, aligned);
   stage_rows<T, D>(smem, sv, v_src, stride, j0, Tn, aligned);
-  stage_query<T, D>(smem, 0, qkv, dout, b, first, j0, Tn, H, stride, ostride, aligned);
+  stage_query<T, D>(smem, 0, qkv, dout, b, first, j0, Tn, stride, ostride, aligned);
   cp_async_commit();
   if (own < kBr) {
     next = query_row(lse, ws.drow, (long long)b * H + first, j0 + own, Tn);
@@ -276,7 +275,7 @@ __global__ void __launch_bounds__(kBwdThreads, kBwdMinBlocks)
     __syncthreads();
     if (st + 1 < steps) {
       const int nh = first + (st + 1) / per_head, ni0 = j0 + ((st + 1) % per_head) * kBr;
-      stage_query<T, D>(smem, buf ^ 1, qkv, dout, b, nh, ni0, Tn, H, stride, ostride, aligned);
+      stage_query<T, D>(smem, buf ^ 1, qkv, dout, b, nh, ni0, Tn, stride, ostride, aligned);
       if (own < kBr) next = query_row(lse, ws.drow, (long long)b * H + nh, ni0 + own, Tn);
     }
     cp_async_commit();

@@ -4,6 +4,7 @@
 // shared access) throws emu::Fault, which fails the case with its message.
 #include <gtest/gtest.h>
 
+#include <utility>
 #include <vector>
 
 #include "kernels/emu/ops.h"
@@ -46,6 +47,20 @@ TEST(AttentionEmu, UnsupportedHeadDimIsRefused) {
       cuda_emu::attention_backward<BFloat16>(dqkv.data(), out.data(), qkv.data(), out.data(),
                                              lse.data(), ws.data(), s, nullptr),
       emu::Fault);
+}
+
+// The forward's tile shapes: 1 or 2 m-tiles per warp at head_dim 64, only 1 at 128 (2 would
+// spill); anything else is refused.
+TEST(AttentionEmu, UnsupportedTileShapeIsRefused) {
+  for (const auto [d, m] : {std::pair{64, 3}, std::pair{64, -1}, std::pair{128, 2}}) {
+    const AttentionShape s{1, 4, 1, d};
+    std::vector<BFloat16> qkv(size_t(4 * 3 * d)), out(size_t(4 * d));
+    std::vector<float> lse(4);
+    EXPECT_THROW(
+        cuda_emu::attention_forward<BFloat16>(out.data(), lse.data(), qkv.data(), s, nullptr, m),
+        emu::Fault)
+        << "head_dim " << d << ", m_tiles " << m;
+  }
 }
 
 }  // namespace
