@@ -3,9 +3,10 @@
 // 64 x 64 causal tiles with the same padded shared rows and fragment loads.
 //
 // Why these numbers: 4 warps x 16 rows (one mma M each) = 64-row tiles (the forward's query
-// tile at D = 64 is two of them); key tiles of the same size keep the causal diagonal aligned (every visited tile holds a key <= each of its rows,
-// and a key tile is seen by every query row at or after it); rows padded by 8 elements = 16
-// bytes make the 32-bit fragment loads (row g, word t) land on banks 4g + t: conflict-free.
+// tile at D = 64 is two of them); key tiles of the same size keep the causal diagonal aligned
+// (every visited tile holds a key <= each of its rows, and a key tile is seen by every query row at
+// or after it); rows padded by 8 elements = 16 bytes make the 32-bit fragment loads (row g, word t)
+// land on banks 4g + t: conflict-free.
 #pragma once
 
 #include <cstddef>
