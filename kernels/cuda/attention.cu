@@ -65,19 +65,13 @@ constexpr size_t smem_bytes() {
   return size_t(kBq<M> + 4 * kBc) * (D + kPad) * sizeof(T);
 }
 
-// Stages key tile j0 of K and V into K/V buffer `buf`: cp.async when the source is aligned
-// (the copies join the thread's open group), else plain loads and stores.
+// Stages key tile j0 of K and V into K/V buffer `buf` (stage_tile_pipelined).
 template <class T, int D, int M>
 ST_DEVICE void stage_kv(const SharedSpan<T>& s, int buf, const T* k_src, const T* v_src,
                         long long stride, int j0, int Tn, bool aligned) {
   const size_t sk = size_t(kBq<M> + 2 * kBc * buf) * (D + kPad), sv = sk + size_t(kBc) * (D + kPad);
-  if (aligned) {
-    stage_tile_async<T, D>(s, sk, k_src, stride, j0, Tn);
-    stage_tile_async<T, D>(s, sv, v_src, stride, j0, Tn);
-  } else {
-    stage_tile<T, D>(s, sk, k_src, stride, j0, Tn, false);
-    stage_tile<T, D>(s, sv, v_src, stride, j0, Tn, false);
-  }
+  stage_tile_pipelined<T, D>(s, sk, k_src, stride, j0, Tn, aligned);
+  stage_tile_pipelined<T, D>(s, sv, v_src, stride, j0, Tn, aligned);
 }
 
 template <class T, int D, int M>
@@ -147,7 +141,9 @@ __global__ void __launch_bounds__(kThreads)
     const size_t sk = size_t(kBq<M> + 2 * kBc * buf) * kLd, sv = sk + size_t(kBc) * kLd;
 
     // A warp whose rows all come before the tile's first key has nothing to add (with M = 2,
-    // the first half of the block at the last key tile): it only keeps the barriers.
+    // the first half of the block at the last key tile): it only keeps the barriers. (M == 1
+    // never skips; saying so lets ptxas drop the branch: 175 registers at D = 128 on sm_90,
+    // not 184.)
     if (M == 1 || w0 + kRows - 1 >= j0) {
       // 2b. S = Q K^T: B[k][n] = K[key n][d k], i.e. K rows as stored: one ldmatrix.x4 gives
       // the B registers of two 16-deep chunks (lane l: key 8n + l % 8, columns 32 kc2 +

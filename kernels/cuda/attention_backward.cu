@@ -21,8 +21,8 @@
 // runs (8 warps, ~200 registers at D = 128): no other block hides its loads. The Q and dO tiles
 // are therefore double-buffered: step s + 1's are issued by cp.async into the other buffer right
 // after step s's land, and fly during step s's five products; its lse and Drow rows are loaded
-// into registers then and stored to shared memory at the step's end. One barrier per step
-// makes a tile visible and frees the other buffer.
+// into registers then and stored to shared memory at the top of step s + 1. One barrier per
+// step makes a tile visible and frees the other buffer.
 //
 // Drow_i = dO_i . out_i comes first, from a small kernel that also clears the counters and the
 // ticket (the workspace needs no initialisation).
@@ -133,27 +133,15 @@ ST_DEVICE void mma_cols_b(float (&acc)[N / 8][4], const uint32_t (&a)[4], const 
 
 ST_DEVICE void zero(float (&x)[4]) { x[0] = x[1] = x[2] = x[3] = 0.0f; }
 
-// One tile of 64 rows into shared memory at `base`: cp.async when the source is aligned (the
-// copies join the thread's open group and land at its wait), else plain loads and stores.
-template <class T, int D>
-ST_DEVICE void stage_rows(const SharedSpan<T>& s, size_t base, const T* src, long long stride,
-                          int r0, int Tn, bool aligned) {
-  if (aligned) {
-    stage_tile_async<T, D, kBwdThreads>(s, base, src, stride, r0, Tn);
-  } else {
-    stage_tile<T, D, kBwdThreads>(s, base, src, stride, r0, Tn, false);
-  }
-}
-
 // The query tile at row i0 of head h: Q and dO into buffer q (Q at 2 q kBr rows, dO after it).
 template <class T, int D>
 ST_DEVICE void stage_query(const SharedSpan<T>& s, int q, const T* qkv, const T* dout, int b, int h,
                            int i0, int Tn, long long stride, long long ostride, bool aligned) {
   const size_t sq = size_t(2 * q * kBr) * (D + kPad), sdo = sq + size_t(kBr) * (D + kPad);
-  stage_rows<T, D>(s, sq, qkv + (long long)b * Tn * stride + (long long)h * D, stride, i0, Tn,
-                   aligned);
-  stage_rows<T, D>(s, sdo, dout + (long long)b * Tn * ostride + (long long)h * D, ostride, i0, Tn,
-                   aligned);
+  stage_tile_pipelined<T, D, kBwdThreads>(
+      s, sq, qkv + (long long)b * Tn * stride + (long long)h * D, stride, i0, Tn, aligned);
+  stage_tile_pipelined<T, D, kBwdThreads>(
+      s, sdo, dout + (long long)b * Tn * ostride + (long long)h * D, ostride, i0, Tn, aligned);
 }
 
 // What the kernel needs of one query row besides Q and dO: lse in base 2 (+inf past T, so P = 0
@@ -238,19 +226,15 @@ __global__ void __launch_bounds__(kBwdThreads, kBwdMinBlocks)
   // query tile jt + st % per_head; its Q and dO sit in buffer st % 2.
   const int per_head = tiles - jt, steps = group * per_head, first = kvh * group;
   const int own = int(threadIdx.x);  // threads < kBr stage row `own` of lse and Drow
-  QueryRow next{0.0f, 0.0f};
 
   // 1. K and V for the whole walk and step 0's Q and dO, in one group of copies; step 0's lse
-  //    and Drow straight into buffer 0.
-  stage_rows<T, D>(smem, sk, k_src, stride, j0, Tn, aligned);
-  stage_rows<T, D>(smem, sv, v_src, stride, j0, Tn, aligned);
+  //    and Drow rows into registers (stored at the top of step 0).
+  stage_tile_pipelined<T, D, kBwdThreads>(smem, sk, k_src, stride, j0, Tn, aligned);
+  stage_tile_pipelined<T, D, kBwdThreads>(smem, sv, v_src, stride, j0, Tn, aligned);
   stage_query<T, D>(smem, 0, qkv, dout, b, first, j0, Tn, stride, ostride, aligned);
   cp_async_commit();
-  if (own < kBr) {
-    next = query_row(lse, ws.drow, (long long)b * H + first, j0 + own, Tn);
-    s_lse2[size_t(own)] = next.lse2;
-    s_drow[size_t(own)] = next.drow;
-  }
+  QueryRow next{0.0f, 0.0f};
+  if (own < kBr) next = query_row(lse, ws.drow, (long long)b * H + first, j0 + own, Tn);
   float dk[kHalf / 8][4], dv[kHalf / 8][4];  // 16 keys x D/2 columns
   ST_UNROLL
   for (int n = 0; n < kHalf / 8; ++n) {
@@ -267,10 +251,15 @@ __global__ void __launch_bounds__(kBwdThreads, kBwdMinBlocks)
     int* counters = ws.counters + (long long)bh * tiles;
     const size_t sq = size_t(2 * buf * kBr) * kLd, sdo = sq + size_t(kBr) * kLd;
     const size_t srow = size_t(buf * kBr);  // this step's lse / Drow buffer
-    // 2'. This step's copies land; the barrier shows them to every warp and frees the other
-    // buffer (its readers, step st - 1's products, are past it), so step st + 1's Q and dO go
-    // there now and fly during this step's math; its lse and Drow wait in registers until the
-    // step's end.
+    // 2'. This step's lse and Drow rows (loaded a step ahead) go to their buffer, whose last
+    // readers (step st - 2) are past the previous barrier; this step's copies land; the barrier
+    // shows both to every warp and frees the other buffer (its readers, step st - 1's products,
+    // are past it), so step st + 1's Q and dO go there now and fly during this step's math, its
+    // lse and Drow in registers until the top of the next step.
+    if (own < kBr) {
+      s_lse2[srow + size_t(own)] = next.lse2;
+      s_drow[srow + size_t(own)] = next.drow;
+    }
     cp_async_wait<0>();
     __syncthreads();
     if (st + 1 < steps) {
@@ -403,10 +392,6 @@ __global__ void __launch_bounds__(kBwdThreads, kBwdMinBlocks)
       }
     }
     if (jt > 0) block_publish(&counters[it], turn + 1);
-    if (st + 1 < steps && own < kBr) {  // step st + 1's rows: that buffer's readers are done
-      s_lse2[size_t((buf ^ 1) * kBr + own)] = next.lse2;
-      s_drow[size_t((buf ^ 1) * kBr + own)] = next.drow;
-    }
   }
 
   // 3. dK = scale * sum into part 1, dV into part 2: keys < T, this warp's D/2 columns.

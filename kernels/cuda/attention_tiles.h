@@ -110,6 +110,19 @@ ST_DEVICE void stage_tile_async(const SharedSpan<T>& s, size_t base, const T* sr
   }
 }
 
+// A tile into a buffer that a later cp_async_wait + barrier publishes: stage_tile_async when the
+// source is 16-byte aligned (the copies join the thread's open group), else stage_tile's plain
+// loads and stores (visible after the same barrier).
+template <class T, int D, int kN = kThreads>
+ST_DEVICE void stage_tile_pipelined(const SharedSpan<T>& s, size_t base, const T* src,
+                                    long long stride, int r0, int Tn, bool aligned) {
+  if (aligned) {
+    stage_tile_async<T, D, kN>(s, base, src, stride, r0, Tn);
+  } else {
+    stage_tile<T, D, kN>(s, base, src, stride, r0, Tn, false);
+  }
+}
+
 // What a kernel does not cover (another head_dim, a grid past CUDA's limits), reported the
 // way each world reports a bad launch: an error status on the GPU, an emu::Fault under emu.
 inline Status unsupported(const char* kernel, const char* what) {

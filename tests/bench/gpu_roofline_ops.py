@@ -8,13 +8,14 @@ device, so the GPU step's expected time is built from the ops the GPU step reall
 import argparse
 import os
 import random
-import struct
 import subprocess
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tests", "parallel"))
+import train_runs as tr  # noqa: E402
 BATCH, SEQ = 1, 64
 
 
@@ -24,12 +25,8 @@ def main():
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tokens = os.path.join(d, "t.bin")
-        n = 4096
         rng = random.Random(1)
-        with open(tokens, "wb") as f:
-            head = b"STTOKENS" + struct.pack("<IIQQ", 1, 2, 50257, n)
-            f.write(head + b"\0" * (64 - len(head)))
-            f.write(struct.pack(f"<{n}H", *[rng.randrange(50257) for _ in range(n)]))
+        tr.write_shard(tokens, [rng.randrange(50257) for _ in range(4096)], 50257)
         profile = os.path.join(d, "profile.json")
         sets = [f"data.train={tokens}", f"data.val={tokens}", f"data.micro_batch={BATCH}",
                 "data.grad_accum=1", f"model.seq_len={SEQ}", "train.steps=2",
